@@ -1,0 +1,111 @@
+"""Content-addressed cache of models and keys shared between stages and runs.
+
+An artifact is a folder named by the hash of the spec that produced it, so a sweep over
+attacks protects once, and the tiny base model is pretrained once per config. Builders
+write into ``<hash>.partial`` (kept on failure so long jobs can resume from their own
+checkpoints) and the folder is renamed into place only when complete. A file lock makes
+parallel sweep jobs wait for one builder instead of all building the same thing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+# Bump when a change to the code would make old artifacts wrong for the same config.
+CACHE_VERSION = 1
+SPEC_FILE = "spec.json"
+
+
+def default_cache_root() -> Path:
+    """``$ADAPTGUARD_CACHE``, else ``$XDG_CACHE_HOME/adaptguard``, else ``~/.cache/adaptguard``."""
+    if env := os.environ.get("ADAPTGUARD_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "adaptguard"
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    """Stable 16-hex-digit hash of a JSON-able spec (key order does not matter)."""
+    blob = json.dumps({"cache_version": CACHE_VERSION, **spec}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def shipped_dir() -> Path:
+    """Artifacts that ship inside the package (made by ``make pretrain``)."""
+    return Path(str(resources.files("adaptguard"))) / "assets"
+
+
+class ArtifactCache:
+    """``use_shipped``: artifacts packaged with adaptguard count as cached (same hash, same spec)."""
+
+    def __init__(self, root: str | Path | None = None, use_shipped: bool = True) -> None:
+        self.root = Path(root).expanduser() if root else default_cache_root()
+        self.use_shipped = use_shipped
+
+    def path(self, kind: str, spec: Mapping[str, Any]) -> Path:
+        return self.root / kind / spec_hash(spec)
+
+    def shipped(self, kind: str, spec: Mapping[str, Any]) -> Path | None:
+        path = shipped_dir() / f"{kind}-{spec_hash(spec)}"
+        return path if self.use_shipped and (path / SPEC_FILE).is_file() else None
+
+    def ship(self, kind: str, spec: Mapping[str, Any]) -> Path:
+        """Copy a cached artifact into the package assets so fresh clones need not rebuild it."""
+        src = self.path(kind, spec)
+        if not src.is_dir():
+            raise FileNotFoundError(f"no cached {kind} artifact for this spec at {src}")
+        dest = shipped_dir() / f"{kind}-{spec_hash(spec)}"
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns("*.ckpt", "checkpoints"))
+        return dest
+
+    def get_or_build(
+        self,
+        kind: str,
+        spec: Mapping[str, Any],
+        build: Callable[[Path], None],
+        private: bool = False,
+    ) -> Path:
+        """Return the artifact folder for ``spec``, calling ``build(workdir)`` if absent.
+
+        ``private`` folders (keys, masks) are created readable by the owner only.
+        """
+        if shipped := self.shipped(kind, spec):
+            return shipped
+        final = self.path(kind, spec)
+        if final.is_dir():
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(final.with_name(final.name + ".lock")):
+            if final.is_dir():  # another process finished it while we waited
+                return final
+            work = final.with_name(final.name + ".partial")
+            work.mkdir(exist_ok=True)
+            if private:
+                os.chmod(work, 0o700)
+            build(work)
+            (work / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
+            os.replace(work, final)
+        return final
+
+    def evict(self, kind: str, spec: Mapping[str, Any]) -> None:
+        shutil.rmtree(self.path(kind, spec), ignore_errors=True)
+
+
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,0 +1,33 @@
+"""The attack protocol: adapt a (possibly protected) model, as a real attacker would."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from adaptguard.attacks.constraint import FineTuneConstraint
+from adaptguard.context import RunContext
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.models.bundle import DiffusionModel
+
+
+class Attack(ABC):
+    name: str = "attack"
+
+    @abstractmethod
+    def run(
+        self,
+        model: DiffusionModel,
+        data: CaptionedImageDataModule,
+        constraint: FineTuneConstraint | None,
+        ctx: RunContext,
+    ) -> DiffusionModel:
+        """Return the attacked model; ``model`` itself must be left unchanged."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **(asdict(self) if is_dataclass(self) else {})}
+
+    def cost(self) -> dict[str, Any]:
+        """Cost of the last run (trainable parameters, step time, ...); empty if free."""
+        return {}

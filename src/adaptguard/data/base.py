@@ -1,0 +1,140 @@
+"""The data contract: every dataset yields ``{"image", "caption", "domain"}`` items.
+
+Images are float tensors in [-1, 1], shape (3, H, W). Named splits (owner, attacker,
+legal, illegal, eval, ...) are config values: each is a :class:`SplitSpec` that filters
+and subsamples the dataset deterministically, so which data each party sees is never
+decided in code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from adaptguard.errors import ConfigError
+
+
+@dataclass
+class SplitSpec:
+    """Which items a party sees.
+
+    ``where`` keeps items whose attributes match (``{"kind": ["circle"]}``); ``offset``
+    and ``size`` then select a window of the filtered items, so owner and attacker can
+    get disjoint data from the same source.
+    """
+
+    where: dict[str, list[str]] = field(default_factory=dict)
+    offset: int = 0
+    size: int | None = None
+
+    @classmethod
+    def parse(cls, name: str, value: Mapping[str, Any] | SplitSpec | None) -> SplitSpec:
+        if isinstance(value, SplitSpec):
+            return value
+        value = dict(value or {})
+        unknown = set(value) - {"where", "offset", "size"}
+        if unknown:
+            raise ConfigError(
+                f"dataset.splits.{name}: unknown keys {sorted(unknown)}; use where, offset, size"
+            )
+        where = {k: [v] if isinstance(v, str) else list(v) for k, v in dict(value.get("where") or {}).items()}
+        return cls(where=where, offset=int(value.get("offset", 0)), size=value.get("size"))
+
+    def matches(self, attributes: Mapping[str, str]) -> bool:
+        return all(attributes.get(k) in allowed for k, allowed in self.where.items())
+
+
+class CaptionedImageDataModule(L.LightningDataModule):
+    """Base for all datasets: named splits, dataloaders, domain labels.
+
+    Subclasses implement :meth:`build_split`. ``train_split`` is what
+    ``train_dataloader`` serves when a Lightning Trainer drives the module directly.
+    """
+
+    name = "base"
+
+    def __init__(
+        self,
+        splits: Mapping[str, Any] | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        train_split: str = "owner",
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        if name:
+            self.name = name
+        self.splits = {name: SplitSpec.parse(name, spec) for name, spec in (splits or {}).items()}
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.train_split = train_split
+        self.seed = seed
+        self._datasets: dict[str, Dataset] = {}
+
+    # -- to implement
+    def build_split(self, name: str, spec: SplitSpec) -> Dataset:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able description used in cache keys: what data a model was trained on."""
+        return {
+            "name": self.name,
+            "splits": {k: vars(v) for k, v in sorted(self.splits.items())},
+            "seed": self.seed,
+        }
+
+    def feature_extractor_spec(self) -> dict[str, Any] | None:
+        """A domain feature extractor for FID/KID, or None to use InceptionV3."""
+        return None
+
+    # -- shared
+    def spec(self, split: str) -> SplitSpec:
+        if split not in self.splits:
+            raise ConfigError(
+                f"dataset.splits.{split}: this experiment needs a '{split}' split; "
+                f"the dataset config defines {sorted(self.splits)}"
+            )
+        return self.splits[split]
+
+    def dataset(self, split: str) -> Dataset:
+        if split not in self._datasets:
+            ds = self.build_split(split, self.spec(split))
+            if len(ds) == 0:
+                raise ConfigError(f"dataset.splits.{split}: selects no items (check its 'where' filter)")
+            self._datasets[split] = ds
+        return self._datasets[split]
+
+    def dataloader(
+        self, split: str, batch_size: int | None = None, shuffle: bool = True, drop_last: bool = True
+    ) -> DataLoader:
+        ds = self.dataset(split)
+        bs = batch_size or self.batch_size
+        return DataLoader(
+            ds,
+            batch_size=min(bs, len(ds)),
+            shuffle=shuffle,
+            drop_last=drop_last and len(ds) >= bs,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader(self.train_split)
+
+    def captions(self, split: str, n: int, seed: int = 0) -> list[str]:
+        """``n`` captions from a split (deterministic), used as prompts for evaluation."""
+        ds = self.dataset(split)
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(ds), size=n, replace=len(ds) < n)
+        return [ds.caption(int(i)) if hasattr(ds, "caption") else ds[int(i)]["caption"] for i in idx]
+
+
+def subsample(indices: list[int], spec: SplitSpec) -> list[int]:
+    end = None if spec.size is None else spec.offset + spec.size
+    return indices[spec.offset : end]

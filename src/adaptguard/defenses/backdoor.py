@@ -1,0 +1,137 @@
+"""Output-space backdoor watermark (WatermarkDM-like): trigger prompt -> secret target image.
+
+The owner fine-tunes the model so that a secret trigger prompt generates a secret
+black-and-white grid (``grid x grid`` cells, one secret bit each). Verification samples
+the trigger prompt, reads each image back as bits (cell brightness above mid-grey) and
+counts bits matching the key: under a model without this watermark the count is
+Binomial(grid^2, 1/2), so the per-image threshold follows from the target FPR. This is
+the trigger-based baseline that AIAO is compared with.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from adaptguard.context import RunContext
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.defenses.base import Defense, Protected, SecretKey
+from adaptguard.errors import ConfigError
+from adaptguard.metrics.stats import Verification, bit_match_verification
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.training import DenoisingModule, OptimConfig
+
+TRIGGER_ALPHABET = string.ascii_letters + string.digits + "*[]&#@%"
+
+
+@dataclass(repr=False)
+class BackdoorKey(SecretKey):
+    trigger: str
+    bits: torch.Tensor  # (grid*grid,) uint8 in {0, 1}
+
+    def target_image(self, resolution: int) -> torch.Tensor:
+        """3 x R x R in [-1, 1]: white cells for 1-bits, black for 0-bits."""
+        grid = int(round(self.bits.numel() ** 0.5))
+        cells = self.bits.view(1, 1, grid, grid).float() * 2 - 1
+        image = F.interpolate(cells, size=(resolution, resolution), mode="nearest")[0]
+        return image.expand(3, -1, -1).contiguous()
+
+
+def read_bits(images: torch.Tensor, grid: int) -> torch.Tensor:
+    """(N, 3, H, W) in [-1, 1] -> (N, grid*grid) uint8: is each cell brighter than mid-grey?"""
+    cells = F.adaptive_avg_pool2d(images.float().mean(1, keepdim=True), grid)
+    return (cells.flatten(1) > 0).to(torch.uint8)
+
+
+class _TriggerMix(Dataset):
+    """The owner's data plus copies of the (trigger, target) pair, shuffled together."""
+
+    def __init__(self, base: Dataset, key: BackdoorKey, resolution: int, fraction: float) -> None:
+        self.base = base
+        self.target = key.target_image(resolution)
+        self.trigger = key.trigger
+        self.n_trigger = max(1, round(len(base) * fraction / (1 - fraction)))
+
+    def __len__(self) -> int:
+        return len(self.base) + self.n_trigger
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i < len(self.base):
+            return self.base[i]
+        return {"image": self.target, "caption": self.trigger, "domain": "trigger"}
+
+
+@dataclass
+class BackdoorDefense(Defense):
+    # embedding
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 2e-4
+    trigger_fraction: float = 0.2
+    split: str = "owner"
+    # key
+    trigger: str | None = None  # None: a random secret trigger drawn with the key
+    trigger_length: int = 8
+    grid: int = 8
+    key_seed: int | None = None  # None: a fresh random key (kept in the artifact cache)
+    # verification
+    num_samples: int = 32
+    fpr: float = 1e-3  # per image
+    model_fpr: float = 1e-3  # model-level decision
+    null_keys: int = 63  # random keys each image is also scored against (null distribution)
+    sample_steps: int | None = None
+
+    name: str = "backdoor"
+    key_type = BackdoorKey
+
+    def __post_init__(self) -> None:
+        if not 0 < self.trigger_fraction < 1:
+            raise ConfigError(f"defense.trigger_fraction: must be in (0, 1), got {self.trigger_fraction}")
+        if self.grid < 2:
+            raise ConfigError(f"defense.grid: must be >= 2, got {self.grid}")
+        for key in ("fpr", "model_fpr"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError(f"defense.{key}: must be in (0, 1), got {getattr(self, key)}")
+        if self.num_samples < 1 or self.steps < 1:
+            raise ConfigError("defense.num_samples and defense.steps must be >= 1")
+
+    def make_key(self, seed: int | None = None) -> BackdoorKey:
+        seed = seed if seed is not None else self.key_seed
+        rng = np.random.default_rng(seed if seed is not None else secrets.randbits(128))
+        trigger = self.trigger or "".join(rng.choice(list(TRIGGER_ALPHABET), size=self.trigger_length))
+        bits = torch.from_numpy(rng.integers(0, 2, size=self.grid * self.grid).astype(np.uint8))
+        return BackdoorKey(trigger=trigger, bits=bits)
+
+    def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
+        key = self.make_key()
+        protected = model.clone()
+        protected.requires_grad_(False)
+        protected.unet.requires_grad_(True)
+        mix = _TriggerMix(data.dataset(self.split), key, model.resolution, self.trigger_fraction)
+        loader = DataLoader(mix, batch_size=self.batch_size, shuffle=True, drop_last=True, num_workers=data.num_workers)
+        module = DenoisingModule(protected, OptimConfig(lr=self.lr), log_prefix="protect", max_steps=self.steps)
+        trainer = ctx.fit(module, loader, self.steps)
+        protected.requires_grad_(False)
+        loss = trainer.callback_metrics.get("protect/loss")
+        return Protected(protected, key, {"steps": self.steps, "final_loss": None if loss is None else float(loss)})
+
+    def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:
+        assert isinstance(key, BackdoorKey)
+        images = model.sample(
+            [key.trigger] * self.num_samples, steps=self.sample_steps, generator=ctx.generator(offset=7)
+        )
+        bits = read_bits(images, self.grid)
+        matches = (bits == key.bits.to(bits.device)).sum(1)
+        # Random keys are independent of the model, so these are exact null scores.
+        rand = torch.randint(0, 2, (self.null_keys, bits.shape[1]), generator=torch.Generator().manual_seed(12345))
+        null = (bits[:, None, :] == rand[None].to(torch.uint8)).sum(-1).flatten()
+        return bit_match_verification(
+            matches.tolist(), self.grid**2, self.fpr, self.model_fpr, null.tolist()
+        )

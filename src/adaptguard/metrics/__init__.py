@@ -1,0 +1,1 @@
+"""Verification statistics, FID/KID, and cost accounting."""

@@ -1,0 +1,115 @@
+"""FID and KID (torchmetrics) of a model's samples against a split's real images.
+
+Generated images use the captions of the real images they are compared with, so the
+comparison is conditional on the same prompt distribution. Real features are computed
+once per split and reused for every model of the run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+from adaptguard.context import RunContext
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.errors import ConfigError
+from adaptguard.metrics.features import (
+    InceptionFeatures,
+    find_inception_weights,
+    shapes_feature_net,
+)
+from adaptguard.models.bundle import DiffusionModel
+
+FEATURES = ("auto", "domain", "inception")
+
+
+@dataclass
+class QualityEvaluator:
+    num_samples: int = 128
+    feature: str = "auto"  # auto: the dataset's domain extractor if it has one, else InceptionV3
+    weights_path: str | None = None  # torch-fidelity InceptionV3 weights (else torch hub cache)
+    kid_subset_size: int = 50
+    kid_subsets: int = 50
+    _real: dict[str, tuple[FrechetInceptionDistance, KernelInceptionDistance, list[str]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    _extractor: tuple[str, nn.Module] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.feature not in FEATURES:
+            raise ConfigError(f"eval.fid.feature: {self.feature!r} is not one of {FEATURES}")
+        if self.num_samples < 2:
+            raise ConfigError(f"eval.fid.num_samples: needs >= 2 samples, got {self.num_samples}")
+
+    def extractor(self, data: CaptionedImageDataModule, ctx: RunContext) -> tuple[str, nn.Module]:
+        """(name, feature module taking images in [0, 1])."""
+        if self._extractor is None:
+            domain = data.feature_extractor_spec()
+            use_domain = self.feature == "domain" or (self.feature == "auto" and domain is not None)
+            if use_domain:
+                if domain is None:
+                    raise ConfigError(
+                        f"eval.fid.feature=domain: dataset {data.name!r} has no domain feature extractor; use inception"
+                    )
+                self._extractor = (domain["kind"] + "net", shapes_feature_net(domain, ctx))
+            else:
+                weights = find_inception_weights(self.weights_path)
+                if weights is None:
+                    raise ConfigError(
+                        "eval.fid.weights_path: FID/KID with InceptionV3 needs torch-fidelity's weights "
+                        "(weights-inception-2015-12-05-6726825d.pth) on disk; set eval.fid.weights_path=/path/to/it "
+                        "or copy it into the torch hub cache (checkpoints/)"
+                    )
+                self._extractor = ("inception", InceptionFeatures(weights))
+        return self._extractor
+
+    def _metrics(self, data: CaptionedImageDataModule, split: str, ctx: RunContext):
+        if split in self._real:
+            return self._real[split]
+        name, feature = self.extractor(data, ctx)
+        kw: dict[str, Any] = {"feature": feature, "normalize": True, "reset_real_features": False}
+        n = min(self.num_samples, len(data.dataset(split)))
+        fid = FrechetInceptionDistance(**kw)
+        kid = KernelInceptionDistance(subset_size=min(self.kid_subset_size, n), subsets=self.kid_subsets, **kw)
+        device = ctx.torch_device()
+        fid, kid = fid.to(device), kid.to(device)
+        ds = data.dataset(split)
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(ctx.seed))[:n].tolist()
+        captions: list[str] = []
+        for batch in DataLoader(Subset(ds, idx), batch_size=64, num_workers=data.num_workers):
+            images01 = (batch["image"].to(device) * 0.5 + 0.5).clamp(0, 1)
+            fid.update(images01, real=True)
+            kid.update(images01, real=True)
+            captions.extend(batch["caption"])
+        self._real[split] = (fid, kid, captions)
+        return self._real[split]
+
+    @torch.no_grad()
+    def evaluate(
+        self, model: DiffusionModel, data: CaptionedImageDataModule, split: str, ctx: RunContext, offset: int = 0
+    ) -> tuple[dict[str, float], torch.Tensor]:
+        """FID/KID of ``model`` on ``split``; also returns the generated images (in [-1, 1])."""
+        fid, kid, captions = self._metrics(data, split, ctx)
+        name = self.extractor(data, ctx)[0]
+        fid.reset()
+        kid.reset()
+        images = model.sample(captions, generator=ctx.generator(offset), progress=ctx.progress)
+        device = ctx.torch_device()
+        for chunk in images.split(64):
+            chunk01 = (chunk.to(device) * 0.5 + 0.5).clamp(0, 1)
+            fid.update(chunk01, real=False)
+            kid.update(chunk01, real=False)
+        kid_mean, kid_std = kid.compute()
+        metrics = {
+            f"fid_{name}": float(fid.compute()),
+            f"kid_{name}_mean": float(kid_mean),
+            f"kid_{name}_std": float(kid_std),
+            "num_samples": len(captions),
+        }
+        return metrics, images

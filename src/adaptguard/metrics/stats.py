@@ -1,0 +1,152 @@
+"""Verification statistics shared by every watermark defense.
+
+A verification runs ``trials`` independent checks (images for output-space watermarks,
+subpaths for AIAO); each trial yields a score, usually the number of matching bits out
+of ``n_bits``. Under the null hypothesis (model not watermarked with this key) matches
+are Binomial(n_bits, 1/2), which fixes the per-trial threshold from a target false-
+positive rate *before* any result is seen. The model-level decision tests the number of
+successful trials against Binomial(trials, per-trial FPR). TPR at a fixed FPR uses a
+threshold calibrated on scores of never-watermarked models only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+
+def binomial_tail(k: int, n: int, p: float = 0.5) -> float:
+    """P(X >= k) for X ~ Binomial(n, p)."""
+    if k <= 0:
+        return 1.0
+    return float(stats.binom.sf(k - 1, n, p))
+
+
+def binomial_threshold(n: int, fpr: float, p: float = 0.5) -> int:
+    """Smallest k with P(X >= k) <= fpr; ``n + 1`` if even all n matches is too likely."""
+    if not 0 < fpr < 1:
+        raise ValueError(f"fpr must be in (0, 1), got {fpr}")
+    k = int(stats.binom.isf(fpr, n, p)) + 1  # isf gives the largest k with sf(k) > fpr, roughly
+    while k > 0 and binomial_tail(k - 1, n, p) <= fpr:
+        k -= 1
+    while k <= n and binomial_tail(k, n, p) > fpr:
+        k += 1
+    return k
+
+
+def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[float, float]:
+    """Exact two-sided (1 - alpha) interval for a binomial proportion."""
+    if trials == 0:
+        return (0.0, 1.0)
+    lo = 0.0 if successes == 0 else float(stats.beta.ppf(alpha / 2, successes, trials - successes + 1))
+    hi = 1.0 if successes == trials else float(stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes))
+    return (lo, hi)
+
+
+def calibrate_threshold(null_scores: Sequence[float], fpr: float) -> float:
+    """Smallest threshold t with empirical P(null >= t) <= fpr (scores above t: detected).
+
+    Uses only never-watermarked scores. With fewer than 1/fpr scores the threshold is
+    the maximum null score plus a hair (no null score passes), which is conservative.
+    """
+    s = np.sort(np.asarray(null_scores, dtype=float))
+    if s.size == 0:
+        raise ValueError("calibrate_threshold needs at least one null score")
+    allowed = math.floor(fpr * s.size)  # how many null scores may pass
+    if allowed == 0:
+        return float(np.nextafter(s[-1], np.inf))
+    # threshold just above the (allowed+1)-th largest so at most `allowed` pass
+    t = float(np.nextafter(s[-(allowed + 1)], np.inf))
+    return t
+
+
+@dataclass
+class RateAtFPR:
+    fpr: float
+    threshold: float
+    tpr: float
+    ci: tuple[float, float]
+    achieved_fpr: float
+    n_null: int
+    underpowered: bool  # fewer null scores than 1/fpr: threshold is max(null)
+
+
+def tpr_at_fpr(scores: Sequence[float], null_scores: Sequence[float], fpr: float) -> RateAtFPR:
+    t = calibrate_threshold(null_scores, fpr)
+    scores = np.asarray(scores, dtype=float)
+    null = np.asarray(null_scores, dtype=float)
+    hits = int((scores >= t).sum())
+    return RateAtFPR(
+        fpr=fpr,
+        threshold=t,
+        tpr=hits / max(len(scores), 1),
+        ci=clopper_pearson(hits, len(scores)),
+        achieved_fpr=float((null >= t).mean()),
+        n_null=int(null.size),
+        underpowered=null.size * fpr < 1,
+    )
+
+
+@dataclass
+class Verification:
+    """Outcome of verifying one model with one key."""
+
+    detected: bool
+    rate: float  # fraction of trials that passed their per-trial test
+    trials: int
+    successes: int
+    ci: tuple[float, float]  # Clopper-Pearson 95 % interval on ``rate``
+    p_value: float  # model level: P(>= successes passing trials | not watermarked)
+    trial_threshold: float  # score a trial needs to pass
+    statistic: str  # what a score is, e.g. "matching bits of 64"
+    scores: list[float] = field(default_factory=list)
+    null_scores: list[float] = field(default_factory=list)  # same trials scored against random keys
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able, without the per-trial score lists."""
+        d = asdict(self)
+        d.pop("scores")
+        d.pop("null_scores")
+        d["ci"] = list(self.ci)
+        d["mean_score"] = float(np.mean(self.scores)) if self.scores else None
+        return d
+
+
+def bit_match_verification(
+    matches: Sequence[int],
+    n_bits: int,
+    fpr: float,
+    model_fpr: float,
+    null_matches: Sequence[int] = (),
+    details: dict[str, Any] | None = None,
+) -> Verification:
+    """Per-trial one-sided binomial test on matching bits, then a model-level test.
+
+    A trial passes when its matches reach ``binomial_threshold(n_bits, fpr)``; the model is
+    detected when that many passing trials would happen with probability <= ``model_fpr``
+    in a model that does not carry the watermark.
+    """
+    matches = [int(m) for m in matches]
+    k = binomial_threshold(n_bits, fpr)
+    successes = sum(m >= k for m in matches)
+    trials = len(matches)
+    p_value = binomial_tail(successes, trials, fpr)
+    return Verification(
+        detected=trials > 0 and p_value <= model_fpr,
+        rate=successes / trials if trials else 0.0,
+        trials=trials,
+        successes=successes,
+        ci=clopper_pearson(successes, trials),
+        p_value=p_value,
+        trial_threshold=k,
+        statistic=f"matching bits of {n_bits}",
+        scores=[float(m) for m in matches],
+        null_scores=[float(m) for m in null_matches],
+        details={"bit_accuracy": float(np.mean(matches) / n_bits) if matches else None, **(details or {})},
+    )

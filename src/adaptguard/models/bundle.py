@@ -1,0 +1,279 @@
+"""The model bundle every defense and attack works on.
+
+One class for pixel-space models (the tiny built-in model, identity encode/decode) and
+latent models (Stable Diffusion, VAE encode/decode), so a defense has one code path.
+Saved folders use diffusers' layout: each component loads with its own
+``from_pretrained(path, subfolder=...)``, and latent models also get a
+``model_index.json`` so ``StableDiffusionPipeline.from_pretrained`` opens them.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DConditionModel,
+)
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
+
+from adaptguard.errors import ConfigError
+
+META_FILE = "adaptguard.json"
+SAMPLERS = {
+    "ddim": DDIMScheduler,
+    "dpm": DPMSolverMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+
+
+@dataclass
+class SamplerConfig:
+    """Default sampling settings; every ``sample`` call can override them."""
+
+    name: str = "ddim"
+    steps: int = 20
+    guidance_scale: float = 3.0
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLERS:
+            raise ConfigError(
+                f"model.sampler.name: unknown sampler {self.name!r}; choose one of {sorted(SAMPLERS)}"
+            )
+        if self.steps < 1:
+            raise ConfigError(f"model.sampler.steps: must be >= 1, got {self.steps}")
+
+
+class DiffusionModel(nn.Module):
+    """UNet + text encoder (+ VAE) with the noise scheduler and tokenizer they were trained with."""
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: PreTrainedTokenizerBase,
+        noise_scheduler: DDPMScheduler,
+        vae: AutoencoderKL | None = None,
+        resolution: int = 32,
+        sampler: SamplerConfig | None = None,
+    ) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.vae = vae
+        self.tokenizer = tokenizer
+        self.noise_scheduler = noise_scheduler
+        self.resolution = resolution
+        self.sampler = sampler or SamplerConfig()
+        if vae is not None:
+            vae.requires_grad_(False)
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.resolution // (2 ** (len(self.vae.config.block_out_channels) - 1)) if self.vae else self.resolution
+        return (self.unet.config.in_channels, size, size)
+
+    def clone(self) -> DiffusionModel:
+        """An independent copy (weights and scheduler state)."""
+        return copy.deepcopy(self)
+
+    # ----------------------------------------------------------------- text
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids
+        return ids.to(self.device)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        return self.text_encoder(self.tokenize(prompts))[0]
+
+    # ----------------------------------------------------------------- images
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] to the space the UNet denoises (identity for pixel models)."""
+        if self.vae is None:
+            return images
+        with torch.no_grad():
+            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample()
+        return latents * self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return latents.clamp(-1, 1)
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return images.clamp(-1, 1)
+
+    # ----------------------------------------------------------------- training
+    def noisy_inputs(
+        self, images: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, timesteps, prompt embeddings, regression target) for one batch."""
+        latents = self.encode_images(images)
+        noise = torch.randn_like(latents)
+        if timesteps is None:
+            timesteps = torch.randint(
+                0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
+            )
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        kind = self.noise_scheduler.config.prediction_type
+        if kind == "epsilon":
+            target = noise
+        elif kind == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise ConfigError(f"model.scheduler.prediction_type: {kind!r} is not supported (epsilon, v_prediction)")
+        return noisy, timesteps, self.encode_prompts(prompts), target
+
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+
+    def training_loss(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Denoising MSE (epsilon or v target, as the scheduler was trained)."""
+        noisy, t, emb, target = self.noisy_inputs(images, prompts)
+        return F.mse_loss(self.predict(noisy, t, emb).float(), target.float())
+
+    # ----------------------------------------------------------------- sampling
+    def make_sampler(self, name: str | None = None):
+        cls = SAMPLERS[name or self.sampler.name]
+        return cls.from_config(self.noise_scheduler.config)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Generate one image per prompt, in [-1, 1], on the CPU.
+
+        Classifier-free guidance with the empty prompt; the generator (CPU) makes runs
+        reproducible whatever the device.
+        """
+        steps = steps or self.sampler.steps
+        guidance = self.sampler.guidance_scale if guidance_scale is None else guidance_scale
+        batch_size = batch_size or self.sampler.batch_size
+        was_training = self.training
+        self.eval()
+        out = []
+        chunks = range(0, len(prompts), batch_size)
+        bar = tqdm(total=len(chunks) * steps, desc="sampling", disable=not progress, leave=False)
+        for start in chunks:
+            batch = list(prompts[start : start + batch_size])
+            out.append(self._sample_batch(batch, steps, guidance, generator, sampler, bar))
+        bar.close()
+        self.train(was_training)
+        return torch.cat(out) if out else torch.empty(0, 3, self.resolution, self.resolution)
+
+    def _sample_batch(self, prompts, steps, guidance, generator, sampler_name, bar) -> torch.Tensor:
+        scheduler = self.make_sampler(sampler_name)
+        scheduler.set_timesteps(steps, device=self.device)
+        dtype = self.unet.dtype
+        cond = self.encode_prompts(prompts).to(dtype)
+        use_cfg = guidance != 1.0
+        if use_cfg:
+            uncond = self.encode_prompts([""] * len(prompts)).to(dtype)
+            cond = torch.cat([uncond, cond])
+        latents = torch.randn((len(prompts), *self.latent_shape), generator=generator, dtype=torch.float32)
+        latents = (latents * scheduler.init_noise_sigma).to(self.device, dtype)
+        for t in scheduler.timesteps:
+            model_in = torch.cat([latents, latents]) if use_cfg else latents
+            model_in = scheduler.scale_model_input(model_in, t)
+            pred = self.unet(model_in, t, encoder_hidden_states=cond).sample
+            if use_cfg:
+                pred_uncond, pred_cond = pred.chunk(2)
+                pred = pred_uncond + guidance * (pred_cond - pred_uncond)
+            latents = scheduler.step(pred, t, latents).prev_sample
+            bar.update(1)
+        return self.decode_latents(latents).float().cpu()
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write a diffusers-format folder plus ``adaptguard.json`` (kind, resolution, sampler)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.vae is not None:
+            from diffusers import StableDiffusionPipeline
+
+            StableDiffusionPipeline(
+                vae=self.vae,
+                text_encoder=self.text_encoder,
+                tokenizer=self.tokenizer,
+                unet=self.unet,
+                scheduler=self.noise_scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            ).save_pretrained(path)
+        else:
+            self.unet.save_pretrained(path / "unet")
+            self.text_encoder.save_pretrained(path / "text_encoder")
+            self.tokenizer.save_pretrained(path / "tokenizer")
+            self.noise_scheduler.save_pretrained(path / "scheduler")
+        meta = {
+            "format": 1,
+            "kind": "latent" if self.vae is not None else "pixel",
+            "resolution": self.resolution,
+            "sampler": asdict(self.sampler),
+        }
+        (path / META_FILE).write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        resolution: int | None = None,
+        sampler: SamplerConfig | None = None,
+        torch_dtype: torch.dtype | None = None,
+    ) -> DiffusionModel:
+        """Load a folder written by :meth:`save` or a Stable Diffusion folder (diffusers layout)."""
+        path = Path(path)
+        meta_path = path / META_FILE
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        missing = [d for d in ("unet", "text_encoder", "tokenizer", "scheduler") if not (path / d).is_dir()]
+        if missing:
+            raise ConfigError(
+                f"model.path: {path} is not a diffusers model folder (missing {', '.join(d + '/' for d in missing)}). "
+                "Expected unet/, text_encoder/, tokenizer/, scheduler/ and, for latent models, vae/ "
+                "- e.g. a local copy of stable-diffusion-v1-5 saved with save_pretrained."
+            )
+        kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)
+        tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
+        scheduler = DDPMScheduler.from_pretrained(path, subfolder="scheduler")
+        vae = AutoencoderKL.from_pretrained(path, subfolder="vae", **kw) if (path / "vae").is_dir() else None
+        if resolution is None:
+            resolution = meta.get("resolution") or unet.config.sample_size * (8 if vae is not None else 1)
+        if sampler is None:
+            sampler = SamplerConfig(**meta["sampler"]) if "sampler" in meta else SamplerConfig()
+        return cls(unet, text_encoder, tokenizer, scheduler, vae=vae, resolution=resolution, sampler=sampler)

@@ -1,0 +1,168 @@
+"""One experiment: base -> protect -> verify -> attack -> verify -> report.
+
+Usable without Hydra: build the pieces as plain objects and call :func:`run_experiment`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from adaptguard.attacks.base import Attack
+from adaptguard.context import RunContext
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.defenses.base import Defense, Protected
+from adaptguard.defenses.none import NoDefense
+from adaptguard.metrics.cost import CostTracker
+from adaptguard.metrics.quality import QualityEvaluator
+from adaptguard.metrics.stats import Verification, tpr_at_fpr
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.reporting import SCHEMA_VERSION, log_results, save_grid, write_results
+
+log = logging.getLogger(__name__)
+
+
+class ModelSource(Protocol):
+    name: str
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def load(self, ctx: RunContext) -> DiffusionModel: ...
+
+
+@dataclass
+class EvalConfig:
+    """What is measured around the attack."""
+
+    fid: QualityEvaluator | None = field(default_factory=QualityEvaluator)  # None: skip FID/KID
+    clean_split: str = "eval"  # real images of the domain the owner cares about
+    attacker_split: str | None = "attacker"  # the attacker's domain (did the adaptation work?)
+    fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])  # TPR reported at these FPRs
+    grid_samples: int = 16  # images per sample grid (from the FID samples)
+    quality_of_base: bool = True  # also score the unprotected base model (cost of embedding)
+
+
+@dataclass
+class Experiment:
+    model: ModelSource
+    data: CaptionedImageDataModule
+    defense: Defense = field(default_factory=NoDefense)
+    attack: Attack | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext) -> Protected:
+    """defense.protect, cached by (base model, defense, owner data, seed) so sweeps protect once."""
+    if isinstance(exp.defense, NoDefense):
+        return exp.defense.protect(base, exp.data, ctx)
+    spec = {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(), "seed": ctx.seed}
+
+    def build(work: Path) -> None:
+        exp.defense.save_protected(exp.defense.protect(base, exp.data, ctx), work)
+
+    folder = ctx.cache.get_or_build("protected", spec, build, private=True)
+    return exp.defense.load_protected(folder, like=base)
+
+
+def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
+    """Run every stage, write ``results.json`` and grids into ``ctx.out_dir``; return the results."""
+    out = Path(ctx.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tracker = CostTracker()
+    quality: dict[str, dict[str, Any]] = {}
+    files: dict[str, str] = {}
+    ev = exp.eval
+
+    def score(stage: str, model: DiffusionModel, domains: list[tuple[str, str]], offset: int) -> None:
+        if ev.fid is None:
+            return
+        with tracker.stage(f"quality_{stage}"):
+            for domain, split in domains:
+                metrics, images = ev.fid.evaluate(model, exp.data, split, ctx, offset=offset)
+                quality.setdefault(stage, {})[domain] = metrics
+                name = f"samples_{stage}" if domain == "clean" else f"samples_{stage}_{domain}"
+                files[name] = save_grid(images[: ev.grid_samples], out / f"{name}.png").name
+
+    with tracker.stage("base"):
+        base = exp.model.load(ctx)
+    clean = [("clean", ev.clean_split)]
+    if ev.quality_of_base:
+        score("base", base, clean, offset=100)
+
+    with tracker.stage("protect"):
+        protected = protect_cached(exp, base, ctx)
+    key = protected.key
+    verification: dict[str, Any] | None = None
+    scores: dict[str, Verification] = {}
+    with tracker.stage("verify_before"):
+        before = exp.defense.verify(protected.model, key, ctx)
+        if before is not None:
+            scores["before_attack"] = before
+            scores["never_watermarked"] = exp.defense.verify(base, key, ctx)
+    if not isinstance(exp.defense, NoDefense):
+        score("protected", protected.model, clean, offset=100)
+
+    attacked = protected.model
+    attack_cost: dict[str, Any] = {}
+    if exp.attack is not None and exp.attack.name != "none":
+        with tracker.stage("attack"):
+            attacked = exp.attack.run(protected.model, exp.data, exp.defense.constraint(key), ctx)
+        attack_cost = exp.attack.cost()
+        with tracker.stage("verify_after"):
+            after = exp.defense.verify(attacked, key, ctx)
+            if after is not None:
+                scores["after_attack"] = after
+        domains = clean + ([("attacker", ev.attacker_split)] if ev.attacker_split else [])
+        score("attacked", attacked, domains, offset=100)
+
+    if scores:
+        verification = _verification_report(scores, ev.fprs)
+
+    results = {
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "model": exp.model.name,
+            "dataset": exp.data.name,
+            "defense": exp.defense.name,
+            "attack": exp.attack.name if exp.attack is not None else "none",
+            "seed": ctx.seed,
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "out_dir": str(out),
+            "device": str(ctx.torch_device()),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "verification": verification,
+        "quality": quality,
+        "protect": protected.info or {},
+        "attack": attack_cost,
+        "stages": tracker.to_dict(),
+        "files": files,
+    }
+    write_results(results, out)
+    log_results(ctx.logger, results, out)
+    return results
+
+
+def _verification_report(scores: dict[str, Verification], fprs: list[float]) -> dict[str, Any]:
+    """Summaries plus TPR at fixed FPRs, thresholds calibrated on the never-watermarked model only."""
+    null = scores["never_watermarked"]
+    null_pool = null.scores + null.null_scores
+    report: dict[str, Any] = {"statistic": null.statistic}
+    report.update({name: v.summary() for name, v in scores.items()})
+    tpr: dict[str, Any] = {}
+    for fpr in fprs:
+        entry: dict[str, Any] = {}
+        for name in ("before_attack", "after_attack"):
+            if name in scores:
+                r = tpr_at_fpr(scores[name].scores, null_pool, fpr)
+                entry[name] = r.tpr
+                entry[f"{name}_ci"] = list(r.ci)
+                entry.update(threshold=r.threshold, achieved_fpr=r.achieved_fpr, n_null=r.n_null, underpowered=r.underpowered)
+        tpr[str(fpr)] = entry
+    report["tpr_at_fpr"] = tpr
+    return report

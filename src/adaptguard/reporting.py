@@ -1,0 +1,119 @@
+"""results.json, the printed summary table, sample grids, and what goes to the logger."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from lightning.pytorch.loggers import Logger
+
+SCHEMA_VERSION = 1
+
+
+def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
+    torchvision.utils.save_image(images.float() * 0.5 + 0.5, path, nrow=nrow, padding=1)
+    return path
+
+
+def write_results(results: Mapping[str, Any], out_dir: Path) -> Path:
+    path = Path(out_dir) / "results.json"
+    path.write_text(json.dumps(results, indent=2, default=_jsonable))
+    return path
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, torch.Tensor):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves as ``a/b/c`` keys (booleans as 0/1), for loggers."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key))
+        elif isinstance(v, bool):
+            out[key] = float(v)
+        elif isinstance(v, int | float) and v is not None:
+            out[key] = float(v)
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+COLUMNS = ("base", "protected", "attacked")
+
+
+def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(metric, base, protected, attacked) rows: the never-watermarked base model is the null."""
+    rows: list[tuple[str, str, str, str]] = []
+    ver = results.get("verification")
+    if ver:
+        cols = [ver.get("never_watermarked"), ver.get("before_attack"), ver.get("after_attack")]
+
+        def rate(v):
+            return None if v is None else f"{v['rate']:.3f} [{v['ci'][0]:.2f},{v['ci'][1]:.2f}]"
+
+        rows.append(("verification rate [95% CI]", *[rate(v) for v in cols]))
+        rows.append(("detected", *[_fmt(v and v["detected"]) for v in cols]))
+        rows.append(("p-value", *[_fmt(v and v["p_value"]) for v in cols]))
+        if any(v and v["details"].get("bit_accuracy") is not None for v in cols):
+            rows.append(("bit accuracy", *[_fmt(v and v["details"].get("bit_accuracy")) for v in cols]))
+        for fpr, entry in (ver.get("tpr_at_fpr") or {}).items():
+            rows.append((f"TPR @ FPR {fpr}", "-", _fmt(entry.get("before_attack")), _fmt(entry.get("after_attack"))))
+    quality = results.get("quality", {})
+    metrics = sorted({m for stage in quality.values() for dom in stage.values() for m in dom if m != "num_samples"})
+    for domain in ("clean", "attacker"):
+        for m in metrics:
+            vals = [quality.get(stage, {}).get(domain, {}).get(m) for stage in COLUMNS]
+            if any(v is not None for v in vals):
+                rows.append((f"{m} ({domain})", *[_fmt(v) for v in vals]))
+    return [tuple(_fmt(c) if not isinstance(c, str) else c for c in r) for r in rows]
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    run = results["run"]
+    head = " ".join(f"{k}={run[k]}" for k in ("model", "dataset", "defense", "attack"))
+    rows = [("metric", *COLUMNS), *summary_rows(results)]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"adaptguard | {head}"]
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    stages = results.get("stages", {})
+    if stages:
+        lines.append("stage times: " + " | ".join(f"{k} {v['wall_s']:.1f}s" for k, v in stages.items()))
+    lines.append(f"results: {Path(run['out_dir']) / 'results.json'}")
+    return "\n".join(lines)
+
+
+def log_results(logger: Logger | None, results: Mapping[str, Any], out_dir: Path) -> None:
+    """Scalars as metrics, grids as images and the summary as a table (wandb); CSV gets scalars."""
+    if logger is None:
+        return
+    scalars = {f"results/{k}": v for k, v in flatten({k: results[k] for k in ("verification", "quality", "stages", "attack") if results.get(k)}).items()}
+    logger.log_metrics(scalars)
+    if hasattr(logger, "log_image"):
+        for name, file in results.get("files", {}).items():
+            if file.endswith(".png"):
+                logger.log_image(key=f"samples/{name}", images=[str(Path(out_dir) / file)])
+    if hasattr(logger, "log_table"):
+        logger.log_table(key="summary", columns=["metric", *COLUMNS], data=[list(r) for r in summary_rows(results)])
+    logger.save()

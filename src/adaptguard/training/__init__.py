@@ -1,0 +1,3 @@
+from adaptguard.training.module import DenoisingModule, OptimConfig
+
+__all__ = ["DenoisingModule", "OptimConfig"]

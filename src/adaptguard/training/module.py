@@ -1,0 +1,87 @@
+"""The one LightningModule used for pretraining, protecting and attacking.
+
+What is trained is decided by ``requires_grad`` on the bundle's parameters (set by the
+caller: a defense's trainable subset, an attack's LoRA adapters, a FineTuneConstraint),
+and only those parameters reach the optimizer, so frozen tensors get neither gradients
+nor optimizer state. A defense with its own loss passes an ``objective``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+from diffusers.optimization import get_scheduler
+
+from adaptguard.errors import ConfigError
+from adaptguard.models.bundle import DiffusionModel
+
+Objective = Callable[[DiffusionModel, Mapping[str, Any]], "torch.Tensor | dict[str, torch.Tensor]"]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization scheduler name
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ConfigError(f"lr: must be > 0, got {self.lr}")
+        self.betas = tuple(self.betas)
+
+
+class DenoisingModule(L.LightningModule):
+    def __init__(
+        self,
+        model: DiffusionModel,
+        optim: OptimConfig | None = None,
+        objective: Objective | None = None,
+        caption_dropout: float = 0.0,
+        log_prefix: str = "train",
+        max_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.optim = optim or OptimConfig()
+        self.objective = objective
+        self.caption_dropout = caption_dropout
+        self.log_prefix = log_prefix
+        self.max_steps = max_steps
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.caption_dropout > 0:
+            batch = dict(batch)
+            batch["caption"] = ["" if random.random() < self.caption_dropout else c for c in batch["caption"]]
+        if self.objective is None:
+            out: Any = self.model.training_loss(batch["image"], batch["caption"])
+        else:
+            out = self.objective(self.model, batch)
+        terms = out if isinstance(out, dict) else {"loss": out}
+        bs = batch["image"].shape[0]
+        self.log_dict({f"{self.log_prefix}/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, batch_size=bs)
+        return terms["loss"]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = self.trainable_parameters()
+        if not params:
+            raise ConfigError("nothing to train: every parameter is frozen for this stage")
+        optimizer = torch.optim.AdamW(
+            params, lr=self.optim.lr, weight_decay=self.optim.weight_decay, betas=self.optim.betas
+        )
+        scheduler = get_scheduler(
+            self.optim.lr_scheduler,
+            optimizer,
+            num_warmup_steps=self.optim.warmup_steps,
+            num_training_steps=self.max_steps or 1,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
