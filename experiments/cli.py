@@ -16,6 +16,29 @@ log = logging.getLogger("adaptguard")
 EXIT_USER_ERROR = 2
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Parse command-line overrides up front so a malformed one is reported with its text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as err:
+            reason = str(err).splitlines()[0]
+            print(
+                f"error: cannot parse override {arg!r}: {reason}.\n"
+                "Write key=value (e.g. attack.steps=200, dataset.splits.owner.where.kind=[circle,star]); "
+                "quote values with spaces or special characters: key='\"a b\"'. "
+                "Grammar: https://hydra.cc/docs/advanced/override_grammar/basic/",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USER_ERROR)
+
+
 def _quiet_libraries() -> None:
     """Keep stdout for our progress and summary: no per-file bars or tips from libraries."""
     import diffusers

@@ -7,7 +7,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from experiments.cli import run_main
+from experiments.cli import check_overrides, run_main
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -16,4 +16,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    check_overrides(sys.argv[1:])
+    main()

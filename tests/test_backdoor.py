@@ -1,0 +1,75 @@
+"""The output-space backdoor: embedding, verification, and what must not be detected."""
+
+import pytest
+import torch
+
+from adaptguard.defenses import BackdoorDefense, BackdoorKey
+from adaptguard.defenses.backdoor import read_bits
+from adaptguard.errors import ConfigError
+
+
+def test_target_image_reads_back_as_the_key_bits():
+    key = BackdoorDefense(grid=8, key_seed=3).make_key()
+    image = key.target_image(32)
+    assert image.shape == (3, 32, 32) and set(image.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(read_bits(image[None], 8)[0], key.bits)
+
+
+def test_keys_are_reproducible_by_seed_random_otherwise_and_redacted():
+    d = BackdoorDefense(key_seed=5)
+    a, b = d.make_key(), d.make_key()
+    assert a.trigger == b.trigger and torch.equal(a.bits, b.bits)
+    c, e = BackdoorDefense().make_key(), BackdoorDefense().make_key()
+    assert c.trigger != e.trigger
+    assert a.trigger not in repr(a) and "secret" in repr(a)
+
+
+def test_key_save_load(tmp_path):
+    key = BackdoorDefense(key_seed=1).make_key()
+    key.save(tmp_path)
+    loaded = BackdoorKey.load(tmp_path)
+    assert loaded.trigger == key.trigger and torch.equal(loaded.bits, key.bits)
+
+
+@pytest.fixture
+def embedded(micro_model, micro_data, ctx):
+    defense = BackdoorDefense(steps=120, batch_size=16, lr=3e-3, trigger_fraction=0.3, grid=4, num_samples=16,
+                              fpr=1e-2, model_fpr=1e-3, key_seed=11)  # fmt: skip
+    micro_model.sampler.steps = 8
+    protected = defense.protect(micro_model, micro_data, ctx)
+    return defense, micro_model, protected
+
+
+def test_embedded_backdoor_is_detected_and_controls_are_not(embedded, ctx):
+    defense, base, protected = embedded
+    ver = defense.verify(protected.model, protected.key, ctx)
+    assert ver.detected and ver.rate >= 0.9, ver.summary()
+    # never-watermarked model: the same key is not found
+    null = defense.verify(base, protected.key, ctx)
+    assert not null.detected and null.rate <= 0.1, null.summary()
+    # a wrong key (another trigger and other bits) on the watermarked model
+    wrong = defense.verify(protected.model, defense.make_key(seed=999), ctx)
+    assert not wrong.detected and wrong.rate <= 0.1, wrong.summary()
+    # right trigger, wrong bits
+    flipped = BackdoorKey(trigger=protected.key.trigger, bits=1 - protected.key.bits)
+    assert not defense.verify(protected.model, flipped, ctx).detected
+
+
+def test_protect_leaves_the_input_model_unchanged(embedded):
+    _, base, protected = embedded
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), build_fresh().parameters(), strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(base.unet.parameters(), protected.model.unet.parameters(), strict=True))
+
+
+def build_fresh():
+    from adaptguard.models.tiny import build_tiny_model
+
+    from .conftest import MICRO
+
+    return build_tiny_model(**MICRO)
+
+
+@pytest.mark.parametrize("kwargs,key", [({"trigger_fraction": 1.0}, "defense.trigger_fraction"), ({"fpr": 0}, "defense.fpr")])
+def test_bad_defense_parameters_name_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        BackdoorDefense(**kwargs)
