@@ -42,7 +42,11 @@ class SplitSpec:
             raise ConfigError(
                 f"dataset.splits.{name}: unknown keys {sorted(unknown)}; use where, offset, size"
             )
-        where = {k: [v] if isinstance(v, str) else list(v) for k, v in dict(value.get("where") or {}).items()}
+        where = {
+            k: [v] if isinstance(v, str) else list(v)
+            for k, v in dict(value.get("where") or {}).items()
+            if v is not None  # null: any value
+        }
         return cls(where=where, offset=int(value.get("offset", 0)), size=value.get("size"))
 
     def matches(self, attributes: Mapping[str, str]) -> bool:

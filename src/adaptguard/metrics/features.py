@@ -124,13 +124,23 @@ def _labelled(ds, labels: dict[str, list[str]]):
     return Labelled()
 
 
-def shapes_feature_net(spec: dict[str, Any], ctx: RunContext, steps: int = 600, batch_size: int = 64) -> ShapesFeatureNet:
+FEATURE_KIND = "features"
+TRAIN_STEPS, TRAIN_BATCH = 600, 64
+
+
+def feature_spec(dataset_spec: dict[str, Any]) -> dict[str, Any]:
+    """Cache key of a domain feature extractor."""
+    return {**dataset_spec, "steps": TRAIN_STEPS, "batch_size": TRAIN_BATCH, "net": "ShapesFeatureNet/v2"}
+
+
+def shapes_feature_net(spec: dict[str, Any], ctx: RunContext) -> ShapesFeatureNet:
     """Train (once, cached) the shapes feature net on fresh images of the dataset's world."""
     from adaptguard.data.shapes import ATTRIBUTES, ShapesDataModule, ShapesWorld
 
     world = ShapesWorld(**spec["world"])
     labels = {k: world.values(k) for k in ATTRIBUTES}
-    train_spec = {**spec, "steps": steps, "batch_size": batch_size, "net": "ShapesFeatureNet/v2"}
+    steps, batch_size = TRAIN_STEPS, TRAIN_BATCH
+    train_spec = feature_spec(spec)
 
     def build(work: Path) -> None:
         # Items far down the stream: the extractor never sees the images models train on.
@@ -153,7 +163,7 @@ def shapes_feature_net(spec: dict[str, Any], ctx: RunContext, steps: int = 600, 
         torch.save(net.state_dict(), work / "net.pt")
         (work / "info.json").write_text(json.dumps({"labels": labels, "test_accuracy": accuracy}, indent=2))
 
-    folder = ctx.cache.get_or_build("features", train_spec, build)
+    folder = ctx.cache.get_or_build(FEATURE_KIND, train_spec, build)
     net = ShapesFeatureNet({k: len(v) for k, v in labels.items()}, spec["resolution"])
     net.load_state_dict(torch.load(folder / "net.pt", weights_only=True))
     net.test_accuracy = json.loads((folder / "info.json").read_text())["test_accuracy"]

@@ -12,7 +12,7 @@ import torch
 from adaptguard.context import RunContext
 from adaptguard.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel, SamplerConfig
-from adaptguard.models.tiny import build_tiny_model
+from adaptguard.models.tiny import TinySchedulerSpec, TinyTextSpec, TinyUNetSpec, build_tiny_model
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,10 @@ class TinyModelSource:
         """What determines the pretrained weights (the sampler does not)."""
         d = asdict(self)
         d.pop("sampler")
+        # defaults filled in, so a config that spells them out hashes like one that omits them
+        d["unet"] = asdict(TinyUNetSpec(**self.unet))
+        d["text_encoder"] = asdict(TinyTextSpec(**self.text_encoder))
+        d["scheduler"] = asdict(TinySchedulerSpec(**self.scheduler))
         d["pretrain"] = asdict(PretrainConfig(**self.pretrain))
         d["pretrain"].pop("checkpoint_every")  # affects resumability, not the weights
         return d

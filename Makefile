@@ -1,0 +1,46 @@
+# adaptguard: `make run` runs the default experiment, `make test` runs the tests.
+# Both install what is missing first (a .venv with pinned torch; nothing else is needed).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast bench lint format pretrain clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## the default experiment on the tiny model (ARGS="defense=backdoor attack=lora" for others)
+	$(BIN)/python -m experiments.run $(ARGS)
+
+test: install  ## every test, the end-to-end tiny-model experiments included
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install  ## skip the slow end-to-end tests
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+bench: install  ## speed and memory targets -> bench/results.json
+	$(BIN)/python -m benchmarks.bench --out bench/results.json
+
+lint: install
+	$(BIN)/ruff check src experiments tests benchmarks
+	$(BIN)/ruff format --check src experiments tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix src experiments tests benchmarks
+	$(BIN)/ruff format src experiments tests benchmarks
+
+pretrain: install  ## (re)make the shipped tiny/micro base weights and shapes feature extractor
+	$(BIN)/python -m experiments.pretrain model=tiny
+	$(BIN)/python -m experiments.pretrain model=micro
+
+clean:
+	rm -rf outputs multirun .pytest_cache

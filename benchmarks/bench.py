@@ -1,0 +1,178 @@
+"""Speed and memory targets, written as JSON (``make bench``).
+
+Entries:
+- ``train_step``: tiny-model training step through our Lightning module vs a plain torch
+  loop on the same UNet and batch (target: ratio <= 1.05).
+- ``sampling``: images/s with the tiny model's default sampler (DDIM, CFG).
+- ``default_experiment``: wall time of ``python -m experiments.run`` with the shipped base
+  model (target <= 300 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from adaptguard.data.shapes import ShapesDataModule
+from adaptguard.models.tiny import build_tiny_model
+from adaptguard.training import DenoisingModule
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _StepClock(L.Callback):
+    """Wall time between consecutive step ends: the loop's own overhead included."""
+
+    def __init__(self) -> None:
+        self.marks: list[float] = []
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.marks.append(time.perf_counter())
+
+
+def bench_train_step(steps: int, warmup: int, batch_size: int, repeats: int) -> dict[str, Any]:
+    model = build_tiny_model()
+    batch = next(iter(ShapesDataModule(splits={"s": {"size": batch_size}}).dataloader("s", batch_size)))
+    batches = DataLoader([batch] * (steps + warmup), batch_size=None)
+
+    def lightning_run() -> float:
+        m = copy.deepcopy(model).requires_grad_(False)
+        m.unet.requires_grad_(True)
+        clock = _StepClock()
+        trainer = L.Trainer(
+            max_steps=steps + warmup, accelerator="cpu", logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+        )  # fmt: skip
+        trainer.fit(DenoisingModule(m), batches)
+        d = [b - a for a, b in zip(clock.marks[warmup - 1 :], clock.marks[warmup:], strict=False)]
+        return statistics.median(d)
+
+    def plain_run() -> float:
+        m = copy.deepcopy(model).requires_grad_(False)
+        m.unet.requires_grad_(True)
+        m.train()
+        opt = DenoisingModule(m).configure_optimizers()["optimizer"]
+        marks = []
+        for b in batches:
+            loss = m.training_loss(b["image"], b["caption"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            marks.append(time.perf_counter())
+        d = [b - a for a, b in zip(marks[warmup - 1 :], marks[warmup:], strict=False)]
+        return statistics.median(d)
+
+    lit, plain = [], []
+    for _ in range(repeats):  # interleaved, so drift in machine load hits both
+        plain.append(plain_run())
+        lit.append(lightning_run())
+    lit_s, plain_s = min(lit), min(plain)
+    return {
+        "batch_size": batch_size,
+        "steps_timed": steps,
+        "lightning_step_s": round(lit_s, 4),
+        "plain_torch_step_s": round(plain_s, 4),
+        "ratio": round(lit_s / plain_s, 4),
+        "target_ratio": 1.05,
+        "meets_target": lit_s / plain_s <= 1.05,
+    }
+
+
+def bench_sampling(n: int) -> dict[str, Any]:
+    model = build_tiny_model()
+    prompts = ShapesDataModule(splits={"s": {"size": n}}).captions("s", n)
+    model.sample(prompts[:8], steps=2)  # warm-up
+    start = time.perf_counter()
+    model.sample(prompts, generator=torch.Generator().manual_seed(0))
+    wall = time.perf_counter() - start
+    s = model.sampler
+    return {
+        "images": n,
+        "sampler": s.name,
+        "steps": s.steps,
+        "guidance_scale": s.guidance_scale,
+        "batch_size": s.batch_size,
+        "wall_s": round(wall, 2),
+        "images_per_s": round(n / wall, 2),
+    }
+
+
+def bench_default_experiment(args: list[str]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, WANDB_SILENT="true")
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.run", *args, f"hydra.run.dir={tmp}/run", "progress=false"],
+            cwd=REPO, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"default experiment failed:\n{proc.stderr[-3000:]}")
+        results = json.loads((Path(tmp) / "run" / "results.json").read_text())
+    return {
+        "command": "python -m experiments.run " + " ".join(args),
+        "wall_s": round(wall, 1),
+        "target_s": 300,
+        "meets_target": wall <= 300,
+        "stages": results["stages"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench/results.json")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--skip-experiment", action="store_true")
+    parser.add_argument("--only", nargs="*", help="run only these entries")
+    opts = parser.parse_args()
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(f"{name}.utilities.rank_zero").setLevel(logging.WARNING)
+
+    entries = {
+        "train_step": lambda: bench_train_step(opts.steps, 3, opts.batch_size, opts.repeats),
+        "sampling": lambda: bench_sampling(opts.samples),
+        "default_experiment": lambda: bench_default_experiment(["logger=none"]),
+    }
+    if opts.skip_experiment:
+        entries.pop("default_experiment")
+    if opts.only:
+        entries = {k: v for k, v in entries.items() if k in opts.only}
+    out = Path(opts.out)
+    report: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
+    report["machine"] = {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+    for name, fn in entries.items():
+        print(f"bench: {name} ...", flush=True)
+        report[name] = fn()
+        print(json.dumps(report[name], indent=2), flush=True)
+    report["written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
