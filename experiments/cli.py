@@ -139,8 +139,12 @@ def _user_error(err: BaseException) -> str | None:
 def run_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
+    from adaptguard.redact import redact_override
+
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     _redact_hydra_files(output_dir)
+    # wandb records the command line as run metadata: Hydra has parsed it, so redact it here.
+    sys.argv[1:] = [redact_override(a) for a in sys.argv[1:]]
     _quiet_libraries()
     logger = None
     try:
