@@ -54,6 +54,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
     os.environ.setdefault("WANDB_SILENT", "true")
 
 

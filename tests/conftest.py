@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -14,31 +15,42 @@ import torch
 from adaptguard.artifacts import ArtifactCache
 from adaptguard.context import RunContext
 from adaptguard.data.shapes import ShapesDataModule
-from adaptguard.models.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
-MICRO = dict(
-    resolution=16,
-    unet=dict(
-        block_out_channels=[16, 32],
-        down_block_types=["DownBlock2D", "CrossAttnDownBlock2D"],
-        up_block_types=["CrossAttnUpBlock2D", "UpBlock2D"],
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ),
-    text_encoder=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
-    sampler=dict(steps=8, guidance_scale=2.0),
-)
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(f"{_name}.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def micro_source():
+    """The `model=micro` config as a TinyModelSource (16 px; shipped pretrained weights)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["model=micro"])
+    return instantiate(cfg.model, _convert_="all")
 
 
 @pytest.fixture
 def micro_model():
-    return build_tiny_model(**MICRO)
+    """Random-init micro model: for tests of mechanics, not of learned behaviour."""
+    return micro_source().build()
+
+
+@pytest.fixture(scope="session")
+def micro_base(tmp_path_factory):
+    """The pretrained micro model (shipped; pretrained into a temp cache if its config changed)."""
+    ctx = RunContext(cache=ArtifactCache(tmp_path_factory.mktemp("cache")), progress=False, device="cpu")
+    return micro_source().load(ctx)
 
 
 @pytest.fixture
 def micro_data():
+    return make_micro_data()
+
+
+def make_micro_data():
     return ShapesDataModule(
         resolution=16,
         batch_size=16,
@@ -48,6 +60,10 @@ def micro_data():
 
 @pytest.fixture
 def ctx(tmp_path):
+    return make_ctx(tmp_path)
+
+
+def make_ctx(tmp_path):
     trainer = functools.partial(
         L.Trainer, accelerator="cpu", devices=1, enable_model_summary=False, log_every_n_steps=1
     )

@@ -7,6 +7,8 @@ from adaptguard.defenses import BackdoorDefense, BackdoorKey
 from adaptguard.defenses.backdoor import read_bits
 from adaptguard.errors import ConfigError
 
+from .conftest import make_ctx, make_micro_data
+
 
 def test_target_image_reads_back_as_the_key_bits():
     key = BackdoorDefense(grid=8, key_seed=3).make_key()
@@ -31,17 +33,22 @@ def test_key_save_load(tmp_path):
     assert loaded.trigger == key.trigger and torch.equal(loaded.bits, key.bits)
 
 
-@pytest.fixture
-def embedded(micro_model, micro_data, ctx):
-    defense = BackdoorDefense(steps=120, batch_size=16, lr=3e-3, trigger_fraction=0.3, grid=4, num_samples=16,
-                              fpr=1e-2, model_fpr=1e-3, key_seed=11)  # fmt: skip
-    micro_model.sampler.steps = 8
-    protected = defense.protect(micro_model, micro_data, ctx)
-    return defense, micro_model, protected
+@pytest.fixture(scope="module")
+def embedded(micro_base, tmp_path_factory):
+    ctx = make_ctx(tmp_path_factory.mktemp("backdoor"))
+    micro_data = make_micro_data()
+    defense = BackdoorDefense(steps=EMBED_STEPS, batch_size=16, lr=1e-3, trigger_fraction=0.3, grid=4,
+                              num_samples=16, fpr=1e-2, model_fpr=1e-3, key_seed=11)  # fmt: skip
+    base = micro_base.clone()
+    return defense, base, defense.protect(base, micro_data, ctx)
 
 
-def test_embedded_backdoor_is_detected_and_controls_are_not(embedded, ctx):
+EMBED_STEPS = 200
+
+
+def test_embedded_backdoor_is_detected_and_controls_are_not(embedded, tmp_path):
     defense, base, protected = embedded
+    ctx = make_ctx(tmp_path)
     ver = defense.verify(protected.model, protected.key, ctx)
     assert ver.detected and ver.rate >= 0.9, ver.summary()
     # never-watermarked model: the same key is not found
@@ -55,18 +62,12 @@ def test_embedded_backdoor_is_detected_and_controls_are_not(embedded, ctx):
     assert not defense.verify(protected.model, flipped, ctx).detected
 
 
-def test_protect_leaves_the_input_model_unchanged(embedded):
+def test_protect_leaves_the_input_model_unchanged(embedded, micro_base):
     _, base, protected = embedded
-    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), build_fresh().parameters(), strict=True))
-    assert not all(torch.equal(p, q) for p, q in zip(base.unet.parameters(), protected.model.unet.parameters(), strict=True))
-
-
-def build_fresh():
-    from adaptguard.models.tiny import build_tiny_model
-
-    from .conftest import MICRO
-
-    return build_tiny_model(**MICRO)
+    assert all(torch.equal(p, q) for p, q in zip(base.parameters(), micro_base.parameters(), strict=True))
+    assert not all(
+        torch.equal(p, q) for p, q in zip(base.unet.parameters(), protected.model.unet.parameters(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("kwargs,key", [({"trigger_fraction": 1.0}, "defense.trigger_fraction"), ({"fpr": 0}, "defense.fpr")])

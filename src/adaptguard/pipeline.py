@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from adaptguard.attacks.base import Attack
 from adaptguard.context import RunContext
@@ -143,8 +144,9 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         "stages": tracker.to_dict(),
         "files": files,
     }
-    write_results(results, out)
-    log_results(ctx.logger, results, out)
+    if rank_zero_only.rank == 0:  # under DDP every rank runs the pipeline; one writes
+        write_results(results, out)
+        log_results(ctx.logger, results, out)
     return results
 
 

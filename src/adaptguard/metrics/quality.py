@@ -105,7 +105,9 @@ class QualityEvaluator:
             chunk01 = (chunk.to(device) * 0.5 + 0.5).clamp(0, 1)
             fid.update(chunk01, real=False)
             kid.update(chunk01, real=False)
-        kid_mean, kid_std = kid.compute()
+        with torch.random.fork_rng(devices=[]):  # KID draws random subsets: same subsets every run
+            torch.manual_seed(ctx.seed)
+            kid_mean, kid_std = kid.compute()
         metrics = {
             f"fid_{name}": float(fid.compute()),
             f"kid_{name}_mean": float(kid_mean),
