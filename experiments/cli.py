@@ -131,8 +131,10 @@ def _user_error(err: BaseException) -> str | None:
             key = getattr(seen, "full_key", None)
             first = str(seen).splitlines()[0]
             return f"{key}: {first}" if key else first
-        if isinstance(seen, InstantiationException) and seen.__cause__ is None:
-            return str(seen).splitlines()[0]
+        if isinstance(seen, InstantiationException) and (
+            seen.__cause__ is None or isinstance(seen.__cause__, TypeError)  # e.g. an unexpected config key
+        ):
+            return " ".join(str(seen).split())
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -15,6 +15,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from adaptguard.attacks.base import Attack
+from adaptguard.attacks.none import NoAttack
 from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import Defense, Protected
@@ -26,6 +27,7 @@ from adaptguard.models.bundle import DiffusionModel
 from adaptguard.reporting import SCHEMA_VERSION, log_results, save_grid, write_results
 
 log = logging.getLogger(__name__)
+QUALITY_SEED_OFFSET = 100
 
 
 class ModelSource(Protocol):
@@ -59,8 +61,6 @@ class Experiment:
 
 def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext) -> Protected:
     """defense.protect, cached by (base model, defense, owner data, seed) so sweeps protect once."""
-    if isinstance(exp.defense, NoDefense):
-        return exp.defense.protect(base, exp.data, ctx)
     spec = {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(), "seed": ctx.seed}
 
     def build(work: Path) -> None:
@@ -79,12 +79,13 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     files: dict[str, str] = {}
     ev = exp.eval
 
-    def score(stage: str, model: DiffusionModel, domains: list[tuple[str, str]], offset: int) -> None:
+    def score(stage: str, model: DiffusionModel, domains: list[tuple[str, str]]) -> None:
         if ev.fid is None:
             return
         with tracker.stage(f"quality_{stage}"):
             for domain, split in domains:
-                metrics, images = ev.fid.evaluate(model, exp.data, split, ctx, offset=offset)
+                # the same seed for every stage: base, protected and attacked start from the same noise
+                metrics, images = ev.fid.evaluate(model, exp.data, split, ctx, offset=QUALITY_SEED_OFFSET)
                 quality.setdefault(stage, {})[domain] = metrics
                 name = f"samples_{stage}" if domain == "clean" else f"samples_{stage}_{domain}"
                 files[name] = save_grid(images[: ev.grid_samples], out / f"{name}.png").name
@@ -93,24 +94,26 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         base = exp.model.load(ctx)
     clean = [("clean", ev.clean_split)]
     if ev.quality_of_base:
-        score("base", base, clean, offset=100)
+        score("base", base, clean)
 
-    with tracker.stage("protect"):
-        protected = protect_cached(exp, base, ctx)
-    key = protected.key
-    verification: dict[str, Any] | None = None
+    defended = not isinstance(exp.defense, NoDefense)
     scores: dict[str, Verification] = {}
-    with tracker.stage("verify_before"):
-        before = exp.defense.verify(protected.model, key, ctx)
-        if before is not None:
-            scores["before_attack"] = before
-            scores["never_watermarked"] = exp.defense.verify(base, key, ctx)
-    if not isinstance(exp.defense, NoDefense):
-        score("protected", protected.model, clean, offset=100)
+    if defended:
+        with tracker.stage("protect"):
+            protected = protect_cached(exp, base, ctx)
+        with tracker.stage("verify_before"):
+            before = exp.defense.verify(protected.model, protected.key, ctx)
+            if before is not None:
+                scores["before_attack"] = before
+                scores["never_watermarked"] = exp.defense.verify(base, protected.key, ctx)
+        score("protected", protected.model, clean)
+    else:
+        protected = exp.defense.protect(base, exp.data, ctx)
+    key = protected.key
 
     attacked = protected.model
     attack_cost: dict[str, Any] = {}
-    if exp.attack is not None and exp.attack.name != "none":
+    if exp.attack is not None and not isinstance(exp.attack, NoAttack):
         with tracker.stage("attack"):
             attacked = exp.attack.run(protected.model, exp.data, exp.defense.constraint(key), ctx)
         attack_cost = exp.attack.cost()
@@ -119,10 +122,7 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
             if after is not None:
                 scores["after_attack"] = after
         domains = clean + ([("attacker", ev.attacker_split)] if ev.attacker_split else [])
-        score("attacked", attacked, domains, offset=100)
-
-    if scores:
-        verification = _verification_report(scores, ev.fprs)
+        score("attacked", attacked, domains)
 
     results = {
         "schema_version": SCHEMA_VERSION,
@@ -137,7 +137,7 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
             "device": str(ctx.torch_device()),
             "torch_threads": torch.get_num_threads(),
         },
-        "verification": verification,
+        "verification": _verification_report(scores, ev.fprs) if scores else None,
         "quality": quality,
         "protect": protected.info or {},
         "attack": attack_cost,

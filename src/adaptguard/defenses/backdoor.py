@@ -71,10 +71,10 @@ class _TriggerMix(Dataset):
 @dataclass
 class BackdoorDefense(Defense):
     # embedding
-    steps: int = 400
+    steps: int = 600
     batch_size: int = 32
     lr: float = 2e-4
-    trigger_fraction: float = 0.2
+    trigger_fraction: float = 0.4
     split: str = "owner"
     # key
     trigger: str | None = None  # None: a random secret trigger drawn with the key
@@ -87,6 +87,7 @@ class BackdoorDefense(Defense):
     model_fpr: float = 1e-3  # model-level decision
     null_keys: int = 63  # random keys each image is also scored against (null distribution)
     sample_steps: int | None = None
+    guidance_scale: float | None = 1.0  # verification sampling; None: the model's (CFG pulls away from the target)
 
     name: str = "backdoor"
     key_type = BackdoorKey
@@ -125,7 +126,10 @@ class BackdoorDefense(Defense):
     def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:
         assert isinstance(key, BackdoorKey)
         images = model.sample(
-            [key.trigger] * self.num_samples, steps=self.sample_steps, generator=ctx.generator(offset=7)
+            [key.trigger] * self.num_samples,
+            steps=self.sample_steps,
+            guidance_scale=self.guidance_scale,
+            generator=ctx.generator(offset=7),
         )
         bits = read_bits(images, self.grid)
         matches = (bits == key.bits.to(bits.device)).sum(1)
