@@ -18,10 +18,10 @@ from experiments.cli import check_overrides
 def main(cfg: DictConfig) -> None:
     from hydra.utils import instantiate
 
-    from experiments.cli import _quiet_libraries
     from adaptguard.artifacts import ArtifactCache
     from adaptguard.context import RunContext
     from adaptguard.metrics.features import FEATURE_KIND, feature_spec, shapes_feature_net
+    from experiments.cli import _quiet_libraries
 
     _quiet_libraries()
     cache = ArtifactCache(cfg.paths.cache, use_shipped=False)

@@ -22,14 +22,18 @@ for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(f"{_name}.utilities.rank_zero").setLevel(logging.WARNING)
 
 
-def micro_source():
-    """The `model=micro` config as a TinyModelSource (16 px; shipped pretrained weights)."""
+def model_source(name: str = "micro"):
+    """A `model=<name>` config as a TinyModelSource (micro: 16 px, tiny: 32 px; both ship pretrained weights)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["model=micro"])
+        cfg = compose(config_name="config", overrides=[f"model={name}"])
     return instantiate(cfg.model, _convert_="all")
+
+
+def micro_source():
+    return model_source("micro")
 
 
 @pytest.fixture
@@ -54,7 +58,11 @@ def make_micro_data():
     return ShapesDataModule(
         resolution=16,
         batch_size=16,
-        splits={"owner": {"size": 256}, "attacker": {"offset": 5000, "size": 256}, "eval": {"offset": 9000, "size": 64}},
+        splits={
+            "owner": {"size": 256},
+            "attacker": {"offset": 5000, "size": 256},
+            "eval": {"offset": 9000, "size": 64},
+        },
     )
 
 

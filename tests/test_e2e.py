@@ -21,7 +21,7 @@ def smoke_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
     env = dict(os.environ, ADAPTGUARD_CACHE=str(tmp / "cache"), WANDB_DIR=str(tmp))
     proc = run_cli(
-        ["experiment=smoke", "logger=wandb", f"defense.trigger={TRIGGER}", f"defense.key_seed={KEY_SEED}"], env, tmp
+        ["experiment=smoke", "logger=wandb", f"defense.trigger='{TRIGGER}'", f"defense.key_seed={KEY_SEED}"], env, tmp
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return tmp / "run", proc
@@ -66,7 +66,7 @@ def test_secrets_never_reach_logs_configs_or_stdout(smoke_run):
 def test_sweep_with_parallel_launcher_runs_every_job(cli_env, tmp_path):
     args = [
         "-m", "model=micro", "defense=none,backdoor", "attack=full,lora", "hydra/launcher=local",
-        "attack.steps=3", "eval.fid.num_samples=8", "eval.fid.kid_subset_size=4", "logger=csv",
+        "++attack.steps=3", "eval.fid.num_samples=8", "eval.fid.kid_subset_size=4", "logger=csv",
     ]  # fmt: skip
     proc = run_cli(args, cli_env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]

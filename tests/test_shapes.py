@@ -26,7 +26,9 @@ def test_items_follow_the_data_contract():
 
 
 def test_image_shows_the_captioned_colours():
-    dm = ShapesDataModule(resolution=32, splits={"s": {"size": 64, "where": {"colour": ["red"], "background": ["white"]}}})
+    dm = ShapesDataModule(
+        resolution=32, splits={"s": {"size": 64, "where": {"colour": ["red"], "background": ["white"]}}}
+    )
     ds = dm.dataset("s")
     for i in range(8):
         img = ds[i]["image"] * 0.5 + 0.5

@@ -20,9 +20,7 @@ TrainerFactory = Callable[..., L.Trainer]
 
 def default_trainer_factory() -> TrainerFactory:
     """A plain single-device Trainer; Hydra's ``trainer`` group replaces this."""
-    return functools.partial(
-        L.Trainer, accelerator="auto", devices=1, log_every_n_steps=10, enable_model_summary=False
-    )
+    return functools.partial(L.Trainer, accelerator="auto", devices=1, log_every_n_steps=10, enable_model_summary=False)
 
 
 @dataclass
@@ -71,5 +69,7 @@ class RunContext:
             default_root_dir=str(self.out_dir),
             **trainer_kwargs,
         )
+        module.train()  # bundles come back from load()/sampling in eval mode; Lightning keeps the mode it finds
         trainer.fit(module, train_dataloaders=dataloader, ckpt_path=ckpt_path)
+        module.eval()
         return trainer

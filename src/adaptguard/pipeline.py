@@ -61,7 +61,12 @@ class Experiment:
 
 def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext) -> Protected:
     """defense.protect, cached by (base model, defense, owner data, seed) so sweeps protect once."""
-    spec = {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(), "seed": ctx.seed}
+    spec = {
+        "base": exp.model.describe(),
+        "defense": exp.defense.describe(),
+        "data": exp.data.describe(),
+        "seed": ctx.seed,
+    }
 
     def build(work: Path) -> None:
         exp.defense.save_protected(exp.defense.protect(base, exp.data, ctx), work)
@@ -117,10 +122,11 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         with tracker.stage("attack"):
             attacked = exp.attack.run(protected.model, exp.data, exp.defense.constraint(key), ctx)
         attack_cost = exp.attack.cost()
-        with tracker.stage("verify_after"):
-            after = exp.defense.verify(attacked, key, ctx)
-            if after is not None:
-                scores["after_attack"] = after
+        if defended:
+            with tracker.stage("verify_after"):
+                after = exp.defense.verify(attacked, key, ctx)
+                if after is not None:
+                    scores["after_attack"] = after
         domains = clean + ([("attacker", ev.attacker_split)] if ev.attacker_split else [])
         score("attacked", attacked, domains)
 
@@ -164,7 +170,9 @@ def _verification_report(scores: dict[str, Verification], fprs: list[float]) -> 
                 r = tpr_at_fpr(scores[name].scores, null_pool, fpr)
                 entry[name] = r.tpr
                 entry[f"{name}_ci"] = list(r.ci)
-                entry.update(threshold=r.threshold, achieved_fpr=r.achieved_fpr, n_null=r.n_null, underpowered=r.underpowered)
+                entry.update(
+                    threshold=r.threshold, achieved_fpr=r.achieved_fpr, n_null=r.n_null, underpowered=r.underpowered
+                )
         tpr[str(fpr)] = entry
     report["tpr_at_fpr"] = tpr
     return report

@@ -108,7 +108,12 @@ def log_results(logger: Logger | None, results: Mapping[str, Any], out_dir: Path
     """Scalars as metrics, grids as images and the summary as a table (wandb); CSV gets scalars."""
     if logger is None:
         return
-    scalars = {f"results/{k}": v for k, v in flatten({k: results[k] for k in ("verification", "quality", "stages", "attack") if results.get(k)}).items()}
+    scalars = {
+        f"results/{k}": v
+        for k, v in flatten(
+            {k: results[k] for k in ("verification", "quality", "stages", "attack") if results.get(k)}
+        ).items()
+    }
     logger.log_metrics(scalars)
     if hasattr(logger, "log_image"):
         for name, file in results.get("files", {}).items():

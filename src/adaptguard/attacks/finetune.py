@@ -118,7 +118,9 @@ class LoraFineTune(FullFineTune):
                 continue
             (skipped if constraint and constraint.freezes_module(f"unet.{name}") else matched).append(name)
         if skipped:
-            log.info("LoRA: skipped %d of %d target modules frozen by the defense", len(skipped), len(matched) + len(skipped))
+            log.info(
+                "LoRA: skipped %d of %d target modules frozen by the defense", len(skipped), len(matched) + len(skipped)
+            )
         if not matched:
             raise ConfigError(
                 f"attack.target_modules: {self.target_modules} matched no trainable UNet module"

@@ -39,9 +39,7 @@ class SplitSpec:
         value = dict(value or {})
         unknown = set(value) - {"where", "offset", "size"}
         if unknown:
-            raise ConfigError(
-                f"dataset.splits.{name}: unknown keys {sorted(unknown)}; use where, offset, size"
-            )
+            raise ConfigError(f"dataset.splits.{name}: unknown keys {sorted(unknown)}; use where, offset, size")
         where = {
             k: [v] if isinstance(v, str) else list(v)
             for k, v in dict(value.get("where") or {}).items()

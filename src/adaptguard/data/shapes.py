@@ -68,12 +68,19 @@ class ShapesWorld:
             bad = [v for v in values if v not in allowed]
             if bad or not values:
                 raise ConfigError(f"dataset.world.{key}: unknown or empty {bad}; choose from {sorted(allowed)}")
-        if not any(abs(_luma(PALETTE[c]) - _luma(PALETTE[b])) >= MIN_CONTRAST for c in self.colours for b in self.backgrounds):
+        if not any(
+            abs(_luma(PALETTE[c]) - _luma(PALETTE[b])) >= MIN_CONTRAST for c in self.colours for b in self.backgrounds
+        ):
             raise ConfigError("dataset.world: no colour/background pair has enough contrast")
 
     def values(self, attribute: str) -> list[str]:
-        return {"kind": self.kinds, "colour": self.colours, "background": self.backgrounds,
-                "size": self.sizes, "position": self.positions}[attribute]
+        return {
+            "kind": self.kinds,
+            "colour": self.colours,
+            "background": self.backgrounds,
+            "size": self.sizes,
+            "position": self.positions,
+        }[attribute]
 
     def attributes(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, index])
@@ -192,8 +199,13 @@ class ShapesDataModule(CaptionedImageDataModule):
                     )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "resolution": self.resolution, "world": vars(self.world),
-                "domain_attribute": self.domain_attribute, "default_split_size": self.default_split_size}
+        return {
+            **super().describe(),
+            "resolution": self.resolution,
+            "world": vars(self.world),
+            "domain_attribute": self.domain_attribute,
+            "default_split_size": self.default_split_size,
+        }
 
     def feature_extractor_spec(self) -> dict[str, Any]:
         return {"kind": "shapes", "resolution": self.resolution, "world": vars(self.world)}

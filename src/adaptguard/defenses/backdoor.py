@@ -136,6 +136,4 @@ class BackdoorDefense(Defense):
         # Random keys are independent of the model, so these are exact null scores.
         rand = torch.randint(0, 2, (self.null_keys, bits.shape[1]), generator=torch.Generator().manual_seed(12345))
         null = (bits[:, None, :] == rand[None].to(torch.uint8)).sum(-1).flatten()
-        return bit_match_verification(
-            matches.tolist(), self.grid**2, self.fpr, self.model_fpr, null.tolist()
-        )
+        return bit_match_verification(matches.tolist(), self.grid**2, self.fpr, self.model_fpr, null.tolist())

@@ -50,9 +50,7 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLERS:
-            raise ConfigError(
-                f"model.sampler.name: unknown sampler {self.name!r}; choose one of {sorted(SAMPLERS)}"
-            )
+            raise ConfigError(f"model.sampler.name: unknown sampler {self.name!r}; choose one of {sorted(SAMPLERS)}")
         if self.steps < 1:
             raise ConfigError(f"model.sampler.steps: must be >= 1, got {self.steps}")
 

@@ -65,7 +65,9 @@ class TinyModelSource:
         return d
 
     def build(self) -> DiffusionModel:
-        return build_tiny_model(self.resolution, self.unet, self.text_encoder, self.scheduler, self.sampler, self.init_seed)
+        return build_tiny_model(
+            self.resolution, self.unet, self.text_encoder, self.scheduler, self.sampler, self.init_seed
+        )
 
     def load(self, ctx: RunContext) -> DiffusionModel:
         from adaptguard.training.pretrain import pretrain_tiny
@@ -105,7 +107,9 @@ class PretrainedSource:
         dtype = getattr(torch, self.dtype, None)
         if not isinstance(dtype, torch.dtype):
             raise ConfigError(f"model.dtype: {self.dtype!r} is not a torch dtype (float32, float16, bfloat16)")
-        model = DiffusionModel.load(path, resolution=self.resolution, sampler=SamplerConfig(**self.sampler), torch_dtype=dtype)
+        model = DiffusionModel.load(
+            path, resolution=self.resolution, sampler=SamplerConfig(**self.sampler), torch_dtype=dtype
+        )
         if self.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
         return model.to(ctx.torch_device())

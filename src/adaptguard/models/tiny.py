@@ -20,12 +20,8 @@ from adaptguard.models.tokenizer import DEFAULT_WORDS, build_tokenizer
 @dataclass
 class TinyUNetSpec:
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
-    down_block_types: list[str] = field(
-        default_factory=lambda: ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"]
-    )
-    up_block_types: list[str] = field(
-        default_factory=lambda: ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"]
-    )
+    down_block_types: list[str] = field(default_factory=lambda: ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"])
+    up_block_types: list[str] = field(default_factory=lambda: ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
     layers_per_block: int = 1
     attention_head_dim: int = 8
     norm_num_groups: int = 8

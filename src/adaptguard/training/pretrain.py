@@ -28,7 +28,7 @@ def pretrain_tiny(source: TinyModelSource, work: Path, ctx: RunContext) -> None:
     from adaptguard.models.sources import PretrainConfig
 
     cfg = PretrainConfig(**source.pretrain)
-    log.info("pretraining the tiny base model: %d steps (cached afterwards; resumable)", cfg.steps)
+    log.info("pretraining the %s base model: %d steps (cached afterwards; resumable)", source.name, cfg.steps)
     model = source.build().to(ctx.torch_device())
     model.requires_grad_(True)
     data = ShapesDataModule(
