@@ -60,3 +60,10 @@ def test_default_config_is_the_tiny_no_defense_no_attack_experiment():
     )  # fmt: skip
     assert cfg.logger.offline is True
     assert OmegaConf.select(cfg, "logger.tags") == ["defense:none", "attack:none", "dataset:shapes", "model:tiny"]
+
+
+def test_layers_tool_config_composes_with_a_full_probe():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="layers", overrides=["attack=lora"], return_hydra_config=True)
+    assert cfg.hydra.runtime.choices.attack == "lora" and cfg.busy_fraction == 0.2 and cfg.tuned is None
+    instantiate(cfg.attack, _convert_="all")

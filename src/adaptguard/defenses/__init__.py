@@ -1,5 +1,6 @@
+from adaptguard.defenses.aiao import AIAODefense, AIAOKey
 from adaptguard.defenses.backdoor import BackdoorDefense, BackdoorKey
 from adaptguard.defenses.base import Defense, Protected, SecretKey
 from adaptguard.defenses.none import NoDefense
 
-__all__ = ["BackdoorDefense", "BackdoorKey", "Defense", "Protected", "SecretKey", "NoDefense"]
+__all__ = ["AIAODefense", "AIAOKey", "BackdoorDefense", "BackdoorKey", "Defense", "Protected", "SecretKey", "NoDefense"]

@@ -1,0 +1,362 @@
+"""AIAO: feature-space watermarks on Monte-Carlo-sampled subpaths through lazy blocks.
+
+Our reading of Liu et al., "Lazy Layers to Make Fine-Tuned Diffusion Models More
+Traceable" (arXiv 2405.00466; no public code; spec in docs/aiao.md). A short probe
+fine-tune on the owner's data ranks the UNet's blocks by relative weight change; the
+least active ("lazy") ones carry the watermark. The secret key seeds, per block, a
+mask-controlled trigger T(h) = (1 - M) * h + M * tau and a response (entries R and
+signs r). Embedding teaches: trigger at block i => sign(h_j[R_j]) = r_j at a later
+lazy block j, for subpaths (i, j) sampled afresh every step, while the untriggered
+model stays close to the original. Verification samples K subpaths with arbitrary
+inputs; each trial is a one-sided binomial test on matching signs.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from adaptguard.analysis.activity import ActivityReport, layer_activity
+from adaptguard.analysis.blocks import Block, block_parameters, unet_blocks
+from adaptguard.context import RunContext
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.defenses.base import Defense, Protected, SecretKey
+from adaptguard.defenses.subpath_hooks import BlockSecret, SubpathHooks
+from adaptguard.errors import ConfigError
+from adaptguard.metrics.stats import (
+    Verification,
+    binomial_tail,
+    bit_match_verification,
+    calibrate_threshold,
+)
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.training import DenoisingModule, OptimConfig
+
+log = logging.getLogger(__name__)
+_SEED_MOD = 2**62
+
+
+@dataclass(repr=False)
+class AIAOKey(SecretKey):
+    """All the owner keeps. Only ``seed`` is secret; the rest says where and how to look."""
+
+    seed: int  # secret: masks, patterns, response entries and signs derive from it
+    candidates: list[int]  # blocks subpaths are drawn from (forward-order indices)
+    fixed_pair: list[int]  # [] for Monte-Carlo subpaths; [i, j] for one fixed subpath
+    scales: list[float]  # per-block feature std of the original model (pattern and margin unit)
+    rate_threshold: float  # model-level decision, calibrated on the never-watermarked model
+
+
+def block_secret(
+    seed: int, block: Block, mask_ratio: float, response_bits: int, pattern_scale: float, scale: float
+) -> BlockSecret:
+    """Deterministic per (seed, block): the same key always gives the same masks and signs."""
+    g = torch.Generator().manual_seed((seed * 1_000_003 + 7919 * (block.index + 1)) % _SEED_MOD)
+    n = block.numel
+    n_mask = max(1, round(mask_ratio * n))
+    mask = torch.zeros(n)
+    mask[torch.randperm(n, generator=g)[:n_mask]] = 1.0
+    signs = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1
+    pattern = pattern_scale * scale * signs
+    k = min(response_bits, n)
+    response_index = torch.randperm(n, generator=g)[:k]
+    response_sign = torch.randint(0, 2, (k,), generator=g).float() * 2 - 1
+    return BlockSecret(mask.view(block.shape), pattern.view(block.shape), response_index, response_sign)
+
+
+def all_pairs(candidates: list[int]) -> list[tuple[int, int]]:
+    return [(i, j) for a, i in enumerate(candidates) for j in candidates[a + 1 :]]
+
+
+@dataclass
+class AIAODefense(Defense):
+    # which blocks (probe fine-tune on the owner's data -> busy / lazy)
+    layers: str = "lazy"  # lazy | busy: where subpaths live (busy: the ablation)
+    busy_fraction: float = 0.2
+    probe_steps: int = 100
+    probe_lr: float = 1e-4
+    monte_carlo: bool = True  # false: one fixed subpath drawn from the key (the ablation)
+    trainable: str = "candidates"  # candidates | unet: which weights the embedding may change
+    # key material
+    mask_ratio: float = 0.05
+    pattern_scale: float = 3.0  # trigger values, in units of the block's feature std
+    response_bits: int = 64
+    key_seed: int | None = None  # None: a fresh random key (kept in the artifact cache)
+    # embedding
+    steps: int = 400
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0  # decay would move every trainable weight, watermark or not
+    subpaths_per_step: int = 8  # S
+    lambda_wm: float = 0.5
+    lambda_null: float = 2.0
+    margin: float = 1.0  # hinge margin on r_j * h_j / std_j
+    empty_prompt_p: float = 0.5  # arbitrary inputs: share of empty prompts
+    pure_noise_p: float = 0.5  # arbitrary inputs: share of pure-noise latents
+    split: str = "owner"
+    # verification (white-box)
+    num_subpaths: int = 64  # K trials
+    alpha: float = 1e-3  # per-trial binomial test
+    model_fpr: float = 1e-3  # model-level false-positive target
+    calibration_keys: int = 32  # random keys on the never-watermarked model -> rate threshold
+    null_keys: int = 16  # random sign vectors each trial is also scored against
+    verify_batch_size: int = 64
+    verify_prompt: str = ""
+
+    name: str = "aiao"
+    key_type = AIAOKey
+
+    def __post_init__(self) -> None:
+        if self.layers not in ("lazy", "busy"):
+            raise ConfigError(f"defense.layers: 'lazy' or 'busy', got {self.layers!r}")
+        if self.trainable not in ("candidates", "unet"):
+            raise ConfigError(f"defense.trainable: 'candidates' or 'unet', got {self.trainable!r}")
+        if not 0 < self.busy_fraction < 1:
+            raise ConfigError(f"defense.busy_fraction: must be in (0, 1), got {self.busy_fraction}")
+        if not 0 < self.mask_ratio <= 1:
+            raise ConfigError(f"defense.mask_ratio: must be in (0, 1], got {self.mask_ratio}")
+        for key in ("alpha", "model_fpr"):
+            if not 0 < getattr(self, key) < 1:
+                raise ConfigError(f"defense.{key}: must be in (0, 1), got {getattr(self, key)}")
+        for key in ("steps", "num_subpaths", "subpaths_per_step", "response_bits", "probe_steps", "calibration_keys"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"defense.{key}: must be >= 1, got {getattr(self, key)}")
+
+    # ------------------------------------------------------------------ key
+    def secrets_for(self, key: AIAOKey, blocks: list[Block]) -> dict[int, BlockSecret]:
+        return {
+            b: block_secret(key.seed, blocks[b], self.mask_ratio, self.response_bits, self.pattern_scale, key.scales[b])
+            for b in key.candidates
+        }
+
+    def choose_candidates(self, activity: ActivityReport) -> list[int]:
+        chosen = activity.lazy if self.layers == "lazy" else activity.busy
+        if len(chosen) < 2:
+            raise ConfigError(
+                f"defense.layers={self.layers}: only {len(chosen)} such block(s) with busy_fraction="
+                f"{self.busy_fraction}; a subpath needs two. Change defense.busy_fraction."
+            )
+        return chosen
+
+    def make_key(self, candidates: list[int], scales: list[float], seed: int | None = None) -> AIAOKey:
+        seed = seed if seed is not None else self.key_seed
+        seed = int(seed if seed is not None else secrets.randbits(62))
+        fixed: list[int] = []
+        if not self.monte_carlo:
+            pairs = all_pairs(candidates)
+            g = torch.Generator().manual_seed((seed * 31 + 1) % _SEED_MOD)
+            fixed = list(pairs[int(torch.randint(len(pairs), (1,), generator=g))])
+        return AIAOKey(
+            seed=seed, candidates=list(candidates), fixed_pair=fixed, scales=list(scales), rate_threshold=1.0
+        )
+
+    def sample_pairs(self, key: AIAOKey, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, 2) subpaths: uniform over pairs i < j of candidate blocks, or the fixed one."""
+        if key.fixed_pair:
+            return torch.tensor([key.fixed_pair] * n)
+        pairs = torch.tensor(all_pairs(key.candidates))
+        return pairs[torch.randint(len(pairs), (n,), generator=generator)]
+
+    # ------------------------------------------------------------------ protect
+    def probe_activity(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> ActivityReport:
+        """A short full fine-tune on the owner's (non-trigger) data; which blocks move?"""
+        from adaptguard.attacks.finetune import FullFineTune
+
+        probe = FullFineTune(steps=self.probe_steps, lr=self.probe_lr, batch_size=self.batch_size, split=self.split)
+        tuned = probe.run(model, data, None, ctx)
+        blocks = unet_blocks(model.unet, model.latent_shape)
+        return layer_activity(model.unet, tuned.unet, blocks, self.busy_fraction)
+
+    @torch.no_grad()
+    def feature_scales(self, model: DiffusionModel, blocks: list[Block], data: CaptionedImageDataModule) -> list[float]:
+        batch = next(iter(data.dataloader(self.split, self.batch_size)))
+        hooks = SubpathHooks(model.unet, blocks, {}, read=range(len(blocks)))
+        with hooks:
+            noisy, t, emb, _ = model.noisy_inputs(batch["image"].to(model.device), batch["caption"])
+            model.predict(noisy, t, emb)
+            return [float(hooks.features[b.index].float().std()) + 1e-6 for b in blocks]
+
+    def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
+        activity = self.probe_activity(model, data, ctx)
+        blocks = activity.blocks
+        candidates = self.choose_candidates(activity)
+        key = self.make_key(candidates, self.feature_scales(model, blocks, data))
+        key.rate_threshold, calibration = self.calibrate(model, key, blocks, ctx)
+
+        protected = model.clone()
+        protected.requires_grad_(False)
+        if self.trainable == "unet":
+            protected.unet.requires_grad_(True)
+        else:
+            for b in candidates:
+                for p in block_parameters(protected.unet, blocks[b]).values():
+                    p.requires_grad_(True)
+        teacher = model.unet  # frozen original: the untriggered target
+        teacher.requires_grad_(False)
+        objective = _EmbeddingObjective(self, key, blocks, teacher, seed=ctx.seed)
+        loader = DataLoader(
+            data.dataset(self.split),
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=True,
+            num_workers=data.num_workers,
+        )
+        module = DenoisingModule(
+            protected,
+            OptimConfig(lr=self.lr, weight_decay=self.weight_decay),
+            objective=objective,
+            log_prefix="protect",
+            max_steps=self.steps,
+        )
+        trainer = ctx.fit(module, loader, self.steps)
+        protected.requires_grad_(False)
+        metrics = {
+            k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("protect/")
+        }
+        info = {
+            "steps": self.steps,
+            "final_losses": metrics,
+            "blocks": [b.name for b in blocks],
+            "activity": activity.activity,
+            "busy": activity.busy,
+            "candidates": candidates,
+            "rate_threshold": key.rate_threshold,
+            "calibration": calibration,
+            "trainable_params": sum(
+                p.numel() for p in _candidate_params(protected, blocks, candidates, self.trainable)
+            ),
+        }
+        return Protected(protected, key, info)
+
+    # ------------------------------------------------------------------ verify
+    def calibrate(
+        self, never_watermarked: DiffusionModel, key: AIAOKey, blocks: list[Block], ctx: RunContext
+    ) -> tuple[float, dict[str, Any]]:
+        """Rate threshold: the binomial bound, raised to what random keys reach on the original model."""
+        theory = next(
+            s for s in range(self.num_subpaths + 1) if binomial_tail(s, self.num_subpaths, self.alpha) <= self.model_fpr
+        )
+        g = torch.Generator().manual_seed(int(secrets.randbits(62)))
+        rates = []
+        for _ in range(self.calibration_keys):
+            other = AIAOKey(
+                int(torch.randint(0, 2**62, (1,), generator=g)), key.candidates, key.fixed_pair, key.scales, 1.0
+            )
+            if not self.monte_carlo:
+                other.fixed_pair = self.make_key(key.candidates, key.scales, seed=other.seed).fixed_pair
+            rates.append(self._trials(never_watermarked, other, blocks, ctx)[0].rate)
+        empirical = calibrate_threshold(rates, self.model_fpr)
+        threshold = max(theory / self.num_subpaths, empirical)
+        return float(threshold), {
+            "binomial_rate_threshold": theory / self.num_subpaths,
+            "empirical_rate_threshold": float(empirical),
+            "null_rates_mean": float(sum(rates) / len(rates)),
+            "null_rates_max": float(max(rates)),
+            "keys": len(rates),
+        }
+
+    @torch.no_grad()
+    def _trials(
+        self, model: DiffusionModel, key: AIAOKey, blocks: list[Block], ctx: RunContext, untriggered: bool = False
+    ) -> tuple[Verification, torch.Tensor]:
+        sec = self.secrets_for(key, blocks)
+        g = ctx.generator(offset=11)
+        pairs = self.sample_pairs(key, self.num_subpaths, g)
+        n_steps = model.noise_scheduler.config.num_train_timesteps
+        latents = torch.randn(self.num_subpaths, *model.latent_shape, generator=g)
+        timesteps = torch.randint(0, n_steps, (self.num_subpaths,), generator=g)
+        emb_one = model.encode_prompts([self.verify_prompt])
+        values, plain = [], []
+        with SubpathHooks(model.unet, blocks, sec, read=key.candidates) as hooks:
+            for start in range(0, self.num_subpaths, self.verify_batch_size):
+                sl = slice(start, start + self.verify_batch_size)
+                n = pairs[sl].shape[0]
+                args = (latents[sl].to(model.device), timesteps[sl].to(model.device), emb_one.expand(n, -1, -1))
+                if untriggered:  # the same inputs without the trigger: the response must not appear
+                    hooks.trigger_at = None
+                    model.predict(*args)
+                    plain.append(hooks.responses(pairs[sl, 1]).float().cpu())
+                hooks.trigger_at = pairs[sl, 0]
+                model.predict(*args)
+                values.append(hooks.responses(pairs[sl, 1]).float().cpu())
+        values = torch.cat(values)
+        signs = torch.stack([sec[j].response_sign for j in pairs[:, 1].tolist()])
+        agree = (torch.sign(values) == signs).sum(1)
+        n_bits = signs.shape[1]
+        details = {}
+        if untriggered:
+            plain_agree = (torch.sign(torch.cat(plain)) == signs).sum(1)
+            control = bit_match_verification(plain_agree.tolist(), n_bits, self.alpha, self.model_fpr)
+            details = {"untriggered_rate": control.rate, "untriggered_bit_accuracy": control.details["bit_accuracy"]}
+        # random sign vectors are independent of the model: exact Binomial(n_bits, 1/2) null scores
+        rand = (
+            torch.randint(0, 2, (self.null_keys, n_bits), generator=torch.Generator().manual_seed(4242)).float() * 2 - 1
+        )
+        null = (torch.sign(values)[:, None, :] == rand[None]).sum(-1).flatten()
+        ver = bit_match_verification(agree.tolist(), n_bits, self.alpha, self.model_fpr, null.tolist(), details)
+        return ver, pairs
+
+    def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:
+        assert isinstance(key, AIAOKey)
+        blocks = unet_blocks(model.unet, model.latent_shape)
+        ver, pairs = self._trials(model, key, blocks, ctx, untriggered=True)
+        ver.detected = ver.rate >= key.rate_threshold
+        ver.details.update(rate_threshold=key.rate_threshold, distinct_subpaths=len({tuple(p) for p in pairs.tolist()}))
+        return ver
+
+
+def _candidate_params(model: DiffusionModel, blocks: list[Block], candidates: list[int], trainable: str):
+    if trainable == "unet":
+        return list(model.unet.parameters())
+    return [p for b in candidates for p in block_parameters(model.unet, blocks[b]).values()]
+
+
+class _EmbeddingObjective:
+    """L = L_keep + lambda_wm * L_wm + lambda_null * L_null on one batch of the owner's data."""
+
+    def __init__(self, cfg: AIAODefense, key: AIAOKey, blocks: list[Block], teacher: torch.nn.Module, seed: int):
+        self.cfg = cfg
+        self.key = key
+        self.blocks = blocks
+        self.teacher = teacher
+        self.secrets = cfg.secrets_for(key, blocks)
+        self.scales = torch.tensor(key.scales)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+
+    def __call__(self, model: DiffusionModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        cfg, g = self.cfg, self.generator
+        images = batch["image"].to(model.device)
+        bsz = images.shape[0]
+        drop = torch.rand(bsz, generator=g) < cfg.empty_prompt_p
+        prompts = ["" if d else c for d, c in zip(drop.tolist(), batch["caption"], strict=True)]
+        noisy, t, emb, _ = model.noisy_inputs(images, prompts)
+        # arbitrary inputs: some latents are pure noise (verification feeds pure noise)
+        pure = (torch.rand(bsz, generator=g) < cfg.pure_noise_p).to(model.device).view(-1, 1, 1, 1)
+        noisy = torch.where(pure, torch.randn_like(noisy), noisy)
+        if self.teacher.device != model.device:
+            self.teacher.to(model.device)
+        with torch.no_grad():
+            teacher_eps = self.teacher(noisy, t, encoder_hidden_states=emb).sample
+        pairs = self.cfg.sample_pairs(self.key, cfg.subpaths_per_step, g)
+        pairs = pairs[torch.arange(bsz) % pairs.shape[0]]  # each sample takes one of the S subpaths
+        scale = self.scales.to(model.device)[pairs[:, 1].to(model.device)].unsqueeze(1)
+        with SubpathHooks(model.unet, self.blocks, self.secrets, read=self.key.candidates) as hooks:
+            eps = model.predict(noisy, t, emb)  # untriggered
+            keep = F.mse_loss(eps.float(), teacher_eps.float())
+            resp = hooks.responses(pairs[:, 1]).float() / scale
+            signs = hooks.signs(pairs[:, 1], resp)
+            null = (signs * torch.tanh(resp)).mean(1).pow(2).mean()
+            hooks.trigger_at = pairs[:, 0]
+            model.predict(noisy, t, emb)
+            resp_t = hooks.responses(pairs[:, 1]).float() / scale
+            wm = F.relu(cfg.margin - signs * resp_t).mean()
+            with torch.no_grad():
+                bit_acc = (torch.sign(resp_t) == signs).float().mean()
+        loss = keep + cfg.lambda_wm * wm + cfg.lambda_null * null
+        return {"loss": loss, "keep": keep.detach(), "wm": wm.detach(), "null": null.detach(), "bit_acc": bit_acc}
