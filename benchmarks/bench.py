@@ -4,6 +4,10 @@ Entries:
 - ``train_step``: tiny-model training step through our Lightning module vs a plain torch
   loop on the same UNet and batch (target: ratio <= 1.05).
 - ``sampling``: images/s with the tiny model's default sampler (DDIM, CFG).
+- ``aiao``: white-box verification wall time for K = 64 subpaths (one batched forward with
+  the trigger, one without as the stealth control), and an embedding step's time relative
+  to a plain fine-tuning step on the same batch (it runs the frozen teacher and two
+  student forwards).
 - ``default_experiment``: wall time of ``python -m experiments.run`` with the shipped base
   model (target <= 300 s on 2 cores).
 """
@@ -112,6 +116,64 @@ def bench_sampling(n: int) -> dict[str, Any]:
     }
 
 
+def _median_step_s(step, steps: int, warmup: int) -> float:
+    times = []
+    for i in range(steps + warmup):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_aiao(steps: int, batch_size: int) -> dict[str, Any]:
+    from adaptguard.analysis import unet_blocks
+    from adaptguard.context import RunContext
+    from adaptguard.defenses.aiao import AIAODefense, _EmbeddingObjective
+
+    model = build_tiny_model()
+    blocks = unet_blocks(model.unet, model.latent_shape)
+    defense = AIAODefense(num_subpaths=64)
+    key = defense.make_key(list(range(len(blocks))), [1.0] * len(blocks), seed=1)
+    ctx = RunContext(progress=False, device="cpu")
+    defense.verify(model, key, ctx)  # warm-up
+    start = time.perf_counter()
+    for _ in range(3):
+        defense.verify(model, key, ctx)
+    verify_s = (time.perf_counter() - start) / 3
+
+    batch = next(iter(ShapesDataModule(splits={"s": {"size": batch_size}}).dataloader("s", batch_size)))
+    teacher = copy.deepcopy(model.unet).requires_grad_(False)
+
+    def stepper(loss_fn):
+        m = copy.deepcopy(model).requires_grad_(False)
+        m.unet.requires_grad_(True)
+        m.train()
+        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+
+        def step() -> None:
+            loss = loss_fn(m)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        return step
+
+    objective = _EmbeddingObjective(defense, key, blocks, teacher, seed=0)
+    plain = _median_step_s(stepper(lambda m: m.training_loss(batch["image"], batch["caption"])), steps, 3)
+    embed = _median_step_s(stepper(lambda m: objective(m, batch)["loss"]), steps, 3)
+    return {
+        "num_subpaths": 64,
+        "verify_wall_s": round(verify_s, 3),
+        "verify_unet_forwards": 2,
+        "batch_size": batch_size,
+        "plain_finetune_step_s": round(plain, 4),
+        "embedding_step_s": round(embed, 4),
+        "embedding_step_ratio": round(embed / plain, 3),
+        "note": "embedding trains every UNet weight here; defense.trainable=candidates (default) trains fewer",
+    }
+
+
 def bench_default_experiment(args: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, WANDB_SILENT="true")
@@ -149,6 +211,7 @@ def main() -> None:
     entries = {
         "train_step": lambda: bench_train_step(opts.steps, 3, opts.batch_size, opts.repeats),
         "sampling": lambda: bench_sampling(opts.samples),
+        "aiao": lambda: bench_aiao(opts.steps, opts.batch_size),
         "default_experiment": lambda: bench_default_experiment(["logger=none"]),
     }
     if opts.skip_experiment:

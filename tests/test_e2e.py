@@ -2,10 +2,12 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import REPO, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -77,3 +79,13 @@ def test_sweep_with_parallel_launcher_runs_every_job(cli_env, tmp_path):
     # the two backdoor jobs share one protected model: protected once, then loaded from the cache
     assert len(list((tmp_path / "cache" / "protected").glob("*/key.pt"))) == 1
     assert len(re.findall(r"adaptguard \| model=micro", proc.stdout)) in (0, 4)  # joblib may swallow stdout
+    # the sweep's table: one row per job
+    report = subprocess.run(
+        [sys.executable, "-m", "experiments.report", str(tmp_path / "sweep")], cwd=REPO, capture_output=True, text=True
+    )
+    assert report.returncode == 0, report.stderr
+    rows = [line for line in report.stdout.splitlines() if line.startswith("| none") or line.startswith("| backdoor")]
+    assert len(rows) == 4 and all("- |" in r or "[" in r for r in rows)
+    empty = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path / "nothing")], cwd=REPO,
+                           capture_output=True, text=True)  # fmt: skip
+    assert empty.returncode == 2 and "no results.json" in empty.stderr
