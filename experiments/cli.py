@@ -87,8 +87,6 @@ def build(cfg: DictConfig, output_dir: Path):
     """Instantiate the experiment and its run context from a composed config."""
     from hydra.utils import instantiate
 
-    from adaptguard.artifacts import ArtifactCache
-    from adaptguard.context import RunContext
     from adaptguard.pipeline import Experiment
 
     model = instantiate(cfg.model, _convert_="all")
@@ -102,7 +100,18 @@ def build(cfg: DictConfig, output_dir: Path):
         if "tags" in cfg.logger and cfg.get("tags"):
             kwargs["tags"] = list(cfg.logger.tags) + list(cfg.tags)
         logger = instantiate(cfg.logger, **kwargs)
-    ctx = RunContext(
+    ctx = make_context(cfg, output_dir, logger)
+    return Experiment(model=model, data=data, defense=defense, attack=attack, eval=evaluation), ctx
+
+
+def make_context(cfg: DictConfig, output_dir: Path, logger: Any = None):
+    """The RunContext every entry point shares: cache, trainer factory, seed, device."""
+    from hydra.utils import instantiate
+
+    from adaptguard.artifacts import ArtifactCache
+    from adaptguard.context import RunContext
+
+    return RunContext(
         cache=ArtifactCache(cfg.paths.cache),
         make_trainer=instantiate(cfg.trainer),
         logger=logger,
@@ -111,7 +120,6 @@ def build(cfg: DictConfig, output_dir: Path):
         progress=bool(cfg.progress),
         device=str(cfg.device),
     )
-    return Experiment(model=model, data=data, defense=defense, attack=attack, eval=evaluation), ctx
 
 
 def _user_error(err: BaseException) -> str | None:

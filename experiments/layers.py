@@ -16,25 +16,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from experiments.cli import EXIT_USER_ERROR, _quiet_libraries, _user_error, check_overrides
+from experiments.cli import EXIT_USER_ERROR, _quiet_libraries, _user_error, check_overrides, make_context
 
 
 def activity_report(cfg: DictConfig, output_dir: Path):
     from hydra.utils import instantiate
 
     from adaptguard.analysis import compare_unets
-    from adaptguard.artifacts import ArtifactCache
-    from adaptguard.context import RunContext
     from adaptguard.models.bundle import DiffusionModel
 
-    ctx = RunContext(
-        cache=ArtifactCache(cfg.paths.cache),
-        make_trainer=instantiate(cfg.trainer),
-        out_dir=output_dir,
-        seed=int(cfg.seed),
-        progress=bool(cfg.progress),
-        device=str(cfg.device),
-    )
+    ctx = make_context(cfg, output_dir)
     if cfg.reference is not None:
         reference = DiffusionModel.load(Path(cfg.reference)).to(ctx.torch_device())
         title = Path(cfg.reference).name

@@ -191,12 +191,9 @@ class AIAODefense(Defense):
 
         protected = model.clone()
         protected.requires_grad_(False)
-        if self.trainable == "unet":
-            protected.unet.requires_grad_(True)
-        else:
-            for b in candidates:
-                for p in block_parameters(protected.unet, blocks[b]).values():
-                    p.requires_grad_(True)
+        trainable = _trainable_params(protected, blocks, candidates, self.trainable)
+        for p in trainable:
+            p.requires_grad_(True)
         teacher = model.unet  # frozen original: the untriggered target
         teacher.requires_grad_(False)
         objective = _EmbeddingObjective(self, key, blocks, teacher, seed=ctx.seed)
@@ -228,9 +225,7 @@ class AIAODefense(Defense):
             "candidates": candidates,
             "rate_threshold": key.rate_threshold,
             "calibration": calibration,
-            "trainable_params": sum(
-                p.numel() for p in _candidate_params(protected, blocks, candidates, self.trainable)
-            ),
+            "trainable_params": sum(p.numel() for p in trainable),
         }
         return Protected(protected, key, info)
 
@@ -245,11 +240,8 @@ class AIAODefense(Defense):
         g = torch.Generator().manual_seed(int(secrets.randbits(62)))
         rates = []
         for _ in range(self.calibration_keys):
-            other = AIAOKey(
-                int(torch.randint(0, 2**62, (1,), generator=g)), key.candidates, key.fixed_pair, key.scales, 1.0
-            )
-            if not self.monte_carlo:
-                other.fixed_pair = self.make_key(key.candidates, key.scales, seed=other.seed).fixed_pair
+            seed = int(torch.randint(0, 2**62, (1,), generator=g))
+            other = self.make_key(key.candidates, key.scales, seed=seed)
             rates.append(self._trials(never_watermarked, other, blocks, ctx)[0].rate)
         empirical = calibrate_threshold(rates, self.model_fpr)
         threshold = max(theory / self.num_subpaths, empirical)
@@ -311,7 +303,7 @@ class AIAODefense(Defense):
         return ver
 
 
-def _candidate_params(model: DiffusionModel, blocks: list[Block], candidates: list[int], trainable: str):
+def _trainable_params(model: DiffusionModel, blocks: list[Block], candidates: list[int], trainable: str):
     if trainable == "unet":
         return list(model.unet.parameters())
     return [p for b in candidates for p in block_parameters(model.unet, blocks[b]).values()]
