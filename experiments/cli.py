@@ -64,23 +64,30 @@ def _redact_hydra_files(output_dir: Path) -> None:
 
     from adaptguard.redact import redact, redact_override
 
-    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
-        path = output_dir / ".hydra" / name
+    def redact_hydra_node(data: dict) -> dict:
+        hydra_node = data.pop("hydra", None) or {}
+        task = hydra_node.get("overrides", {}).get("task")
+        if task:
+            hydra_node["overrides"]["task"] = [redact_override(o) for o in task]
+        job = hydra_node.get("job", {})
+        if "override_dirname" in job:
+            job["override_dirname"] = ",".join(redact_override(o) for o in job["override_dirname"].split(","))
+        return {"hydra": hydra_node, **redact(data)} if hydra_node else redact(data)
+
+    # a sweep also saves multirun.yaml (hydra node + composed config) in the sweep dir
+    paths = [output_dir / ".hydra" / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    paths.append(output_dir.parent / "multirun.yaml")
+    for path in paths:
         if not path.exists():
             continue
         data = yaml.safe_load(path.read_text())
-        if name == "overrides.yaml":
+        if path.name == "overrides.yaml":
             data = [redact_override(o) for o in data or []]
-        elif name == "hydra.yaml":
-            task = data.get("hydra", {}).get("overrides", {}).get("task")
-            if task:
-                data["hydra"]["overrides"]["task"] = [redact_override(o) for o in task]
-            job = data.get("hydra", {}).get("job", {})
-            if "override_dirname" in job:
-                job["override_dirname"] = ",".join(redact_override(o) for o in job["override_dirname"].split(","))
         else:
-            data = redact(data)
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+            data = redact_hydra_node(data or {})
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")  # parallel sweep jobs share multirun.yaml
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        tmp.replace(path)
 
 
 def build(cfg: DictConfig, output_dir: Path):

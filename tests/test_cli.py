@@ -28,3 +28,24 @@ def test_bad_input_is_one_clear_message(name, cli_env, tmp_path):
     for needle in needles:
         assert needle in err, err
     assert len(err.strip().splitlines()) <= 15, err  # Hydra lists the available options
+
+
+def test_sweep_files_are_redacted(tmp_path):
+    """multirun.yaml (sweep dir) and each job's .hydra files lose secret values and overrides."""
+    import yaml
+    from experiments.cli import _redact_hydra_files
+
+    job = tmp_path / "sweep" / "0"
+    (job / ".hydra").mkdir(parents=True)
+    hydra_node = {"overrides": {"task": ["defense=backdoor", "defense.key_seed=55501234"]},
+                  "job": {"override_dirname": "defense.key_seed=55501234,defense=backdoor"}}  # fmt: skip
+    config = {"defense": {"name": "backdoor", "key_seed": 55501234, "trigger": "zz#9"}}
+    (tmp_path / "sweep" / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra_node, **config}))
+    (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump({"hydra": hydra_node}))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(hydra_node["overrides"]["task"]))
+    _redact_hydra_files(job)
+    for path in [tmp_path / "sweep" / "multirun.yaml", *(job / ".hydra").iterdir()]:
+        text = path.read_text()
+        assert "55501234" not in text and "zz#9" not in text, path
+    assert yaml.safe_load((tmp_path / "sweep" / "multirun.yaml").read_text())["defense"]["name"] == "backdoor"
