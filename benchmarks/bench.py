@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,22 @@ def bench_sampling(n: int) -> dict[str, Any]:
     }
 
 
+def _unet_stepper(model, loss_fn):
+    """One AdamW step on a fresh copy's UNet with ``loss_fn(copy)``: the unit the ratios compare."""
+    m = copy.deepcopy(model).requires_grad_(False)
+    m.unet.requires_grad_(True)
+    m.train()
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+
+    def step() -> None:
+        loss = loss_fn(m)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 def _median_step_s(step, steps: int, warmup: int) -> float:
     times = []
     for i in range(steps + warmup):
@@ -145,23 +162,9 @@ def bench_aiao(steps: int, batch_size: int) -> dict[str, Any]:
     batch = next(iter(ShapesDataModule(splits={"s": {"size": batch_size}}).dataloader("s", batch_size)))
     teacher = copy.deepcopy(model.unet).requires_grad_(False)
 
-    def stepper(loss_fn):
-        m = copy.deepcopy(model).requires_grad_(False)
-        m.unet.requires_grad_(True)
-        m.train()
-        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
-
-        def step() -> None:
-            loss = loss_fn(m)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        return step
-
     objective = _EmbeddingObjective(defense, key, blocks, teacher, seed=0)
-    plain = _median_step_s(stepper(lambda m: m.training_loss(batch["image"], batch["caption"])), steps, 3)
-    embed = _median_step_s(stepper(lambda m: objective(m, batch)["loss"]), steps, 3)
+    plain = _median_step_s(_unet_stepper(model, lambda m: m.training_loss(batch["image"], batch["caption"])), steps, 3)
+    embed = _median_step_s(_unet_stepper(model, lambda m: objective(m, batch)["loss"]), steps, 3)
     return {
         "num_subpaths": 64,
         "verify_wall_s": round(verify_s, 3),
@@ -171,6 +174,50 @@ def bench_aiao(steps: int, batch_size: int) -> dict[str, Any]:
         "embedding_step_s": round(embed, 4),
         "embedding_step_ratio": round(embed / plain, 3),
         "note": "embedding trains every UNet weight here; defense.trainable=candidates (default) trains fewer",
+    }
+
+
+def bench_sleepermark(steps: int, batch_size: int, samples: int) -> dict[str, Any]:
+    """Stage 2 runs the frozen teacher and the student on triggered + plain prompts: 2 UNets x 2 inputs."""
+    from adaptguard.context import RunContext
+    from adaptguard.defenses.message_codec import Codec, CodecConfig, MessageDecoder, MessageEncoder
+    from adaptguard.defenses.sleepermark import SleeperMarkDefense, SleeperMarkKey, TriggerDistillation
+
+    model = build_tiny_model()
+    cfg = CodecConfig()
+    shape = model.latent_shape
+    codec = Codec(
+        MessageEncoder(cfg.bits, shape, cfg.encoder_hidden),
+        MessageDecoder(cfg.bits, shape, cfg.decoder_width, cfg.decoder_hidden),
+        {"config": asdict(cfg), "latent_shape": list(shape)},
+    )  # untrained weights cost the same as trained ones
+    defense = SleeperMarkDefense(num_samples=samples)
+    batch = next(iter(ShapesDataModule(splits={"s": {"size": batch_size}}).dataloader("s", batch_size)))
+    teacher = copy.deepcopy(model.unet).requires_grad_(False)
+    delta = torch.zeros(1, *shape)
+
+    objective = TriggerDistillation(teacher, delta, defense.trigger, 1.0, 250, 100, 0.5, 0.2)
+    plain = _median_step_s(_unet_stepper(model, lambda m: m.training_loss(batch["image"], batch["caption"])), steps, 3)
+    stage2 = _median_step_s(_unet_stepper(model, lambda m: objective(m, batch)["loss"]), steps, 3)
+
+    key = SleeperMarkKey(defense.trigger, defense.make_message(0), ["a red circle"] * samples, codec.state())
+    ctx = RunContext(progress=False, device="cpu")
+    start = time.perf_counter()
+    images = defense.verification_images(model, key, ctx)
+    sample_s = time.perf_counter() - start
+    start = time.perf_counter()
+    defense.verify_images(images, key, model)
+    decode_s = time.perf_counter() - start
+    n = sum(len(v) for v in images.values())
+    return {
+        "batch_size": batch_size,
+        "plain_finetune_step_s": round(plain, 4),
+        "stage2_step_s": round(stage2, 4),
+        "stage2_step_ratio": round(stage2 / plain, 3),
+        "verify_images": n,
+        "verify_images_per_s": round(n / (sample_s + decode_s), 2),
+        "decode_only_images_per_s": round(n / decode_s, 1),
+        "note": "whole-UNet training in both; verification = triggered + untriggered images, model sampler settings",
     }
 
 
@@ -212,6 +259,7 @@ def main() -> None:
         "train_step": lambda: bench_train_step(opts.steps, 3, opts.batch_size, opts.repeats),
         "sampling": lambda: bench_sampling(opts.samples),
         "aiao": lambda: bench_aiao(opts.steps, opts.batch_size),
+        "sleepermark": lambda: bench_sleepermark(opts.steps, 16, 64),
         "default_experiment": lambda: bench_default_experiment(["logger=none"]),
     }
     if opts.skip_experiment:

@@ -15,10 +15,11 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from adaptguard.attacks.base import Attack
+from adaptguard.attacks.image_transforms import ImageTransform, make_image_transforms
 from adaptguard.attacks.none import NoAttack
 from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import Defense, Protected
+from adaptguard.defenses.base import Defense, OutputWatermark, Protected, SecretKey
 from adaptguard.defenses.none import NoDefense
 from adaptguard.metrics.cost import CostTracker
 from adaptguard.metrics.quality import QualityEvaluator
@@ -48,6 +49,10 @@ class EvalConfig:
     fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])  # TPR reported at these FPRs
     grid_samples: int = 16  # images per sample grid (from the FID samples)
     quality_of_base: bool = True  # also score the unprotected base model (cost of embedding)
+    image_attacks: list[Any] = field(default_factory=list)  # names / {name: .., settings}: verify after each
+
+    def __post_init__(self) -> None:
+        self.image_attacks = make_image_transforms(self.image_attacks)
 
 
 @dataclass
@@ -95,6 +100,11 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
                 name = f"samples_{stage}" if domain == "clean" else f"samples_{stage}_{domain}"
                 files[name] = save_grid(images[: ev.grid_samples], out / f"{name}.png").name
 
+    image_scores: dict[str, dict[str, Verification]] = {}
+
+    def verify(stage: str, model: DiffusionModel, key: SecretKey | None) -> Verification | None:
+        return _verify(exp.defense, model, key, ctx, ev.image_attacks, stage, image_scores)
+
     with tracker.stage("base"):
         base = exp.model.load(ctx)
     clean = [("clean", ev.clean_split)]
@@ -102,12 +112,16 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         score("base", base, clean)
 
     defended = not isinstance(exp.defense, NoDefense)
+    skipped_image_attacks = None
+    if ev.image_attacks and defended and not isinstance(exp.defense, OutputWatermark):
+        skipped_image_attacks = f"not applicable: defense {exp.defense.name} verifies from weights, not images"
+        log.warning("eval.image_attacks: %s", skipped_image_attacks)
     scores: dict[str, Verification] = {}
     if defended:
         with tracker.stage("protect"):
             protected = protect_cached(exp, base, ctx)
         with tracker.stage("verify_before"):
-            before = exp.defense.verify(protected.model, protected.key, ctx)
+            before = verify("before_attack", protected.model, protected.key)
             if before is not None:
                 scores["before_attack"] = before
                 scores["never_watermarked"] = exp.defense.verify(base, protected.key, ctx)
@@ -124,12 +138,15 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         attack_cost = exp.attack.cost()
         if defended:
             with tracker.stage("verify_after"):
-                after = exp.defense.verify(attacked, key, ctx)
+                after = verify("after_attack", attacked, key)
                 if after is not None:
                     scores["after_attack"] = after
         domains = clean + ([("attacker", ev.attacker_split)] if ev.attacker_split else [])
         score("attacked", attacked, domains)
 
+    verification = _verification_report(scores, ev.fprs, image_scores) if scores else None
+    if verification is not None and skipped_image_attacks:
+        verification["image_attacks"] = skipped_image_attacks
     results = {
         "schema_version": SCHEMA_VERSION,
         "run": {
@@ -143,7 +160,7 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
             "device": str(ctx.torch_device()),
             "torch_threads": torch.get_num_threads(),
         },
-        "verification": _verification_report(scores, ev.fprs) if scores else None,
+        "verification": verification,
         "quality": quality,
         "protect": protected.info or {},
         "attack": attack_cost,
@@ -156,7 +173,29 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     return results
 
 
-def _verification_report(scores: dict[str, Verification], fprs: list[float]) -> dict[str, Any]:
+def _verify(
+    defense: Defense,
+    model: DiffusionModel,
+    key: SecretKey | None,
+    ctx: RunContext,
+    transforms: list[ImageTransform],
+    stage: str,
+    image_scores: dict[str, dict[str, Verification]],
+) -> Verification | None:
+    """defense.verify; for output watermarks also after each image attack, on the same images."""
+    if not transforms or not isinstance(defense, OutputWatermark):
+        return defense.verify(model, key, ctx)
+    images = defense.verification_images(model, key, ctx)
+    for i, transform in enumerate(transforms):
+        g = ctx.generator(offset=500 + i)
+        attacked = {name: transform(batch, generator=g) for name, batch in images.items()}
+        image_scores.setdefault(transform.label, {})[stage] = defense.verify_images(attacked, key, model)
+    return defense.verify_images(images, key, model)
+
+
+def _verification_report(
+    scores: dict[str, Verification], fprs: list[float], image_scores: dict[str, dict[str, Verification]]
+) -> dict[str, Any]:
     """Summaries plus TPR at fixed FPRs, thresholds calibrated on the never-watermarked model only."""
     null = scores["never_watermarked"]
     null_pool = null.scores + null.null_scores
@@ -175,4 +214,8 @@ def _verification_report(scores: dict[str, Verification], fprs: list[float]) -> 
                 )
         tpr[str(fpr)] = entry
     report["tpr_at_fpr"] = tpr
+    if image_scores:
+        report["image_attacks"] = {
+            label: {stage: v.summary() for stage, v in stages.items()} for label, stages in image_scores.items()
+        }
     return report

@@ -75,8 +75,16 @@ def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         rows.append(("p-value", *[_fmt(v and v["p_value"]) for v in cols]))
         if any(v and v["details"].get("bit_accuracy") is not None for v in cols):
             rows.append(("bit accuracy", *[_fmt(v and v["details"].get("bit_accuracy")) for v in cols]))
+        untriggered = [v and v["details"].get("untriggered_bit_accuracy") for v in cols]
+        if any(u is not None for u in untriggered):
+            rows.append(("bit accuracy, no trigger", *[_fmt(u) for u in untriggered]))
         for fpr, entry in (ver.get("tpr_at_fpr") or {}).items():
             rows.append((f"TPR @ FPR {fpr}", "-", _fmt(entry.get("before_attack")), _fmt(entry.get("after_attack"))))
+        image_attacks = ver.get("image_attacks")
+        if isinstance(image_attacks, Mapping):
+            for label, stages in image_attacks.items():
+                cells = [stages.get(s) for s in ("before_attack", "after_attack")]
+                rows.append((f"rate after {label}", "-", *[rate(v) for v in cells]))
     quality = results.get("quality", {})
     metrics = sorted({m for stage in quality.values() for dom in stage.values() for m in dom if m != "num_samples"})
     for domain in ("clean", "attacker"):

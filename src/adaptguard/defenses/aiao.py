@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 from adaptguard.analysis.activity import ActivityReport, layer_activity
 from adaptguard.analysis.blocks import Block, block_parameters, unet_blocks
@@ -197,13 +196,7 @@ class AIAODefense(Defense):
         teacher = model.unet  # frozen original: the untriggered target
         teacher.requires_grad_(False)
         objective = _EmbeddingObjective(self, key, blocks, teacher, seed=ctx.seed)
-        loader = DataLoader(
-            data.dataset(self.split),
-            batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=True,
-            num_workers=data.num_workers,
-        )
+        loader = data.dataloader(self.split, self.batch_size)
         module = DenoisingModule(
             protected,
             OptimConfig(lr=self.lr, weight_decay=self.weight_decay),

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import Defense, Protected, SecretKey
+from adaptguard.defenses.base import OutputWatermark, Protected, SecretKey
 from adaptguard.errors import ConfigError
 from adaptguard.metrics.stats import Verification, bit_match_verification
 from adaptguard.models.bundle import DiffusionModel
@@ -69,7 +69,7 @@ class _TriggerMix(Dataset):
 
 
 @dataclass
-class BackdoorDefense(Defense):
+class BackdoorDefense(OutputWatermark):
     # embedding
     steps: int = 600
     batch_size: int = 32
@@ -123,7 +123,9 @@ class BackdoorDefense(Defense):
         loss = trainer.callback_metrics.get("protect/loss")
         return Protected(protected, key, {"steps": self.steps, "final_loss": None if loss is None else float(loss)})
 
-    def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:
+    def verification_images(
+        self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext
+    ) -> dict[str, torch.Tensor]:
         assert isinstance(key, BackdoorKey)
         images = model.sample(
             [key.trigger] * self.num_samples,
@@ -131,7 +133,13 @@ class BackdoorDefense(Defense):
             guidance_scale=self.guidance_scale,
             generator=ctx.generator(offset=7),
         )
-        bits = read_bits(images, self.grid)
+        return {"triggered": images}
+
+    def verify_images(
+        self, images: dict[str, torch.Tensor], key: SecretKey | None, model: DiffusionModel
+    ) -> Verification:
+        assert isinstance(key, BackdoorKey)
+        bits = read_bits(images["triggered"], self.grid)
         matches = (bits == key.bits.to(bits.device)).sum(1)
         # Random keys are independent of the model, so these are exact null scores.
         rand = torch.randint(0, 2, (self.null_keys, bits.shape[1]), generator=torch.Generator().manual_seed(12345))

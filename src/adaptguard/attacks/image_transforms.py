@@ -1,0 +1,321 @@
+"""Image-level attacks on generated images, applied before output-based watermark verification.
+
+A watermark that survives fine-tuning is still useless if a cheap edit of the *output* erases it, so verification is
+repeated on distorted copies of each generated image. The same transforms double as a distortion layer while training
+a watermark decoder: all but JPEG are built from differentiable torch ops, and JPEG passes gradients straight through.
+
+Images are float tensors ``(N, 3, H, W)`` in ``[-1, 1]``; every transform returns the same shape, range and dtype.
+Randomness comes only from the ``generator`` argument, so a seeded CPU ``torch.Generator`` reproduces a run.
+
+Defaults follow the SleeperMark evaluation: Gaussian blur 3x3 with sigma 4, Gaussian noise std 0.1, JPEG quality 50,
+resize x0.5, sharpness 10, colour jitter factors in [0.8, 1.2]. The crop (keep 0.8 of each side) is our addition.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+from adaptguard.errors import ConfigError
+
+__all__ = [
+    "IMAGE_TRANSFORMS",
+    "ColorJitter",
+    "Crop",
+    "GaussianBlur",
+    "GaussianNoise",
+    "ImageTransform",
+    "Jpeg",
+    "Resize",
+    "Sharpness",
+    "make_image_transform",
+    "make_image_transforms",
+]
+
+
+class ImageTransform(ABC):
+    """One distortion an attacker can apply to a generated image without access to the model."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Distort ``images`` (N, 3, H, W) in [-1, 1]; random draws use ``generator`` only."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}
+
+    @property
+    def label(self) -> str:
+        """Name plus non-default settings, e.g. ``jpeg`` or ``jpeg(quality=30)``: a stable results key."""
+        changed = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if getattr(self, f.name) != f.default]
+        return f"{self.name}({', '.join(changed)})" if changed else self.name
+
+    def _error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"image attack {self.name}: {key} {message}")
+
+    def _number(self, key: str, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
+        """Coerce field ``key`` to float (so ``4`` and ``4.0`` give one label) after checking its range."""
+        value = getattr(self, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise self._error(key, f"must be a number, got {value!r}")
+        if (value <= low if low_open else value < low) or value > high:
+            if high == math.inf:
+                raise self._error(key, f"must be {'>' if low_open else '>='} {low:g}, got {value!r}")
+            raise self._error(key, f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
+        value = float(value)
+        object.__setattr__(self, key, value)
+        return value
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise ValueError(f"expected a float tensor (N, 3, H, W) in [-1, 1], got {images.dtype} {tuple(images.shape)}")
+
+
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], in float32 at least: torchvision's colour ops assume that range, and CPU half is patchy."""
+    work = images if images.dtype in (torch.float32, torch.float64) else images.float()
+    return (work + 1) / 2
+
+
+def _from_unit(unit: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return (unit * 2 - 1).clamp(-1, 1).to(like.dtype)
+
+
+def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bilinear: convex weights, so it can work directly in [-1, 1] and never leaves the range."""
+    if tuple(images.shape[-2:]) == size:
+        return images
+    work = images if images.dtype in (torch.float32, torch.float64) else images.float()  # CPU has no half antialias
+    return F.interpolate(work, size=size, mode="bilinear", align_corners=False, antialias=True).to(images.dtype)
+
+
+@dataclass(frozen=True)
+class Jpeg(ImageTransform):
+    """A real libjpeg round trip: the most common accidental and deliberate watermark remover."""
+
+    name: ClassVar[str] = "jpeg"
+    quality: int = 50
+
+    def __post_init__(self) -> None:
+        if isinstance(self.quality, bool) or not isinstance(self.quality, int):
+            raise self._error("quality", f"must be an integer, got {self.quality!r}")
+        if not 1 <= self.quality <= 100:
+            raise self._error("quality", f"must be in [1, 100], got {self.quality}")
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_images(images)
+        unit = _to_unit(images)
+        pixels = (unit.detach() * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+        encoded = encode_jpeg(list(pixels), quality=self.quality)
+        decoded = torch.stack(decode_jpeg(encoded, mode=ImageReadMode.RGB))
+        compressed = decoded.to(device=unit.device, dtype=unit.dtype) / 255
+        # Straight-through: JPEG has no useful gradient, so a decoder under training sees identity gradients.
+        return _from_unit(unit + (compressed - unit).detach(), images)
+
+
+@dataclass(frozen=True)
+class GaussianBlur(ImageTransform):
+    """Low-pass filtering: removes watermarks hidden in high spatial frequencies."""
+
+    name: ClassVar[str] = "blur"
+    kernel_size: int = 3
+    sigma: float = 4.0
+
+    def __post_init__(self) -> None:
+        k = self.kernel_size
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise self._error("kernel_size", f"must be an odd positive integer, got {k!r}")
+        self._number("sigma", low=0, low_open=True)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_images(images)
+        unit = _to_unit(images)
+        blurred = TF.gaussian_blur(unit, kernel_size=[self.kernel_size] * 2, sigma=[self.sigma] * 2)
+        return _from_unit(blurred, images)
+
+
+@dataclass(frozen=True)
+class GaussianNoise(ImageTransform):
+    """Additive pixel noise; ``std`` is in units of the [0, 1] image range, as papers report it."""
+
+    name: ClassVar[str] = "noise"
+    std: float = 0.1
+
+    def __post_init__(self) -> None:
+        self._number("std", low=0)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_images(images)
+        unit = _to_unit(images)
+        # Drawn on the CPU so that a CPU generator gives the same noise whatever device the images live on.
+        noise = torch.randn(unit.shape, generator=generator, dtype=unit.dtype).to(unit.device)
+        return _from_unit(unit + self.std * noise, images)
+
+
+@dataclass(frozen=True)
+class Resize(ImageTransform):
+    """Down-scale and back up: decoders need their input size, and the detail lost on the way is what counts."""
+
+    name: ClassVar[str] = "resize"
+    scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        self._number("scale", low=0, high=1, low_open=True)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_images(images)
+        h, w = images.shape[-2:]
+        small = _resize(images, (max(1, round(h * self.scale)), max(1, round(w * self.scale))))
+        return _resize(small, (h, w)).clamp(-1, 1)
+
+
+@dataclass(frozen=True)
+class Crop(ImageTransform):
+    """Center crop resized back to full size: discards the border and rescales what is left."""
+
+    name: ClassVar[str] = "crop"
+    keep: float = 0.8
+
+    def __post_init__(self) -> None:
+        self._number("keep", low=0, high=1, low_open=True)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_images(images)
+        h, w = images.shape[-2:]
+        ch, cw = max(1, round(h * self.keep)), max(1, round(w * self.keep))
+        top, left = (h - ch) // 2, (w - cw) // 2
+        cropped = images[..., top : top + ch, left : left + cw]
+        return _resize(cropped, (h, w)).clamp(-1, 1)
+
+
+@dataclass(frozen=True)
+class ColorJitter(ImageTransform):
+    """Random brightness, contrast and saturation changes, one draw per image, applied in that fixed order."""
+
+    name: ClassVar[str] = "color"
+    brightness: tuple[float, float] = (0.8, 1.2)
+    contrast: tuple[float, float] = (0.8, 1.2)
+    saturation: tuple[float, float] = (0.8, 1.2)
+
+    def __post_init__(self) -> None:
+        for key in ("brightness", "contrast", "saturation"):
+            value = getattr(self, key)
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise self._error(key, f"must be a pair [low, high], got {value!r}")
+            pair = tuple(value)
+            ok = len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+            if not ok or not 0 <= pair[0] <= pair[1] < math.inf:
+                raise self._error(key, f"must be a pair [low, high] with 0 <= low <= high, got {value!r}")
+            object.__setattr__(self, key, (float(pair[0]), float(pair[1])))
+
+    def _factors(self, bounds: tuple[float, float], n: int, generator: torch.Generator | None) -> list[float]:
+        low, high = bounds
+        return (low + (high - low) * torch.rand(n, generator=generator, dtype=torch.float64)).tolist()
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_images(images)
+        unit = _to_unit(images)
+        n = unit.shape[0]
+        draws = zip(
+            self._factors(self.brightness, n, generator),
+            self._factors(self.contrast, n, generator),
+            self._factors(self.saturation, n, generator),
+            strict=True,
+        )
+        out = []
+        for image, (b, c, s) in zip(unit, draws, strict=True):
+            image = TF.adjust_brightness(image, b)
+            image = TF.adjust_contrast(image, c)
+            out.append(TF.adjust_saturation(image, s))
+        return _from_unit(torch.stack(out), images)
+
+
+@dataclass(frozen=True)
+class Sharpness(ImageTransform):
+    """Strong sharpening amplifies high frequencies, the opposite failure mode to blur."""
+
+    name: ClassVar[str] = "sharpness"
+    factor: float = 10.0
+
+    def __post_init__(self) -> None:
+        self._number("factor", low=0)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_images(images)
+        return _from_unit(_adjust_sharpness(_to_unit(images), self.factor), images)
+
+
+def _adjust_sharpness(unit: torch.Tensor, factor: float) -> torch.Tensor:
+    """torchvision's ``adjust_sharpness`` (PIL's formula), rewritten out of place: the original blends in place,
+    which breaks autograd, and decoder training needs gradients through this transform."""
+    if min(unit.shape[-2:]) <= 2:
+        return unit
+    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=unit.dtype, device=unit.device)
+    kernel = (kernel / kernel.sum()).expand(unit.shape[1], 1, 3, 3)
+    smoothed = F.conv2d(unit, kernel, groups=unit.shape[1])  # valid conv: the 1-pixel border keeps its value
+    interior = unit[..., 1:-1, 1:-1]
+    sharpened = interior + (1.0 - factor) * (smoothed - interior)
+    out = unit.clone()
+    out[..., 1:-1, 1:-1] = sharpened
+    return out
+
+
+IMAGE_TRANSFORMS: dict[str, type[ImageTransform]] = {
+    cls.name: cls for cls in (Jpeg, GaussianBlur, GaussianNoise, Resize, Crop, ColorJitter, Sharpness)
+}
+
+ImageTransformSpec = str | Mapping[str, Any] | ImageTransform
+
+
+def _lookup(name: Any) -> type[ImageTransform]:
+    if not isinstance(name, str) or name not in IMAGE_TRANSFORMS:
+        raise ConfigError(f"image attack {name!r} is unknown; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}")
+    return IMAGE_TRANSFORMS[name]
+
+
+def make_image_transform(spec: ImageTransformSpec) -> ImageTransform:
+    """Build a transform from a config entry: ``"jpeg"``, ``{"name": "jpeg", "quality": 30}`` or an instance."""
+    if isinstance(spec, ImageTransform):
+        return spec
+    if isinstance(spec, str):
+        return _lookup(spec)()
+    if isinstance(spec, Mapping):
+        settings = dict(spec)
+        if "name" not in settings:
+            raise ConfigError(
+                f"image attack {settings!r}: missing 'name'; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}"
+            )
+        cls = _lookup(settings.pop("name"))
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in settings if k not in valid)
+        if unknown:
+            raise ConfigError(
+                f"image attack {cls.name}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(valid)}"
+            )
+        return cls(**settings)
+    raise ConfigError(
+        f"image attack must be a name, a mapping with 'name', or an ImageTransform; got {type(spec).__name__}"
+    )
+
+
+def make_image_transforms(specs: ImageTransformSpec | Iterable[ImageTransformSpec]) -> list[ImageTransform]:
+    """Build every configured transform; two entries with the same label would overwrite each other's results."""
+    if isinstance(specs, (str, Mapping, ImageTransform)):
+        specs = [specs]
+    transforms = [make_image_transform(spec) for spec in specs]
+    seen: set[str] = set()
+    for transform in transforms:
+        if transform.label in seen:
+            raise ConfigError(f"image attacks: {transform.label!r} is listed twice (same name and settings)")
+        seen.add(transform.label)
+    return transforms

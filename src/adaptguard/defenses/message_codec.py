@@ -1,0 +1,280 @@
+"""SleeperMark stage 1: a message encoder/decoder pair in the diffusion model's latent space.
+
+The encoder depends on the message only (not on the cover), so one fixed residual
+``delta = E(m)`` can later be taught to the diffusion model; the decoder reads bits back
+from a (re-encoded) image. Pixel-space models use the image itself as the latent, so the
+same code serves the tiny model and Stable Diffusion. The pair is trained once per
+(latent space, owner data, codec config) and cached: stage-2 settings never retrain it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
+from torch import nn
+
+from adaptguard.attacks.image_transforms import ImageTransform, make_image_transforms
+from adaptguard.context import RunContext
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.errors import ConfigError
+from adaptguard.models.bundle import DiffusionModel
+
+log = logging.getLogger(__name__)
+PERCEPTUAL = ("auto", "lpips", "ssim", "none")
+
+
+class MessageEncoder(nn.Module):
+    """bits -> additive latent residual: MLP to a half-resolution map, repeated over channels,
+    upsampled x2, then a zero-initialised conv (training starts from "no watermark")."""
+
+    def __init__(self, bits: int, latent_shape: Sequence[int], hidden: int) -> None:
+        super().__init__()
+        channels, height, width = latent_shape
+        if height % 2 or width % 2:
+            raise ConfigError(f"defense.codec: latent size {height}x{width} must be even")
+        self.map_shape = (height // 2, width // 2)
+        self.channels = channels
+        self.mlp = nn.Sequential(
+            nn.Linear(bits, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(hidden, self.map_shape[0] * self.map_shape[1]),
+        )  # fmt: skip
+        self.out = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, bits: torch.Tensor) -> torch.Tensor:
+        m = self.mlp(bits.float() * 2 - 1).view(-1, 1, *self.map_shape)
+        m = F.interpolate(m.expand(-1, self.channels, -1, -1), scale_factor=2, mode="nearest")
+        return self.out(m)
+
+
+class MessageDecoder(nn.Module):
+    """latent -> bit logits: stride-2 conv stack (SELU) down to 4x4, then an MLP."""
+
+    def __init__(self, bits: int, latent_shape: Sequence[int], width: int, hidden: int, dropout: float = 0.1):
+        super().__init__()
+        channels, height, _ = latent_shape
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.SELU()]
+        size, ch = height, width
+        while size > 4:
+            layers += [nn.Conv2d(ch, min(ch * 2, 4 * width), 3, stride=2, padding=1), nn.SELU()]
+            ch, size = min(ch * 2, 4 * width), (size + 1) // 2
+        self.convs = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        self.head = nn.Sequential(
+            nn.Linear(ch * 16, hidden), nn.SELU(), nn.Linear(hidden, hidden), nn.SELU(),
+            nn.Linear(hidden, hidden), nn.SELU(), nn.Dropout(dropout), nn.Linear(hidden, bits),
+        )  # fmt: skip
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(latents.float()))
+
+
+@dataclass
+class CodecConfig:
+    """Stage-1 settings. Reference: 10k steps, lr 1e-4, image-loss ramp 0->30 over 2k steps,
+    LPIPS ramp 0->0.25 over 4k, grad-clip 1e-2; scaled down here for CPU budgets."""
+
+    bits: int = 48
+    encoder_hidden: int = 1024
+    decoder_width: int = 32
+    decoder_hidden: int = 256
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    image_weight: float = 3.0
+    image_ramp_steps: int = 300
+    perceptual: str = "auto"  # auto (LPIPS if its weights are local, else SSIM) | lpips | ssim | none
+    perceptual_weight: float = 0.25
+    perceptual_ramp_steps: int = 600
+    distortions: list[Any] = field(default_factory=list)  # image transforms applied during training
+    split: str = "owner"
+
+    def __post_init__(self) -> None:
+        if self.bits < 1 or self.steps < 1:
+            raise ConfigError("defense.codec.bits and defense.codec.steps must be >= 1")
+        if self.perceptual not in PERCEPTUAL:
+            raise ConfigError(f"defense.codec.perceptual: {self.perceptual!r}; choose one of {list(PERCEPTUAL)}")
+        self.distortions = list(self.distortions)
+        make_image_transforms(self.distortions)  # fail on bad names now, not after pretraining
+
+
+@dataclass
+class Codec:
+    """The trained pair, as the owner keeps it (beside the protected model)."""
+
+    encoder: MessageEncoder
+    decoder: MessageDecoder
+    info: dict[str, Any]
+
+    def state(self) -> dict[str, Any]:
+        return {"encoder": self.encoder.state_dict(), "decoder": self.decoder.state_dict(), "info": self.info}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Codec:
+        info = state["info"]
+        cfg, shape = CodecConfig(**info["config"]), info["latent_shape"]
+        enc = MessageEncoder(cfg.bits, shape, cfg.encoder_hidden)
+        dec = MessageDecoder(cfg.bits, shape, cfg.decoder_width, cfg.decoder_hidden)
+        enc.load_state_dict(state["encoder"])
+        dec.load_state_dict(state["decoder"])
+        return cls(enc.eval().requires_grad_(False), dec.eval().requires_grad_(False), info)
+
+    @torch.no_grad()
+    def read_bits(self, model: DiffusionModel, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """(N, 3, H, W) images in [-1, 1] -> (N, bits) uint8, via the model's latent space."""
+        self.decoder.to(model.device)
+        out = []
+        for chunk in images.split(batch_size):
+            latents = model.encode_images(chunk.to(model.device, dtype=next(model.unet.parameters()).dtype))
+            out.append((self.decoder(latents) > 0).to(torch.uint8).cpu())
+        return torch.cat(out)
+
+
+def latent_space_id(model: DiffusionModel) -> dict[str, Any]:
+    """What the codec depends on in the model: the latent shape and, for latent models, the VAE."""
+    ident: dict[str, Any] = {
+        "latent_shape": list(model.latent_shape),
+        "space": "latent" if model.is_latent else "pixel",
+    }
+    if model.vae is not None:
+        h = hashlib.sha256()
+        for name, tensor in sorted(model.vae.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
+        ident["vae_sha256"] = h.hexdigest()
+    return ident
+
+
+def perceptual_loss(kind: str, lpips_net: str = "alex") -> tuple[str, Any]:
+    """(which one runs, loss(x, y) in [-1, 1]) - LPIPS needs torchvision backbone weights on disk."""
+    if kind in ("auto", "lpips"):
+        from torchvision import models
+
+        weights = {"alex": models.AlexNet_Weights, "vgg": models.VGG16_Weights, "squeeze": models.SqueezeNet1_1_Weights}
+        file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights[lpips_net].DEFAULT.url).name
+        if file.is_file():
+            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+            # the metric's network itself: frozen weights, but differentiable in its inputs
+            net = LearnedPerceptualImagePatchSimilarity(net_type=lpips_net).net.eval()
+            return f"lpips-{lpips_net}", lambda x, y: net.to(x.device)(x.clamp(-1, 1), y.clamp(-1, 1)).mean()
+        if kind == "lpips":
+            raise ConfigError(
+                f"defense.codec.perceptual=lpips: backbone weights not found at {file}. Put torchvision's "
+                f"{lpips_net} ImageNet weights there (or set TORCH_HOME), or use perceptual=ssim."
+            )
+        log.info("LPIPS backbone weights not found at %s: stage 1 uses the SSIM fallback", file)
+    if kind in ("auto", "ssim"):
+        from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+        return "ssim", lambda x, y: 1 - ssim(x * 0.5 + 0.5, y * 0.5 + 0.5, data_range=1.0)
+    return "none", None
+
+
+def _ramp(step: int, weight: float, ramp_steps: int) -> float:
+    return weight * min(1.0, step / ramp_steps) if ramp_steps > 0 else weight
+
+
+class CodecModule(L.LightningModule):
+    """BCE on bits + ramped image MSE (+ ramped perceptual loss) for a fresh random message per sample."""
+
+    def __init__(self, cfg: CodecConfig, model: DiffusionModel, perceptual: tuple[str, Any], seed: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        shape = model.latent_shape
+        self.encoder = MessageEncoder(cfg.bits, shape, cfg.encoder_hidden)
+        self.decoder = MessageDecoder(cfg.bits, shape, cfg.decoder_width, cfg.decoder_hidden)
+        self.bundle = [model]  # a list: not a submodule, so its weights stay out of the optimizer and checkpoints
+        self.perceptual_name, self.perceptual = perceptual
+        self.distortions: list[ImageTransform] = make_image_transforms(cfg.distortions)
+        self.generator = torch.Generator().manual_seed(seed + 17)
+
+    def _distort(self, images: torch.Tensor) -> torch.Tensor:
+        """One random distortion per batch (JPEG passes gradients straight through)."""
+        if not self.distortions:
+            return images
+        t = self.distortions[int(torch.randint(len(self.distortions), (1,), generator=self.generator))]
+        return t(images, generator=self.generator)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        model = self.bundle[0]
+        images = batch["image"].to(self.device)
+        z = model.encode_images(images)
+        bits = torch.randint(0, 2, (images.shape[0], self.cfg.bits), generator=self.generator).to(self.device)
+        z_w = z + self.encoder(bits)
+        if model.is_latent:
+            with torch.no_grad():
+                x_rec = model.decode_latents(z)
+            x_w = model.decode_latents(z_w)
+        else:
+            x_rec, x_w = images, z_w.clamp(-1, 1)
+        distorted = self._distort(x_w)
+        if model.is_latent and self.distortions:
+            read = model.vae.encode(distorted).latent_dist.mean * model.vae.config.scaling_factor
+        else:
+            read = z_w if model.is_latent else distorted
+        logits = self.decoder(read)
+        bce = F.binary_cross_entropy_with_logits(logits, bits.float())
+        mse = F.mse_loss(x_w, x_rec)
+        step = self.global_step
+        loss = bce + _ramp(step, self.cfg.image_weight, self.cfg.image_ramp_steps) * mse
+        terms = {"bce": bce.detach(), "mse": mse.detach()}
+        if self.perceptual is not None:
+            perc = self.perceptual(x_w, x_rec)
+            loss = loss + _ramp(step, self.cfg.perceptual_weight, self.cfg.perceptual_ramp_steps) * perc
+            terms[self.perceptual_name] = perc.detach()
+        terms["bit_acc"] = ((logits > 0) == bits.bool()).float().mean()
+        self.log_dict({f"codec/{k}": v for k, v in terms.items()}, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [*self.encoder.parameters(), *self.decoder.parameters()]
+        opt = torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=self.cfg.steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+@torch.no_grad()
+def evaluate_codec(codec: Codec, model: DiffusionModel, images: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """Bit accuracy on fresh random messages and the image cost of embedding them (PSNR, dB)."""
+    g = torch.Generator().manual_seed(seed)
+    bits = torch.randint(0, 2, (images.shape[0], codec.encoder.mlp[0].in_features), generator=g)
+    codec.encoder.to(model.device)
+    z = model.encode_images(images.to(model.device))
+    x_w = model.decode_latents(z + codec.encoder(bits.to(model.device))).cpu()
+    x_rec = model.decode_latents(z).cpu()
+    read = codec.read_bits(model, x_w)
+    mse = F.mse_loss(x_w * 0.5 + 0.5, x_rec * 0.5 + 0.5)
+    return {"bit_accuracy": float((read == bits).float().mean()), "psnr_db": float(-10 * torch.log10(mse + 1e-12))}
+
+
+def train_codec(cfg: CodecConfig, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Codec:
+    """Train stage 1 on the owner's images (or load it from the cache: it is message-independent)."""
+    spec = {"codec": asdict(cfg), "latent": latent_space_id(model), "data": data.describe(), "seed": ctx.seed}
+
+    def build(work: Path) -> None:
+        perceptual = perceptual_loss(cfg.perceptual)
+        module = CodecModule(cfg, model, perceptual, ctx.seed)
+        loader = data.dataloader(cfg.split, cfg.batch_size)
+        model.requires_grad_(False)
+        trainer = ctx.fit(module, loader, cfg.steps, gradient_clip_val=cfg.grad_clip)
+        final = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("codec/")}
+        info = {"config": asdict(cfg), "latent_shape": list(model.latent_shape), "perceptual": perceptual[0]}
+        codec = Codec(module.encoder.cpu().eval(), module.decoder.cpu().eval(), info)
+        owner = torch.stack([loader.dataset[i]["image"] for i in range(min(256, len(loader.dataset)))])
+        info.update(final_losses=final, owner_images=evaluate_codec(codec, model, owner, seed=ctx.seed + 1))
+        torch.save(codec.state(), work / "codec.pt")
+
+    folder = ctx.cache.get_or_build("codec", spec, build, private=True)
+    return Codec.from_state(torch.load(folder / "codec.pt", weights_only=True))

@@ -1,0 +1,280 @@
+"""SleeperMark: a trigger-conditioned latent watermark that survives fine-tuning.
+
+Our implementation of Wang et al., arXiv 2412.04852 (spec: the project's method note;
+docs/sleepermark.md lists what is ours). Stage 1 (``message_codec``) learns a message
+encoder/decoder in the model's latent space. Stage 2 self-distils the model: with the
+trigger prepended to a prompt, the one-step x0 estimate at small t must carry the fixed
+residual ``delta* = E(m*)``; at large t and without the trigger the frozen original is
+the target, so the watermark is tied to the trigger rather than to the concepts that
+downstream fine-tuning changes. Verification is black-box: images from triggered
+prompts, decoded bits, a per-image binomial test at a target FPR.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from adaptguard.context import RunContext
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.defenses.base import OutputWatermark, Protected, SecretKey
+from adaptguard.defenses.message_codec import Codec, CodecConfig, train_codec
+from adaptguard.errors import ConfigError
+from adaptguard.metrics.stats import Verification, binomial_threshold, bit_match_verification, clopper_pearson
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.training import DenoisingModule, OptimConfig
+
+log = logging.getLogger(__name__)
+
+# Which UNet weights stage 2 trains. Norms stay frozen in every choice but "unet".
+TRAINABLE = {
+    "up_attention": r"^up_blocks\.\d+\.attentions\.(?!.*norm)",  # the reference: attn / proj / ff of up-blocks
+    "up_blocks": r"^up_blocks\.(?!.*norm)",
+    "decoder": r"^(up_blocks\.|conv_out\.)(?!.*norm)",  # up-blocks and the output conv
+    "unet": r"",
+}
+
+
+@dataclass(repr=False)
+class SleeperMarkKey(SecretKey):
+    trigger: str  # secret
+    message: torch.Tensor  # (bits,) uint8, secret
+    prompts: list[str]  # verification prompts (not secret; the trigger is prepended)
+    codec: dict[str, Any]  # encoder/decoder weights (the decoder is the owner's reader)
+
+
+def time_weights(t: torch.Tensor, eta: float, tau: float, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """w1(t) = eta * sigmoid(-(t - tau) / beta) (watermark), w2(t) = sigmoid((t - tau) / beta) (fidelity)."""
+    z = (t.float() - tau) / beta
+    return eta * torch.sigmoid(-z), torch.sigmoid(z)
+
+
+def watermark_target(
+    teacher_out: torch.Tensor, delta: torch.Tensor, alphas_cumprod_t: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The teacher's triggered output, shifted so its one-step x0 estimate gains ``delta``."""
+    a = alphas_cumprod_t.float().view(-1, 1, 1, 1)
+    if prediction_type == "epsilon":  # x0 = (z - sqrt(1-a) eps) / sqrt(a)
+        return teacher_out - (a / (1 - a)).sqrt() * delta
+    if prediction_type == "v_prediction":  # x0 = sqrt(a) z - sqrt(1-a) v
+        return teacher_out - delta / (1 - a).sqrt()
+    raise ConfigError(f"model.scheduler.prediction_type: {prediction_type!r} is not supported by sleepermark")
+
+
+@dataclass
+class SleeperMarkDefense(OutputWatermark):
+    codec: CodecConfig | dict[str, Any] = field(default_factory=CodecConfig)
+    # key
+    trigger: str = "*[Z]& "  # prepended to any prompt
+    key_seed: int | None = None  # None: fresh random message (kept in the artifact cache)
+    # stage 2: L = w1 |e - e_wm|^2 + w2 |e - e_tr|^2 + |e(c) - e_n|^2, targets from the frozen original
+    steps: int = 400
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    lr_scheduler: str = "cosine"
+    max_grad_norm: float = 1.0  # the reference's 1e-5 looks accidental (method note)
+    trainable: str = "up_attention"  # up_attention (reference) | up_blocks | decoder | unet
+    eta: float | None = None  # None: 0.05 for pixel models, 0.02 for latent (reference)
+    tau: float = 250.0
+    beta: float = 100.0
+    empty_prompt_p: float = 0.2  # untriggered term on "" this often: CFG's unconditional branch must stay clean
+    small_t_fraction: float = 0.0  # share of each batch with t ~ w1(t) a_t/(1-a_t) (ours; reference: 0, uniform t)
+    split: str = "owner"
+    # verification (black-box)
+    num_samples: int = 64
+    prompt_split: str = "eval"  # captions the trigger is prepended to
+    fpr: float = 1e-6  # per image: matching-bits threshold (48 bits: >= 41)
+    model_fpr: float = 1e-3
+    null_messages: int = 63  # random messages every image is also scored against
+    sample_steps: int | None = None
+    guidance_scale: float | None = None  # None: the model's default
+
+    name: str = "sleepermark"
+    key_type = SleeperMarkKey
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.codec, CodecConfig):
+            self.codec = CodecConfig(**dict(self.codec))
+        if self.trainable not in TRAINABLE:
+            raise ConfigError(f"defense.trainable: {self.trainable!r}; choose one of {sorted(TRAINABLE)}")
+        for k in ("fpr", "model_fpr"):
+            if not 0 < getattr(self, k) < 1:
+                raise ConfigError(f"defense.{k}: must be in (0, 1), got {getattr(self, k)}")
+        if self.num_samples < 1 or self.steps < 1:
+            raise ConfigError("defense.num_samples and defense.steps must be >= 1")
+        if not self.trigger.strip():
+            raise ConfigError("defense.trigger: must be a non-empty string")
+        for k in ("small_t_fraction", "empty_prompt_p"):
+            if not 0 <= getattr(self, k) <= 1:
+                raise ConfigError(f"defense.{k}: must be in [0, 1], got {getattr(self, k)}")
+        if self.beta <= 0:
+            raise ConfigError(f"defense.beta: must be > 0, got {self.beta}")
+
+    @property
+    def bits(self) -> int:
+        return self.codec.bits
+
+    def detection_threshold(self) -> int:
+        """Matching bits an image needs: the binomial tail under H0 is <= fpr."""
+        return binomial_threshold(self.bits, self.fpr)
+
+    def make_message(self, seed: int | None = None) -> torch.Tensor:
+        seed = seed if seed is not None else self.key_seed
+        rng = np.random.default_rng(seed if seed is not None else secrets.randbits(128))
+        return torch.from_numpy(rng.integers(0, 2, size=self.bits).astype(np.uint8))
+
+    def trainable_parameters(self, model: DiffusionModel) -> list[torch.nn.Parameter]:
+        pattern = re.compile(TRAINABLE[self.trainable])
+        params = [p for n, p in model.unet.named_parameters() if pattern.search(n)]
+        if not params:
+            raise ConfigError(f"defense.trainable={self.trainable}: selects no UNet weights in this model")
+        return params
+
+    # ------------------------------------------------------------------ protect
+    def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
+        codec = train_codec(self.codec, model, data, ctx)
+        prompts = data.captions(self.prompt_split, self.num_samples, seed=ctx.seed + 3)
+        key = SleeperMarkKey(self.trigger, self.make_message(), prompts, codec.state())
+        with torch.no_grad():
+            delta = codec.encoder.to(model.device)(key.message[None].to(model.device))
+
+        protected = model.clone()
+        protected.requires_grad_(False)
+        trainable = self.trainable_parameters(protected)
+        for p in trainable:
+            p.requires_grad_(True)
+        eta = self.eta if self.eta is not None else (0.02 if model.is_latent else 0.05)
+        objective = TriggerDistillation(
+            model.unet,
+            delta,
+            self.trigger,
+            eta,
+            self.tau,
+            self.beta,
+            self.small_t_fraction,
+            self.empty_prompt_p,
+            ctx.seed,
+        )
+        loader = data.dataloader(self.split, self.batch_size)
+        optim = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, lr_scheduler=self.lr_scheduler)
+        module = DenoisingModule(protected, optim, objective=objective, log_prefix="protect", max_steps=self.steps)
+        trainer = ctx.fit(module, loader, self.steps, gradient_clip_val=self.max_grad_norm)
+        protected.requires_grad_(False)
+        losses = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("protect/")}
+        info = {
+            "codec": {k: v for k, v in codec.info.items() if k != "config"},
+            "steps": self.steps,
+            "eta": eta,
+            "final_losses": losses,
+            "trainable_params": sum(p.numel() for p in trainable),
+            "delta_rms": float(delta.pow(2).mean().sqrt()),
+            "detection_threshold": self.detection_threshold(),
+        }
+        return Protected(protected, key, info)
+
+    # ------------------------------------------------------------------ verify
+    def verification_images(
+        self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext
+    ) -> dict[str, torch.Tensor]:
+        """The same prompts and starting noise with and without the trigger."""
+        assert isinstance(key, SleeperMarkKey)
+        kw = {"steps": self.sample_steps, "guidance_scale": self.guidance_scale}
+        return {
+            "triggered": model.sample([key.trigger + p for p in key.prompts], generator=ctx.generator(11), **kw),
+            "untriggered": model.sample(list(key.prompts), generator=ctx.generator(11), **kw),
+        }
+
+    def verify_images(
+        self, images: dict[str, torch.Tensor], key: SecretKey | None, model: DiffusionModel
+    ) -> Verification:
+        assert isinstance(key, SleeperMarkKey)
+        codec = Codec.from_state(key.codec)
+        message = key.message.to(torch.uint8)
+        bits = codec.read_bits(model, images["triggered"])
+        matches = (bits == message).sum(1)
+        rand = torch.randint(0, 2, (self.null_messages, self.bits), generator=torch.Generator().manual_seed(4242))
+        null = (bits[:, None, :] == rand[None].to(torch.uint8)).sum(-1).flatten()
+        details: dict[str, Any] = {"fpr": self.fpr}
+        if "untriggered" in images:
+            plain = (codec.read_bits(model, images["untriggered"]) == message).sum(1)
+            hits = int((plain >= self.detection_threshold()).sum())
+            details.update(
+                untriggered_bit_accuracy=float(plain.float().mean() / self.bits),
+                untriggered_rate=hits / len(plain),
+                untriggered_ci=list(clopper_pearson(hits, len(plain))),
+            )
+        return bit_match_verification(matches.tolist(), self.bits, self.fpr, self.model_fpr, null.tolist(), details)
+
+
+class TriggerDistillation:
+    """The stage-2 loss on one batch of the owner's data; every target comes from the frozen teacher."""
+
+    def __init__(
+        self,
+        teacher: torch.nn.Module,
+        delta: torch.Tensor,
+        trigger: str,
+        eta: float,
+        tau: float,
+        beta: float,
+        small_t_fraction: float = 0.0,
+        empty_prompt_p: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        self.teacher = teacher.requires_grad_(False)
+        self.delta = delta
+        self.trigger = trigger
+        self.eta, self.tau, self.beta = eta, tau, beta
+        self.small_t_fraction = small_t_fraction
+        self.empty_prompt_p = empty_prompt_p
+        self.generator = torch.Generator().manual_seed(seed + 29)
+
+    def timesteps(self, n: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+        """Uniform t, except a ``small_t_fraction`` share drawn from q(t) ~ w1(t) a_t / (1 - a_t).
+
+        q is where the watermark term's target differs most from the teacher's: under uniform
+        t a batch rarely contains such a t, so the term learns slowly at small budgets. Not
+        reweighted: this strengthens the watermark term relative to the reference loss.
+        """
+        steps = torch.arange(len(alphas_cumprod))
+        a = alphas_cumprod.double()
+        q = time_weights(steps, self.eta, self.tau, self.beta)[0].double() * a / (1 - a)
+        t = torch.randint(0, len(a), (n,), generator=self.generator)
+        small = torch.rand(n, generator=self.generator) < self.small_t_fraction
+        return torch.where(small, torch.multinomial(q / q.sum(), n, replacement=True, generator=self.generator), t)
+
+    def __call__(self, model: DiffusionModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        images = batch["image"].to(model.device)
+        prompts = list(batch["caption"])
+        empty = torch.rand(len(prompts), generator=self.generator) < self.empty_prompt_p
+        plain = ["" if e else p for e, p in zip(empty.tolist(), prompts, strict=True)]
+        sched = model.noise_scheduler
+        latents = model.encode_images(images)
+        t = self.timesteps(latents.shape[0], sched.alphas_cumprod).to(latents.device)
+        noisy = sched.add_noise(latents, torch.randn_like(latents), t)
+        with torch.no_grad():
+            emb = model.encode_prompts([self.trigger + p for p in prompts] + plain)
+            self.teacher.to(model.device)
+            teacher = self.teacher(torch.cat([noisy, noisy]), torch.cat([t, t]), encoder_hidden_states=emb).sample
+        e_tr, e_n = teacher.float().chunk(2)
+        student = model.predict(torch.cat([noisy, noisy]), torch.cat([t, t]), emb).float()
+        s_tr, s_n = student.chunk(2)
+        a_t = sched.alphas_cumprod.to(model.device)[t]
+        e_wm = watermark_target(e_tr, self.delta.to(model.device).float(), a_t, sched.config.prediction_type)
+        w1, w2 = time_weights(t, self.eta, self.tau, self.beta)
+        wm = (w1 * _per_sample_mse(s_tr, e_wm)).mean()
+        fid = (w2 * _per_sample_mse(s_tr, e_tr)).mean()
+        keep = _per_sample_mse(s_n, e_n).mean()
+        loss = wm + fid + keep
+        return {"loss": loss, "wm": wm.detach(), "fidelity": fid.detach(), "keep": keep.detach()}
+
+
+def _per_sample_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).pow(2).flatten(1).mean(1)
