@@ -35,7 +35,7 @@ from adaptguard.metrics.stats import (
     calibrate_threshold,
 )
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training import DenoisingModule, OptimConfig
+from adaptguard.training import DenoisingModule, OptimConfig, final_terms
 
 log = logging.getLogger(__name__)
 _SEED_MOD = 2**62
@@ -206,9 +206,7 @@ class AIAODefense(Defense):
         )
         trainer = ctx.fit(module, loader, self.steps)
         protected.requires_grad_(False)
-        metrics = {
-            k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("protect/")
-        }
+        metrics = final_terms(trainer, "protect")
         info = {
             "steps": self.steps,
             "final_losses": metrics,

@@ -24,7 +24,7 @@ from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import OutputWatermark, Protected, SecretKey
 from adaptguard.errors import ConfigError
-from adaptguard.metrics.stats import Verification, bit_match_verification
+from adaptguard.metrics.stats import Verification, bit_match_verification, random_key_matches
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import DenoisingModule, OptimConfig
 
@@ -141,7 +141,5 @@ class BackdoorDefense(OutputWatermark):
         assert isinstance(key, BackdoorKey)
         bits = read_bits(images["triggered"], self.grid)
         matches = (bits == key.bits.to(bits.device)).sum(1)
-        # Random keys are independent of the model, so these are exact null scores.
-        rand = torch.randint(0, 2, (self.null_keys, bits.shape[1]), generator=torch.Generator().manual_seed(12345))
-        null = (bits[:, None, :] == rand[None].to(torch.uint8)).sum(-1).flatten()
+        null = random_key_matches(bits, self.null_keys, seed=12345)
         return bit_match_verification(matches.tolist(), self.grid**2, self.fpr, self.model_fpr, null.tolist())

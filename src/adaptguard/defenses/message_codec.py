@@ -27,6 +27,7 @@ from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel
+from adaptguard.training import final_terms
 
 log = logging.getLogger(__name__)
 PERCEPTUAL = ("auto", "lpips", "ssim", "none")
@@ -269,7 +270,7 @@ def train_codec(cfg: CodecConfig, model: DiffusionModel, data: CaptionedImageDat
         loader = data.dataloader(cfg.split, cfg.batch_size)
         model.requires_grad_(False)
         trainer = ctx.fit(module, loader, cfg.steps, gradient_clip_val=cfg.grad_clip)
-        final = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("codec/")}
+        final = final_terms(trainer, "codec")
         info = {"config": asdict(cfg), "latent_shape": list(model.latent_shape), "perceptual": perceptual[0]}
         codec = Codec(module.encoder.cpu().eval(), module.decoder.cpu().eval(), info)
         owner = torch.stack([loader.dataset[i]["image"] for i in range(min(256, len(loader.dataset)))])

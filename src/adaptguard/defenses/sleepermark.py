@@ -26,9 +26,15 @@ from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import OutputWatermark, Protected, SecretKey
 from adaptguard.defenses.message_codec import Codec, CodecConfig, train_codec
 from adaptguard.errors import ConfigError
-from adaptguard.metrics.stats import Verification, binomial_threshold, bit_match_verification, clopper_pearson
+from adaptguard.metrics.stats import (
+    Verification,
+    binomial_threshold,
+    bit_match_verification,
+    clopper_pearson,
+    random_key_matches,
+)
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training import DenoisingModule, OptimConfig
+from adaptguard.training import DenoisingModule, OptimConfig, final_terms
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +173,7 @@ class SleeperMarkDefense(OutputWatermark):
         module = DenoisingModule(protected, optim, objective=objective, log_prefix="protect", max_steps=self.steps)
         trainer = ctx.fit(module, loader, self.steps, gradient_clip_val=self.max_grad_norm)
         protected.requires_grad_(False)
-        losses = {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("protect/")}
+        losses = final_terms(trainer, "protect")
         info = {
             "codec": {k: v for k, v in codec.info.items() if k != "config"},
             "steps": self.steps,
@@ -199,8 +205,7 @@ class SleeperMarkDefense(OutputWatermark):
         message = key.message.to(torch.uint8)
         bits = codec.read_bits(model, images["triggered"])
         matches = (bits == message).sum(1)
-        rand = torch.randint(0, 2, (self.null_messages, self.bits), generator=torch.Generator().manual_seed(4242))
-        null = (bits[:, None, :] == rand[None].to(torch.uint8)).sum(-1).flatten()
+        null = random_key_matches(bits, self.null_messages, seed=4242)
         details: dict[str, Any] = {"fpr": self.fpr}
         if "untriggered" in images:
             plain = (codec.read_bits(model, images["untriggered"]) == message).sum(1)
@@ -234,6 +239,7 @@ class TriggerDistillation:
         self.eta, self.tau, self.beta = eta, tau, beta
         self.small_t_fraction = small_t_fraction
         self.empty_prompt_p = empty_prompt_p
+        self._q: torch.Tensor | None = None  # small-t distribution, built on first use from the scheduler
         self.generator = torch.Generator().manual_seed(seed + 29)
 
     def timesteps(self, n: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -243,12 +249,13 @@ class TriggerDistillation:
         t a batch rarely contains such a t, so the term learns slowly at small budgets. Not
         reweighted: this strengthens the watermark term relative to the reference loss.
         """
-        steps = torch.arange(len(alphas_cumprod))
-        a = alphas_cumprod.double()
-        q = time_weights(steps, self.eta, self.tau, self.beta)[0].double() * a / (1 - a)
-        t = torch.randint(0, len(a), (n,), generator=self.generator)
+        if self._q is None:
+            a = alphas_cumprod.double().cpu()
+            q = time_weights(torch.arange(len(a)), self.eta, self.tau, self.beta)[0].double() * a / (1 - a)
+            self._q = q / q.sum()
+        t = torch.randint(0, len(self._q), (n,), generator=self.generator)
         small = torch.rand(n, generator=self.generator) < self.small_t_fraction
-        return torch.where(small, torch.multinomial(q / q.sum(), n, replacement=True, generator=self.generator), t)
+        return torch.where(small, torch.multinomial(self._q, n, replacement=True, generator=self.generator), t)
 
     def __call__(self, model: DiffusionModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = batch["image"].to(model.device)

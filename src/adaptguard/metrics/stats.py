@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from scipy import stats
 
 
@@ -63,6 +64,16 @@ def calibrate_threshold(null_scores: Sequence[float], fpr: float) -> float:
     # threshold just above the (allowed+1)-th largest so at most `allowed` pass
     t = float(np.nextafter(s[-(allowed + 1)], np.inf))
     return t
+
+
+def random_key_matches(bits: torch.Tensor, n_keys: int, seed: int) -> torch.Tensor:
+    """Matches of each row of ``bits`` (N, n_bits) against ``n_keys`` fixed random keys, flattened.
+
+    The keys are independent of the model, so these are exact null scores for the
+    matching-bits statistic (used for TPR at empirical FPRs).
+    """
+    rand = torch.randint(0, 2, (n_keys, bits.shape[1]), generator=torch.Generator().manual_seed(seed))
+    return (bits[:, None, :] == rand[None].to(bits.dtype).to(bits.device)).sum(-1).flatten()
 
 
 @dataclass

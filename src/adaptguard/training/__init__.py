@@ -1,3 +1,3 @@
-from adaptguard.training.module import DenoisingModule, OptimConfig
+from adaptguard.training.module import DenoisingModule, OptimConfig, final_terms
 
-__all__ = ["DenoisingModule", "OptimConfig"]
+__all__ = ["DenoisingModule", "OptimConfig", "final_terms"]

@@ -37,6 +37,11 @@ class OptimConfig:
         self.betas = tuple(self.betas)
 
 
+def final_terms(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    """The last logged value of every ``<prefix>/<term>`` metric, keyed by term."""
+    return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{prefix}/")}
+
+
 class DenoisingModule(L.LightningModule):
     def __init__(
         self,
