@@ -41,6 +41,8 @@ format: install
 pretrain: install  ## (re)make the shipped tiny/micro base weights and shapes feature extractor
 	$(BIN)/python -m experiments.pretrain model=tiny
 	$(BIN)/python -m experiments.pretrain model=micro
+	$(BIN)/python -m experiments.pretrain model=tiny experiment=freeze +features_only=true
+	$(BIN)/python -m experiments.pretrain model=micro experiment=freeze +features_only=true
 
 clean:
 	rm -rf outputs multirun .pytest_cache

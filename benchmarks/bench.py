@@ -221,6 +221,106 @@ def bench_sleepermark(steps: int, batch_size: int, samples: int) -> dict[str, An
     }
 
 
+def _freeze_child(kind: str, rho: float, steps: int, batch_size: int, queue) -> None:
+    """One measurement in a fresh process, so its peak memory is its own."""
+    import resource
+
+    from adaptguard.attacks.constraint import FineTuneConstraint
+    from adaptguard.defenses.freezeasguard import FreezeAsGuardDefense, MaskLearning
+    from adaptguard.defenses.freezing import candidate_sizes, project_to_ratio, random_scores
+
+    torch.manual_seed(0)
+    model = build_tiny_model()
+    data = ShapesDataModule(splits={"a": {"size": batch_size}, "b": {"offset": 100, "size": batch_size}})
+    a, b = (next(iter(data.dataloader(s, batch_size))) for s in ("a", "b"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    model.to(device)
+    a, b = ({k: v.to(device) if torch.is_tensor(v) else v for k, v in x.items()} for x in (a, b))
+    if kind == "mask":
+        model.requires_grad_(False)
+        theta_ft = {n: p.detach() + 0.01 for n, p in model.unet.named_parameters()}
+        learner = MaskLearning(model, theta_ft, FreezeAsGuardDefense(), seed=0).to(device)
+        opt = torch.optim.SGD([learner.x, *learner.ft], lr=1.0)
+        count = [0]
+
+        def step() -> None:
+            opt.zero_grad()
+            learner.set_gradients({"illegal": a, "legal": b}, publisher=count[0] % 5 == 0)
+            opt.step()
+            count[0] += 1
+
+        trainable = len(learner.names)
+    else:  # a full fine-tuning step on 2 x batch_size images, with or without a freezing mask
+        both = {"image": torch.cat([a["image"], b["image"]]), "caption": a["caption"] + b["caption"]}
+        model.requires_grad_(False)
+        model.unet.requires_grad_(True)
+        if rho > 0:
+            sizes = candidate_sizes(model)
+            frozen = project_to_ratio(random_scores(sizes, 0), sizes, rho, kind.split("_")[-1])
+            FineTuneConstraint(frozenset(frozen)).apply(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4)
+
+        def step() -> None:
+            loss = model.training_loss(both["image"], both["caption"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        trainable = sum(p.numel() for p in params)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step_s = _median_step_s(step, steps, 3)
+    queue.put(
+        {
+            "step_s": round(step_s, 4),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "rss_before_steps_mb": round(base_rss, 1),
+            "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+            "trainable": trainable,
+        }
+    )
+
+
+def bench_freezeasguard(steps: int, batch_size: int) -> dict[str, Any]:
+    """Mask learning vs a plain full fine-tuning step (same images: batch_size illegal + batch_size legal),
+    and what a rho = 0.5 mask saves when fine-tuning. Each case runs in its own process."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+
+    def run(kind: str, rho: float = 0.0) -> dict[str, Any]:
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_freeze_child, args=(kind, rho, steps, batch_size, queue))
+        proc.start()
+        result = queue.get()
+        proc.join()
+        return result
+
+    plain = run("plain")
+    mask = run("mask")
+    by_tensors = run("frozen_tensors", 0.5)
+    by_params = run("frozen_params", 0.5)
+
+    def rel(r: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **r,
+            "step_ratio": round(r["step_s"] / plain["step_s"], 3),
+            "peak_rss_ratio": round(r["peak_rss_mb"] / plain["peak_rss_mb"], 3),
+        }
+
+    return {
+        "images_per_step": 2 * batch_size,
+        "plain_finetune": plain,
+        "mask_learning": rel(mask),  # trainable = number of mask scores
+        "finetune_rho0.5_by_tensors": rel(by_tensors),
+        "finetune_rho0.5_by_params": rel(by_params),
+        "note": "mask step = mean over a 1 publisher : 4 simulated-user cycle; peak RSS includes torch itself",
+    }
+
+
 def bench_default_experiment(args: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, WANDB_SILENT="true")
@@ -260,6 +360,7 @@ def main() -> None:
         "sampling": lambda: bench_sampling(opts.samples),
         "aiao": lambda: bench_aiao(opts.steps, opts.batch_size),
         "sleepermark": lambda: bench_sleepermark(opts.steps, 16, 64),
+        "freezeasguard": lambda: bench_freezeasguard(opts.steps, 16),
         "default_experiment": lambda: bench_default_experiment(["logger=none"]),
     }
     if opts.skip_experiment:

@@ -2,6 +2,8 @@
 dataset's FID feature extractor, built into the cache and copied into the package.
 
     python -m experiments.pretrain model=tiny      # what `make pretrain` runs
+    python -m experiments.pretrain model=tiny experiment=freeze +features_only=true
+                                                   # only the feature extractor of another shapes world
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ def main(cfg: DictConfig) -> None:
     _quiet_libraries()
     cache = ArtifactCache(cfg.paths.cache, use_shipped=False)
     ctx = RunContext(cache=cache, make_trainer=instantiate(cfg.trainer), progress=bool(cfg.progress), seed=0)
-    source = instantiate(cfg.model, _convert_="all")
-    source.load(ctx)
-    print(f"base model {source.name}: shipped to {cache.ship('base', source.describe())}")
+    if not cfg.get("features_only", False):
+        source = instantiate(cfg.model, _convert_="all")
+        source.load(ctx)
+        print(f"base model {source.name}: shipped to {cache.ship('base', source.describe())}")
     data = instantiate(cfg.dataset, _convert_="all")
     spec = data.feature_extractor_spec()
     if spec is not None:

@@ -11,6 +11,12 @@ CASES = {
     "unknown key": (["attack.rnk=3"], ["attack.rnk"]),
     "bad value": (["attack=lora", "attack.rank=0", "logger=none"], ["attack.rank", ">= 1"]),
     "unexpected key": (["defense=backdoor", "+defense.colour=red", "logger=none"], ["BackdoorDefense", "'colour'"]),
+    "freezing without domains": (["defense=freezeasguard", "logger=none"], ["dataset.splits", "experiment=freeze"]),
+    "bad freeze ratio": (["experiment=freeze", "defense.rho=1.5", "logger=none"], ["defense.rho", "[0, 1]"]),
+    "bad adaptation domain": (
+        ["experiment=freeze", "~eval.adaptation.legal.eval", "logger=none"],
+        ["eval.adaptation.legal", "train and eval"],
+    ),
     "bad split filter": (
         ["dataset.splits.owner.where.kind=[hexagon]", "logger=none"],
         ["dataset.splits.owner.where.kind"],

@@ -39,6 +39,15 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def weights_sha256(module: Any) -> str:
+    """Hash of a module's state (names and values): identifies the weights an artifact was built from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
 def shipped_dir() -> Path:
     """Artifacts that ship inside the package (made by ``make pretrain``)."""
     return Path(str(resources.files("adaptguard"))) / "assets"

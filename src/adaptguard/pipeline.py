@@ -21,10 +21,12 @@ from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import Defense, OutputWatermark, Protected, SecretKey
 from adaptguard.defenses.none import NoDefense
+from adaptguard.errors import ConfigError
 from adaptguard.metrics.cost import CostTracker
 from adaptguard.metrics.quality import QualityEvaluator
 from adaptguard.metrics.stats import Verification, tpr_at_fpr
 from adaptguard.models.bundle import DiffusionModel
+from adaptguard.redact import redact
 from adaptguard.reporting import SCHEMA_VERSION, log_results, save_grid, write_results
 
 log = logging.getLogger(__name__)
@@ -39,20 +41,42 @@ class ModelSource(Protocol):
     def load(self, ctx: RunContext) -> DiffusionModel: ...
 
 
+@dataclass(frozen=True)
+class AdaptationDomain:
+    """Attack on ``train`` and score FID/KID on ``eval``: did the adaptation to this domain work?"""
+
+    train: str
+    eval: str
+
+    @classmethod
+    def parse(cls, name: str, value: Any) -> AdaptationDomain:
+        if isinstance(value, AdaptationDomain):
+            return value
+        value = dict(value or {})
+        if set(value) != {"train", "eval"}:
+            raise ConfigError(
+                f"eval.adaptation.{name}: needs exactly the keys train and eval (dataset split names), got {sorted(value)}"
+            )
+        return cls(train=str(value["train"]), eval=str(value["eval"]))
+
+
 @dataclass
 class EvalConfig:
     """What is measured around the attack."""
 
     fid: QualityEvaluator | None = field(default_factory=QualityEvaluator)  # None: skip FID/KID
-    clean_split: str = "eval"  # real images of the domain the owner cares about
+    clean_split: str | None = "eval"  # real images of the domain the owner cares about (None: skip)
     attacker_split: str | None = "attacker"  # the attacker's domain (did the adaptation work?)
     fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])  # TPR reported at these FPRs
     grid_samples: int = 16  # images per sample grid (from the FID samples)
     quality_of_base: bool = True  # also score the unprotected base model (cost of embedding)
     image_attacks: list[Any] = field(default_factory=list)  # names / {name: .., settings}: verify after each
+    # {domain: {train: split, eval: split}}: run the attack once per domain instead of once on its own split
+    adaptation: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.image_attacks = make_image_transforms(self.image_attacks)
+        self.adaptation = {name: AdaptationDomain.parse(name, v) for name, v in dict(self.adaptation or {}).items()}
 
 
 @dataclass
@@ -97,7 +121,8 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
                 # the same seed for every stage: base, protected and attacked start from the same noise
                 metrics, images = ev.fid.evaluate(model, exp.data, split, ctx, offset=QUALITY_SEED_OFFSET)
                 quality.setdefault(stage, {})[domain] = metrics
-                name = f"samples_{stage}" if domain == "clean" else f"samples_{stage}_{domain}"
+                plain = domain == "clean" or stage.endswith(f"_{domain}")
+                name = f"samples_{stage}" if plain else f"samples_{stage}_{domain}"
                 files[name] = save_grid(images[: ev.grid_samples], out / f"{name}.png").name
 
     image_scores: dict[str, dict[str, Verification]] = {}
@@ -107,9 +132,10 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
 
     with tracker.stage("base"):
         base = exp.model.load(ctx)
-    clean = [("clean", ev.clean_split)]
+    clean = [("clean", ev.clean_split)] if ev.clean_split else []
+    adapt_eval = [(domain, d.eval) for domain, d in ev.adaptation.items()]
     if ev.quality_of_base:
-        score("base", base, clean)
+        score("base", base, clean + adapt_eval)
 
     defended = not isinstance(exp.defense, NoDefense)
     skipped_image_attacks = None
@@ -125,14 +151,31 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
             if before is not None:
                 scores["before_attack"] = before
                 scores["never_watermarked"] = exp.defense.verify(base, protected.key, ctx)
-        score("protected", protected.model, clean)
+        if protected.model is base:  # weights unchanged (freezing defenses): nothing new to score
+            if "base" in quality:
+                quality["protected"] = dict(quality["base"])
+        else:
+            score("protected", protected.model, clean + adapt_eval)
     else:
         protected = exp.defense.protect(base, exp.data, ctx)
     key = protected.key
 
-    attacked = protected.model
     attack_cost: dict[str, Any] = {}
-    if exp.attack is not None and not isinstance(exp.attack, NoAttack):
+    adaptation: dict[str, Any] = {}
+    if ev.adaptation and exp.attack is not None and not isinstance(exp.attack, NoAttack):
+        constraint = exp.defense.constraint(key)
+        for domain, d in ev.adaptation.items():
+            attack = exp.attack.on_split(d.train)
+            with tracker.stage(f"attack_{domain}"):
+                adapted = attack.run(protected.model, exp.data, constraint, ctx)
+            adaptation[domain] = {"train_split": d.train, "eval_split": d.eval, "attack": attack.cost()}
+            if defended:
+                with tracker.stage(f"verify_after_{domain}"):
+                    after = verify(f"after_attack_{domain}", adapted, key)
+                    if after is not None:
+                        scores[f"after_attack_{domain}"] = after
+            score(f"attacked_{domain}", adapted, [(domain, d.eval)])
+    elif exp.attack is not None and not isinstance(exp.attack, NoAttack):
         with tracker.stage("attack"):
             attacked = exp.attack.run(protected.model, exp.data, exp.defense.constraint(key), ctx)
         attack_cost = exp.attack.cost()
@@ -160,10 +203,15 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
             "device": str(ctx.torch_device()),
             "torch_threads": torch.get_num_threads(),
         },
+        "config": {  # what ran (secrets redacted); the full Hydra config is in .hydra/
+            "defense": redact(exp.defense.describe()),
+            "attack": redact(exp.attack.describe()) if exp.attack is not None else None,
+        },
         "verification": verification,
         "quality": quality,
         "protect": protected.info or {},
         "attack": attack_cost,
+        "adaptation": adaptation,
         "stages": tracker.to_dict(),
         "files": files,
     }

@@ -87,12 +87,32 @@ def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
                 rows.append((f"rate after {label}", "-", *[rate(v) for v in cells]))
     quality = results.get("quality", {})
     metrics = sorted({m for stage in quality.values() for dom in stage.values() for m in dom if m != "num_samples"})
-    for domain in ("clean", "attacker"):
+    domains = dict.fromkeys(["clean", "attacker", *(d for stage in quality.values() for d in stage)])
+    for domain in domains:
         for m in metrics:
-            vals = [quality.get(stage, {}).get(domain, {}).get(m) for stage in COLUMNS]
+            vals = [_stage_quality(quality, stage, domain).get(m) for stage in COLUMNS]
             if any(v is not None for v in vals):
                 rows.append((f"{m} ({domain})", *[_fmt(v) for v in vals]))
+    mask = (results.get("protect") or {}).get("mask")
+    if mask:
+        rows.append(
+            ("frozen tensors / params", "-", f"{mask['ratio_by_tensors']:.3f} / {mask['ratio_by_params']:.3f}", "-")
+        )
+    for domain, entry in (results.get("adaptation") or {}).items():
+        cost = entry.get("attack") or {}
+        if cost.get("trainable_params") is not None:
+            rows.append((f"trainable params ({domain})", "-", "-", _fmt(cost["trainable_params"])))
+        if cost.get("step_time_s") is not None:
+            rows.append((f"step time s ({domain})", "-", "-", _fmt(cost["step_time_s"])))
     return [tuple(_fmt(c) if not isinstance(c, str) else c for c in r) for r in rows]
+
+
+def _stage_quality(quality: Mapping[str, Any], stage: str, domain: str) -> Mapping[str, Any]:
+    """A stage's metrics on a domain; the attacked column of an adaptation domain is its own attack."""
+    found = quality.get(stage, {}).get(domain)
+    if found is None and stage == "attacked":
+        found = quality.get(f"attacked_{domain}", {}).get(domain)
+    return found or {}
 
 
 def format_table(results: Mapping[str, Any]) -> str:
@@ -119,7 +139,11 @@ def log_results(logger: Logger | None, results: Mapping[str, Any], out_dir: Path
     scalars = {
         f"results/{k}": v
         for k, v in flatten(
-            {k: results[k] for k in ("verification", "quality", "stages", "attack") if results.get(k)}
+            {
+                k: results[k]
+                for k in ("verification", "quality", "stages", "attack", "adaptation", "protect")
+                if results.get(k)
+            }
         ).items()
     }
     logger.log_metrics(scalars)

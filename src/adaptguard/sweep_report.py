@@ -30,9 +30,13 @@ def collect(folder: Path) -> list[dict[str, Any]]:
 
 def sweep_table(folder: Path) -> str:
     """Verification before / after the attack, the never-watermarked control, FID/KID per stage."""
-    runs = collect(folder)
-    if not runs:
+    everything = collect(folder)
+    if not everything:
         raise FileNotFoundError(f"no results.json under {folder}")
+    adapted = [r for r in everything if r.get("adaptation")]
+    runs = [r for r in everything if not r.get("adaptation")]
+    if not runs:
+        return adaptation_table(adapted)
     head = (
         "| defense | attack | rate before | rate after | never-watermarked | untriggered (after) "
         "| FID/KID base | FID/KID protected | FID/KID attacked | FID/KID attacked (attacker domain) |"
@@ -55,4 +59,45 @@ def sweep_table(folder: Path) -> str:
             _fid(r, "attacked", "attacker"),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if adapted:
+        lines += ["", adaptation_table(adapted)]
     return "\n".join(lines)
+
+
+def adaptation_table(runs: list[dict[str, Any]]) -> str:
+    """Per (defense, rho, attack): FID/KID on each adaptation domain before and after that domain's attack,
+    the achieved freeze ratio and what the attack trained."""
+    domains = sorted({d for r in runs for d in r["adaptation"]})
+    head = ["defense", "rho", "attack", "frozen (tensors / params)"]
+    for d in domains:
+        head += [f"{d}: FID/KID base", f"{d}: FID/KID attacked", f"{d}: trainable params", f"{d}: step s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def key(r: dict[str, Any]) -> tuple:
+        return (r["run"]["defense"], _rho(r) or 0.0, r["run"]["attack"])
+
+    for r in sorted(runs, key=key):
+        mask = (r.get("protect") or {}).get("mask")
+        frozen = f"{mask['ratio_by_tensors']:.2f} / {mask['ratio_by_params']:.2f}" if mask else "0 / 0"
+        cells = [r["run"]["defense"], _fmt_rho(r), r["run"]["attack"], frozen]
+        for d in domains:
+            entry = r["adaptation"].get(d) or {}
+            cost = entry.get("attack") or {}
+            step = cost.get("step_time_s")
+            cells += [
+                _fid(r, "base", d),
+                _fid(r, f"attacked_{d}", d),
+                str(cost.get("trainable_params", "-")),
+                "-" if step is None else f"{step:.3f}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _rho(r: dict[str, Any]) -> float | None:
+    return ((r.get("config") or {}).get("defense") or {}).get("rho")
+
+
+def _fmt_rho(r: dict[str, Any]) -> str:
+    rho = _rho(r)
+    return "-" if rho is None else f"{rho:g}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, fields, is_dataclass, replace
 from typing import Any
 
 from adaptguard.attacks.constraint import FineTuneConstraint
@@ -24,6 +24,12 @@ class Attack(ABC):
         ctx: RunContext,
     ) -> DiffusionModel:
         """Return the attacked model; ``model`` itself must be left unchanged."""
+
+    def on_split(self, split: str) -> Attack:
+        """The same attack trained on ``split`` (one run per adaptation domain); data-free attacks return self."""
+        if is_dataclass(self) and any(f.name == "split" for f in fields(self)):
+            return replace(self, split=split)
+        return self
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **(asdict(self) if is_dataclass(self) else {})}

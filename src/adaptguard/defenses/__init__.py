@@ -1,7 +1,10 @@
 from adaptguard.defenses.aiao import AIAODefense, AIAOKey
 from adaptguard.defenses.backdoor import BackdoorDefense, BackdoorKey
 from adaptguard.defenses.base import Defense, OutputWatermark, Protected, SecretKey
+from adaptguard.defenses.freezeasguard import FreezeAsGuardDefense
+from adaptguard.defenses.freezing import FreezeMask, FreezingDefense
 from adaptguard.defenses.none import NoDefense
+from adaptguard.defenses.random_freeze import RandomFreezeDefense
 from adaptguard.defenses.sleepermark import SleeperMarkDefense, SleeperMarkKey
 
 __all__ = [
@@ -10,8 +13,12 @@ __all__ = [
     "BackdoorDefense",
     "BackdoorKey",
     "Defense",
+    "FreezeAsGuardDefense",
+    "FreezeMask",
+    "FreezingDefense",
     "OutputWatermark",
     "Protected",
+    "RandomFreezeDefense",
     "SecretKey",
     "NoDefense",
     "SleeperMarkDefense",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -86,7 +86,7 @@ class AIAODefense(Defense):
     mask_ratio: float = 0.05
     pattern_scale: float = 3.0  # trigger values, in units of the block's feature std
     response_bits: int = 64
-    key_seed: int | None = None  # None: a fresh random key (kept in the artifact cache)
+    key_seed: int | None = field(default=None, repr=False)  # None: a fresh random key (kept in the artifact cache)
     # embedding
     steps: int = 400
     batch_size: int = 32

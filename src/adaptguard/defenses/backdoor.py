@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -80,7 +80,7 @@ class BackdoorDefense(OutputWatermark):
     trigger: str | None = None  # None: a random secret trigger drawn with the key
     trigger_length: int = 8
     grid: int = 8
-    key_seed: int | None = None  # None: a fresh random key (kept in the artifact cache)
+    key_seed: int | None = field(default=None, repr=False)  # None: a fresh random key (kept in the artifact cache)
     # verification
     num_samples: int = 32
     fpr: float = 1e-3  # per image

@@ -49,6 +49,7 @@ class Protected:
 class Defense(ABC):
     name: str = "defense"
     key_type: type[SecretKey] | None = None
+    modifies_weights: ClassVar[bool] = True  # False: protect() returns the base weights (only a key is cached)
 
     @abstractmethod
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
@@ -67,16 +68,21 @@ class Defense(ABC):
 
     # persistence of a protected model in the artifact cache
     def save_protected(self, protected: Protected, folder: Path) -> None:
-        protected.model.save(folder / "model")
+        if self.modifies_weights:
+            protected.model.save(folder / "model")
         if protected.key is not None:
             protected.key.save(folder)
         (folder / "info.json").write_text(json.dumps(protected.info or {}, indent=2))
 
     def load_protected(self, folder: Path, like: DiffusionModel) -> Protected:
-        model = DiffusionModel.load(folder / "model", sampler=like.sampler)
+        """``like`` is the base model the cached protection was built from."""
+        if self.modifies_weights:
+            model = DiffusionModel.load(folder / "model", sampler=like.sampler).to(like.device)
+        else:
+            model = like
         key = self.key_type.load(folder) if self.key_type is not None else None
         info = json.loads((folder / "info.json").read_text())
-        return Protected(model=model.to(like.device), key=key, info=info)
+        return Protected(model=model, key=key, info=info)
 
 
 class OutputWatermark(Defense):

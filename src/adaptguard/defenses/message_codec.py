@@ -9,7 +9,6 @@ same code serves the tiny model and Stable Diffusion. The pair is trained once p
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +21,7 @@ import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from torch import nn
 
+from adaptguard.artifacts import weights_sha256
 from adaptguard.attacks.image_transforms import ImageTransform, make_image_transforms
 from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
@@ -149,11 +149,7 @@ def latent_space_id(model: DiffusionModel) -> dict[str, Any]:
         "space": "latent" if model.is_latent else "pixel",
     }
     if model.vae is not None:
-        h = hashlib.sha256()
-        for name, tensor in sorted(model.vae.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().float().cpu().numpy().tobytes())
-        ident["vae_sha256"] = h.hexdigest()
+        ident["vae_sha256"] = weights_sha256(model.vae)
     return ident
 
 

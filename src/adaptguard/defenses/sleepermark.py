@@ -78,7 +78,7 @@ class SleeperMarkDefense(OutputWatermark):
     codec: CodecConfig | dict[str, Any] = field(default_factory=CodecConfig)
     # key
     trigger: str = "*[Z]& "  # prepended to any prompt
-    key_seed: int | None = None  # None: fresh random message (kept in the artifact cache)
+    key_seed: int | None = field(default=None, repr=False)  # None: fresh random message (kept in the artifact cache)
     # stage 2: L = w1 |e - e_wm|^2 + w2 |e - e_tr|^2 + |e(c) - e_n|^2, targets from the frozen original
     steps: int = 400
     batch_size: int = 16
