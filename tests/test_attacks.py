@@ -87,3 +87,11 @@ def test_bad_attack_parameters_name_the_key(kwargs, key):
 def test_lora_targets_matching_nothing_is_an_error(micro_model, micro_data, ctx):
     with pytest.raises(ConfigError, match="matched no trainable UNet module"):
         LoraFineTune(steps=1, target_modules=["not_a_module"]).run(micro_model, micro_data, None, ctx)
+
+
+def test_lora_attack_does_not_depend_on_earlier_random_draws(micro_model, micro_data, ctx):
+    attack = LoraFineTune(steps=2, batch_size=8)
+    first = attack.run(micro_model, micro_data, None, ctx)
+    torch.rand(1000)  # e.g. a protection that ran in the same process
+    second = attack.run(micro_model, micro_data, None, ctx)
+    assert all(params_equal(first, second).values())

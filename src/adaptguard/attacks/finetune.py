@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import lightning as L
 from peft import LoraConfig
 from torch import nn
 
@@ -52,6 +53,9 @@ class FullFineTune(Attack):
         constraint: FineTuneConstraint | None,
         ctx: RunContext,
     ) -> DiffusionModel:
+        # adapters are initialised before ctx.fit seeds the loop: seed here too, so the attack
+        # does not depend on what the process ran before (a cached vs a fresh protection)
+        L.seed_everything(ctx.seed, verbose=False)
         attacked = model.clone()
         attacked.requires_grad_(False)
         attacked.unet.requires_grad_(True)

@@ -175,7 +175,7 @@ class FreezeAsGuardDefense(FreezingDefense):
     temperature: float = 0.2
     init: str = "constant"  # constant: x at m = rho | uniform: U[0, 1) as in the reference
     lr_mask: float = 30.0
-    c_sparsity: float = 5e3
+    c_sparsity: float = 50.0
     lr_user: float = 1e-5
 
     name: str = "freezeasguard"
