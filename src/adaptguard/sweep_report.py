@@ -65,13 +65,16 @@ def sweep_table(folder: Path) -> str:
 
 
 def adaptation_table(runs: list[dict[str, Any]]) -> str:
-    """Per (defense, rho, attack): FID/KID on each adaptation domain before and after that domain's attack,
-    the achieved freeze ratio and what the attack trained."""
+    """Per (defense, rho, attack): FID/KID on each adaptation domain after that domain's attack, its change
+    against the same attack on ``defense=none`` (when the sweep has one), the achieved freeze ratio and the
+    attack's cost (trainable parameters, step time, peak memory of the attack stage)."""
     domains = sorted({d for r in runs for d in r["adaptation"]})
     head = ["defense", "rho", "attack", "frozen (tensors / params)"]
     for d in domains:
-        head += [f"{d}: FID/KID base", f"{d}: FID/KID attacked", f"{d}: trainable params", f"{d}: step s"]
+        head += [f"{d}: FID/KID base", f"{d}: FID/KID attacked", f"{d}: FID vs none"]
+    head += ["trainable params", "step s", "peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    unconstrained = {r["run"]["attack"]: r for r in runs if r["run"]["defense"] == "none"}
 
     def key(r: dict[str, Any]) -> tuple:
         return (r["run"]["defense"], _rho(r) or 0.0, r["run"]["attack"])
@@ -80,18 +83,26 @@ def adaptation_table(runs: list[dict[str, Any]]) -> str:
         mask = (r.get("protect") or {}).get("mask")
         frozen = f"{mask['ratio_by_tensors']:.2f} / {mask['ratio_by_params']:.2f}" if mask else "0 / 0"
         cells = [r["run"]["defense"], _fmt_rho(r), r["run"]["attack"], frozen]
+        ref = unconstrained.get(r["run"]["attack"])
         for d in domains:
-            entry = r["adaptation"].get(d) or {}
-            cost = entry.get("attack") or {}
-            step = cost.get("step_time_s")
-            cells += [
-                _fid(r, "base", d),
-                _fid(r, f"attacked_{d}", d),
-                str(cost.get("trainable_params", "-")),
-                "-" if step is None else f"{step:.3f}",
-            ]
+            fid, ref_fid = _fid_value(r, d), _fid_value(ref, d) if ref else None
+            change = "-" if fid is None or not ref_fid else f"{100 * (fid / ref_fid - 1):+.0f} %"
+            cells += [_fid(r, "base", d), _fid(r, f"attacked_{d}", d), change]
+        first = next(iter(r["adaptation"].values()))["attack"]
+        steps = [e["attack"].get("step_time_s") for e in r["adaptation"].values()]
+        peaks = [(r.get("stages") or {}).get(f"attack_{d}", {}).get("peak_rss_mb") for d in r["adaptation"]]
+        cells += [
+            str(first.get("trainable_params", "-")),
+            f"{sum(steps) / len(steps):.3f}" if all(s is not None for s in steps) else "-",
+            f"{max(peaks):.0f}" if all(p is not None for p in peaks) else "-",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _fid_value(results: dict[str, Any], domain: str) -> float | None:
+    metrics = (results.get("quality") or {}).get(f"attacked_{domain}", {}).get(domain) or {}
+    return next((v for k, v in metrics.items() if k.startswith("fid_")), None)
 
 
 def _rho(r: dict[str, Any]) -> float | None:
