@@ -317,7 +317,7 @@ def bench_freezeasguard(steps: int, batch_size: int) -> dict[str, Any]:
         "mask_learning": rel(mask),  # trainable = number of mask scores
         "finetune_rho0.5_by_tensors": rel(by_tensors),
         "finetune_rho0.5_by_params": rel(by_params),
-        "note": "mask step = mean over a 1 publisher : 4 simulated-user cycle; peak RSS includes torch itself",
+        "note": "mask step = median over a 1 publisher : 4 simulated-user cycle; peak RSS includes torch itself",
     }
 
 
