@@ -130,6 +130,9 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     def verify(stage: str, model: DiffusionModel, key: SecretKey | None) -> Verification | None:
         return _verify(exp.defense, model, key, ctx, ev.image_attacks, stage, image_scores)
 
+    exp.defense.check_data(exp.data)  # config errors before any long work
+    for d in ev.adaptation.values():
+        exp.data.spec(d.train), exp.data.spec(d.eval)
     with tracker.stage("base"):
         base = exp.model.load(ctx)
     clean = [("clean", ev.clean_split)] if ev.clean_split else []

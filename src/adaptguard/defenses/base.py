@@ -55,6 +55,10 @@ class Defense(ABC):
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         """Return a protected copy of ``model`` (``model`` itself is left unchanged) and its key."""
 
+    def check_data(self, data: CaptionedImageDataModule) -> None:
+        """Raise ConfigError before any work when ``data`` lacks what ``protect`` needs (e.g. a split)."""
+        return None  # most defenses only need the owner split, which the dataset checks itself
+
     def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification | None:
         """Does ``model`` carry the watermark of ``key``? ``None`` for non-watermark defenses."""
         return None

@@ -194,7 +194,7 @@ class FreezeAsGuardDefense(FreezingDefense):
         if self.illegal_split == self.legal_split:
             raise ConfigError(f"defense.illegal_split and defense.legal_split are both {self.illegal_split!r}")
 
-    def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
+    def check_data(self, data: CaptionedImageDataModule) -> None:
         missing = [s for s in (self.illegal_split, self.legal_split) if s not in data.splits]
         if missing:
             raise ConfigError(
@@ -202,6 +202,9 @@ class FreezeAsGuardDefense(FreezingDefense):
                 "use experiment=freeze (defines illegal and legal domains for shapes) or add the splits to your "
                 f"dataset config; it defines {sorted(data.splits)}"
             )
+
+    def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
+        self.check_data(data)
         theta_ft, user_info = simulated_user(self, model, data, ctx)
         learner_model = model.clone()
         learner_model.requires_grad_(False)
