@@ -17,6 +17,7 @@ CASES = {
         ["experiment=freeze", "~eval.adaptation.legal.eval", "logger=none"],
         ["eval.adaptation.legal", "train and eval"],
     ),
+    "bad prune ratio": (["attack=prune", "attack.ratio=1.5", "logger=none"], ["attack.ratio", "[0, 1)"]),
     "bad split filter": (
         ["dataset.splits.owner.where.kind=[hexagon]", "logger=none"],
         ["dataset.splits.owner.where.kind"],

@@ -2,5 +2,15 @@ from adaptguard.attacks.base import Attack
 from adaptguard.attacks.constraint import FineTuneConstraint
 from adaptguard.attacks.finetune import FullFineTune, LoraFineTune
 from adaptguard.attacks.none import NoAttack
+from adaptguard.attacks.perturb import Int8Quantize, MagnitudePrune, WeightNoise
 
-__all__ = ["Attack", "FineTuneConstraint", "FullFineTune", "LoraFineTune", "NoAttack"]
+__all__ = [
+    "Attack",
+    "FineTuneConstraint",
+    "FullFineTune",
+    "Int8Quantize",
+    "LoraFineTune",
+    "MagnitudePrune",
+    "NoAttack",
+    "WeightNoise",
+]
