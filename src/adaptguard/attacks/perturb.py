@@ -19,7 +19,6 @@ from torch.nn.utils import prune
 from adaptguard.attacks.base import Attack
 from adaptguard.attacks.constraint import FineTuneConstraint
 from adaptguard.context import RunContext
-from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel
 
@@ -103,13 +102,7 @@ class WeightNoise(_WeightEdit):
         if not self.sigma >= 0:
             raise ConfigError(f"attack.sigma: noise scale must be >= 0, got {self.sigma}")
 
-    def run(
-        self,
-        model: DiffusionModel,
-        data: CaptionedImageDataModule,
-        constraint: FineTuneConstraint | None,
-        ctx: RunContext,
-    ) -> DiffusionModel:
+    def run(self, model, data, constraint, ctx: RunContext) -> DiffusionModel:
         attacked = model.clone()
         g = ctx.generator(offset=900)
         count = 0
