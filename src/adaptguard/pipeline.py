@@ -131,8 +131,9 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         return _verify(exp.defense, model, key, ctx, ev.image_attacks, stage, image_scores)
 
     exp.defense.check_data(exp.data)  # config errors before any long work
-    for d in ev.adaptation.values():
-        exp.data.spec(d.train), exp.data.spec(d.eval)
+    for d in ev.adaptation.values():  # each raises a ConfigError naming a missing split
+        exp.data.spec(d.train)
+        exp.data.spec(d.eval)
     with tracker.stage("base"):
         base = exp.model.load(ctx)
     clean = [("clean", ev.clean_split)] if ev.clean_split else []

@@ -14,12 +14,15 @@ def _rate(entry: dict[str, Any] | None) -> str:
     return f"{entry['rate']:.3f} [{lo:.2f}, {hi:.2f}]" + ("" if entry["detected"] else " (not detected)")
 
 
-def _fid(results: dict[str, Any], stage: str, domain: str = "clean") -> str:
-    metrics = (results.get("quality") or {}).get(stage, {}).get(domain)
-    if not metrics:
-        return "-"
+def _fid_kid(results: dict[str, Any], stage: str, domain: str) -> tuple[float | None, float | None]:
+    metrics = (results.get("quality") or {}).get(stage, {}).get(domain) or {}
     fid = next((v for k, v in metrics.items() if k.startswith("fid_")), None)
     kid = next((v for k, v in metrics.items() if k.startswith("kid_") and k.endswith("_mean")), None)
+    return fid, kid
+
+
+def _fid(results: dict[str, Any], stage: str, domain: str = "clean") -> str:
+    fid, kid = _fid_kid(results, stage, domain)
     return f"{fid:.2f} / {kid:.3f}" if fid is not None and kid is not None else "-"
 
 
@@ -85,7 +88,8 @@ def adaptation_table(runs: list[dict[str, Any]]) -> str:
         cells = [r["run"]["defense"], _fmt_rho(r), r["run"]["attack"], frozen]
         ref = unconstrained.get(r["run"]["attack"])
         for d in domains:
-            fid, ref_fid = _fid_value(r, d), _fid_value(ref, d) if ref else None
+            fid = _fid_kid(r, f"attacked_{d}", d)[0]
+            ref_fid = _fid_kid(ref, f"attacked_{d}", d)[0] if ref else None
             change = "-" if fid is None or not ref_fid else f"{100 * (fid / ref_fid - 1):+.0f} %"
             cells += [_fid(r, "base", d), _fid(r, f"attacked_{d}", d), change]
         first = next(iter(r["adaptation"].values()))["attack"]
@@ -98,11 +102,6 @@ def adaptation_table(runs: list[dict[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def _fid_value(results: dict[str, Any], domain: str) -> float | None:
-    metrics = (results.get("quality") or {}).get(f"attacked_{domain}", {}).get(domain) or {}
-    return next((v for k, v in metrics.items() if k.startswith("fid_")), None)
 
 
 def _rho(r: dict[str, Any]) -> float | None:

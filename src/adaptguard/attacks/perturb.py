@@ -19,7 +19,7 @@ from torch.nn.utils import prune
 from adaptguard.attacks.base import Attack
 from adaptguard.attacks.constraint import FineTuneConstraint
 from adaptguard.context import RunContext
-from adaptguard.errors import ConfigError
+from adaptguard.errors import require
 from adaptguard.models.bundle import DiffusionModel
 
 
@@ -47,8 +47,9 @@ class MagnitudePrune(_WeightEdit):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.ratio < 1.0:
-            raise ConfigError(f"attack.ratio: share of weights to prune must be in [0, 1), got {self.ratio}")
+        require(
+            0.0 <= self.ratio < 1.0, "attack.ratio", f"share of weights to prune must be in [0, 1), got {self.ratio}"
+        )
 
     def run(self, model, data, constraint, ctx) -> DiffusionModel:
         attacked = model.clone()
@@ -99,8 +100,7 @@ class WeightNoise(_WeightEdit):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.sigma >= 0:
-            raise ConfigError(f"attack.sigma: noise scale must be >= 0, got {self.sigma}")
+        require(self.sigma >= 0, "attack.sigma", f"noise scale must be >= 0, got {self.sigma}")
 
     def run(self, model, data, constraint, ctx: RunContext) -> DiffusionModel:
         attacked = model.clone()

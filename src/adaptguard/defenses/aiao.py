@@ -27,7 +27,7 @@ from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import Defense, Protected, SecretKey
 from adaptguard.defenses.subpath_hooks import BlockSecret, SubpathHooks
-from adaptguard.errors import ConfigError
+from adaptguard.errors import ConfigError, require_fractions
 from adaptguard.metrics.stats import (
     Verification,
     binomial_tail,
@@ -116,13 +116,10 @@ class AIAODefense(Defense):
             raise ConfigError(f"defense.layers: 'lazy' or 'busy', got {self.layers!r}")
         if self.trainable not in ("candidates", "unet"):
             raise ConfigError(f"defense.trainable: 'candidates' or 'unet', got {self.trainable!r}")
-        if not 0 < self.busy_fraction < 1:
-            raise ConfigError(f"defense.busy_fraction: must be in (0, 1), got {self.busy_fraction}")
+        require_fractions("defense", self, "busy_fraction")
         if not 0 < self.mask_ratio <= 1:
             raise ConfigError(f"defense.mask_ratio: must be in (0, 1], got {self.mask_ratio}")
-        for key in ("alpha", "model_fpr"):
-            if not 0 < getattr(self, key) < 1:
-                raise ConfigError(f"defense.{key}: must be in (0, 1), got {getattr(self, key)}")
+        require_fractions("defense", self, "alpha", "model_fpr")
         for key in ("steps", "num_subpaths", "subpaths_per_step", "response_bits", "probe_steps", "calibration_keys"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"defense.{key}: must be >= 1, got {getattr(self, key)}")

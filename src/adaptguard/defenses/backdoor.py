@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import OutputWatermark, Protected, SecretKey
-from adaptguard.errors import ConfigError
+from adaptguard.errors import ConfigError, require_fractions
 from adaptguard.metrics.stats import Verification, bit_match_verification, random_key_matches
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import DenoisingModule, OptimConfig
@@ -93,13 +93,10 @@ class BackdoorDefense(OutputWatermark):
     key_type = BackdoorKey
 
     def __post_init__(self) -> None:
-        if not 0 < self.trigger_fraction < 1:
-            raise ConfigError(f"defense.trigger_fraction: must be in (0, 1), got {self.trigger_fraction}")
+        require_fractions("defense", self, "trigger_fraction")
         if self.grid < 2:
             raise ConfigError(f"defense.grid: must be >= 2, got {self.grid}")
-        for key in ("fpr", "model_fpr"):
-            if not 0 < getattr(self, key) < 1:
-                raise ConfigError(f"defense.{key}: must be in (0, 1), got {getattr(self, key)}")
+        require_fractions("defense", self, "fpr", "model_fpr")
         if self.num_samples < 1 or self.steps < 1:
             raise ConfigError("defense.num_samples and defense.steps must be >= 1")
 

@@ -39,7 +39,7 @@ from adaptguard.defenses.freezing import (
     project_to_ratio,
     sigmoid_mask,
 )
-from adaptguard.errors import ConfigError
+from adaptguard.errors import ConfigError, require
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import DenoisingModule, OptimConfig, final_terms
 
@@ -185,8 +185,7 @@ class FreezeAsGuardDefense(FreezingDefense):
         if self.projection not in PROJECTIONS:
             raise ConfigError(f"defense.projection: {self.projection!r} is not one of {PROJECTIONS}")
         for key in ("user_steps", "steps", "batch_size", "user_batch_size", "publisher_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"defense.{key}: must be >= 1, got {getattr(self, key)}")
+            require(getattr(self, key) >= 1, f"defense.{key}", f"must be >= 1, got {getattr(self, key)}")
         if self.init not in INITS:
             raise ConfigError(f"defense.init: {self.init!r} is not one of {INITS}")
         if not self.temperature > 0:
@@ -259,7 +258,11 @@ def simulated_user(
         user.unet.requires_grad_(True)
         both = ConcatDataset([data.dataset(cfg.illegal_split), data.dataset(cfg.legal_split)])
         loader = DataLoader(
-            both, batch_size=min(cfg.user_batch_size, len(both)), shuffle=True, drop_last=True, num_workers=0
+            both,
+            batch_size=min(cfg.user_batch_size, len(both)),
+            shuffle=True,
+            drop_last=True,
+            num_workers=data.num_workers,
         )
         optim = OptimConfig(lr=cfg.user_lr, lr_scheduler="constant")
         module = DenoisingModule(user, optim, log_prefix="simulated_user", max_steps=cfg.user_steps)

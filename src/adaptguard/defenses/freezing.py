@@ -16,7 +16,7 @@ import torch
 
 from adaptguard.attacks.constraint import FineTuneConstraint
 from adaptguard.defenses.base import Defense, SecretKey
-from adaptguard.errors import ConfigError
+from adaptguard.errors import ConfigError, require
 from adaptguard.models.bundle import DiffusionModel
 
 RATIO_BY = ("tensors", "params")
@@ -40,10 +40,8 @@ def candidate_sizes(model: DiffusionModel) -> dict[str, int]:
 
 
 def check_ratio(rho: float, by: str) -> None:
-    if not 0.0 <= rho <= 1.0:
-        raise ConfigError(f"defense.rho: freeze ratio must be in [0, 1], got {rho}")
-    if by not in RATIO_BY:
-        raise ConfigError(f"defense.ratio_by: {by!r} is not one of {RATIO_BY}")
+    require(0.0 <= rho <= 1.0, "defense.rho", f"freeze ratio must be in [0, 1], got {rho}")
+    require(by in RATIO_BY, "defense.ratio_by", f"{by!r} is not one of {RATIO_BY}")
 
 
 def project_to_ratio(scores: dict[str, float], sizes: dict[str, int], rho: float, by: str = "tensors") -> set[str]:

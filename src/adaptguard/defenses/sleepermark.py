@@ -25,7 +25,7 @@ from adaptguard.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import OutputWatermark, Protected, SecretKey
 from adaptguard.defenses.message_codec import Codec, CodecConfig, train_codec
-from adaptguard.errors import ConfigError
+from adaptguard.errors import ConfigError, require_fractions
 from adaptguard.metrics.stats import (
     Verification,
     binomial_threshold,
@@ -110,9 +110,7 @@ class SleeperMarkDefense(OutputWatermark):
             self.codec = CodecConfig(**dict(self.codec))
         if self.trainable not in TRAINABLE:
             raise ConfigError(f"defense.trainable: {self.trainable!r}; choose one of {sorted(TRAINABLE)}")
-        for k in ("fpr", "model_fpr"):
-            if not 0 < getattr(self, k) < 1:
-                raise ConfigError(f"defense.{k}: must be in (0, 1), got {getattr(self, k)}")
+        require_fractions("defense", self, "fpr", "model_fpr")
         if self.num_samples < 1 or self.steps < 1:
             raise ConfigError("defense.num_samples and defense.steps must be >= 1")
         if not self.trigger.strip():
