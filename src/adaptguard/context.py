@@ -32,6 +32,7 @@ class RunContext:
     seed: int = 0
     progress: bool = True
     device: str = "auto"  # where sampling and evaluation run
+    callbacks: Sequence[Callback] = ()  # added to every fit under this context (e.g. an attack's step probes)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -54,7 +55,7 @@ class RunContext:
     ) -> L.Trainer:
         """Train for ``max_steps`` optimizer steps; resumable when ``checkpoint_dir`` is given."""
         L.seed_everything(self.seed, verbose=False)
-        cbs = list(callbacks)
+        cbs = [*self.callbacks, *callbacks]
         ckpt_path = None
         if checkpoint_dir is not None:
             cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, every_n_train_steps=checkpoint_every, save_last=True))

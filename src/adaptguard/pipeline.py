@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from adaptguard.attacks.base import Attack
+from adaptguard.attacks.base import Attack, EvalDomain
 from adaptguard.attacks.image_transforms import ImageTransform, make_image_transforms
 from adaptguard.attacks.none import NoAttack
 from adaptguard.context import RunContext
@@ -23,11 +23,12 @@ from adaptguard.defenses.base import Defense, OutputWatermark, Protected, Secret
 from adaptguard.defenses.none import NoDefense
 from adaptguard.errors import ConfigError
 from adaptguard.metrics.cost import CostTracker
+from adaptguard.metrics.curve import StepProbe, parse_steps
 from adaptguard.metrics.quality import QualityEvaluator
 from adaptguard.metrics.stats import Verification, tpr_at_fpr
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.redact import redact
-from adaptguard.reporting import SCHEMA_VERSION, log_results, save_grid, write_results
+from adaptguard.reporting import SCHEMA_VERSION, log_results, plot_curves, save_grid, write_results
 
 log = logging.getLogger(__name__)
 QUALITY_SEED_OFFSET = 100
@@ -73,9 +74,12 @@ class EvalConfig:
     image_attacks: list[Any] = field(default_factory=list)  # names / {name: .., settings}: verify after each
     # {domain: {train: split, eval: split}}: run the attack once per domain instead of once on its own split
     adaptation: dict[str, Any] = field(default_factory=dict)
+    # fine-tuning steps at which to verify and score the attacker's domain during the attack (curves)
+    at_steps: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.image_attacks = make_image_transforms(self.image_attacks)
+        self.at_steps = parse_steps(self.at_steps)
         self.adaptation = {name: AdaptationDomain.parse(name, v) for name, v in dict(self.adaptation or {}).items()}
 
 
@@ -113,13 +117,13 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     files: dict[str, str] = {}
     ev = exp.eval
 
-    def score(stage: str, model: DiffusionModel, domains: list[tuple[str, str]]) -> None:
+    def score(stage: str, model: DiffusionModel, domains: list[EvalDomain]) -> None:
         if ev.fid is None:
             return
         with tracker.stage(f"quality_{stage}"):
-            for domain, split in domains:
+            for domain, data, split in ((d.name, d.data, d.split) for d in domains):
                 # the same seed for every stage: base, protected and attacked start from the same noise
-                metrics, images = ev.fid.evaluate(model, exp.data, split, ctx, offset=QUALITY_SEED_OFFSET)
+                metrics, images = ev.fid.evaluate(model, data, split, ctx, offset=QUALITY_SEED_OFFSET)
                 quality.setdefault(stage, {})[domain] = metrics
                 plain = domain == "clean" or stage.endswith(f"_{domain}")
                 name = f"samples_{stage}" if plain else f"samples_{stage}_{domain}"
@@ -130,14 +134,12 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     def verify(stage: str, model: DiffusionModel, key: SecretKey | None) -> Verification | None:
         return _verify(exp.defense, model, key, ctx, ev.image_attacks, stage, image_scores)
 
-    exp.defense.check_data(exp.data)  # config errors before any long work
-    for d in ev.adaptation.values():  # each raises a ConfigError naming a missing split
-        exp.data.spec(d.train)
-        exp.data.spec(d.eval)
+    attacking = exp.attack is not None and not isinstance(exp.attack, NoAttack)
+    _check_before_work(exp, attacking)  # config and data errors before any long work
     with tracker.stage("base"):
         base = exp.model.load(ctx)
-    clean = [("clean", ev.clean_split)] if ev.clean_split else []
-    adapt_eval = [(domain, d.eval) for domain, d in ev.adaptation.items()]
+    clean = [EvalDomain("clean", exp.data, ev.clean_split)] if ev.clean_split else []
+    adapt_eval = [EvalDomain(domain, exp.data, d.eval) for domain, d in ev.adaptation.items()]
     if ev.quality_of_base:
         score("base", base, clean + adapt_eval)
 
@@ -164,33 +166,62 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         protected = exp.defense.protect(base, exp.data, ctx)
     key = protected.key
 
+    curves: dict[str, list[dict[str, Any]]] = {}
+
+    def run_attack(attack: Attack, label: str, domain: EvalDomain | None, constraint: Any) -> DiffusionModel:
+        """attack.run, with probes at eval.at_steps that verify and score ``domain`` mid-training."""
+        if not ev.at_steps:
+            return attack.run(protected.model, exp.data, constraint, ctx)
+
+        def evaluate(step: int, model: DiffusionModel) -> dict[str, Any]:
+            point: dict[str, Any] = {}
+            v = exp.defense.verify(model, key, ctx) if defended else None
+            if v is not None:
+                point["verification"] = _curve_verification(v, scores.get("never_watermarked"), ev.fprs)
+            if ev.fid is not None and domain is not None:
+                metrics, _ = ev.fid.evaluate(model, domain.data, domain.split, ctx, offset=QUALITY_SEED_OFFSET)
+                point["quality"] = {domain.name: metrics}
+            log.info("curve %s step %d: %s", label, step, _curve_brief(point))
+            return point
+
+        probe = StepProbe(ev.at_steps, evaluate, snapshot=getattr(attack, "snapshot", lambda m: m))
+        attacked = attack.run(protected.model, exp.data, constraint, replace(ctx, callbacks=[*ctx.callbacks, probe]))
+        if probe.missing():  # a step past the end of training (e.g. an epoch-limited loader): say so
+            log.warning("eval.at_steps: steps %s were never reached by the attack", probe.missing())
+        curves[label] = probe.points
+        return attacked
+
     attack_cost: dict[str, Any] = {}
     adaptation: dict[str, Any] = {}
-    if ev.adaptation and exp.attack is not None and not isinstance(exp.attack, NoAttack):
+    if ev.adaptation and attacking:
         constraint = exp.defense.constraint(key)
         for domain, d in ev.adaptation.items():
             attack = exp.attack.on_split(d.train)
             with tracker.stage(f"attack_{domain}"):
-                adapted = attack.run(protected.model, exp.data, constraint, ctx)
+                adapted = run_attack(attack, domain, EvalDomain(domain, exp.data, d.eval), constraint)
             adaptation[domain] = {"train_split": d.train, "eval_split": d.eval, "attack": attack.cost()}
             if defended:
                 with tracker.stage(f"verify_after_{domain}"):
                     after = verify(f"after_attack_{domain}", adapted, key)
                     if after is not None:
                         scores[f"after_attack_{domain}"] = after
-            score(f"attacked_{domain}", adapted, [(domain, d.eval)])
-    elif exp.attack is not None and not isinstance(exp.attack, NoAttack):
+            score(f"attacked_{domain}", adapted, [EvalDomain(domain, exp.data, d.eval)])
+    elif attacking:
+        target = exp.attack.eval_domain(exp.data, base.resolution)
+        if target is None and ev.attacker_split:
+            target = EvalDomain("attacker", exp.data, ev.attacker_split)
         with tracker.stage("attack"):
-            attacked = exp.attack.run(protected.model, exp.data, exp.defense.constraint(key), ctx)
+            attacked = run_attack(exp.attack, "attack", target, exp.defense.constraint(key))
         attack_cost = exp.attack.cost()
         if defended:
             with tracker.stage("verify_after"):
                 after = verify("after_attack", attacked, key)
                 if after is not None:
                     scores["after_attack"] = after
-        domains = clean + ([("attacker", ev.attacker_split)] if ev.attacker_split else [])
-        score("attacked", attacked, domains)
+        score("attacked", attacked, clean + ([target] if target else []))
 
+    if curves and rank_zero_only.rank == 0:
+        files["curves"] = plot_curves(curves, out / "curves.png").name
     verification = _verification_report(scores, ev.fprs, image_scores) if scores else None
     if verification is not None and skipped_image_attacks:
         verification["image_attacks"] = skipped_image_attacks
@@ -216,6 +247,7 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         "protect": protected.info or {},
         "attack": attack_cost,
         "adaptation": adaptation,
+        "curves": curves,
         "stages": tracker.to_dict(),
         "files": files,
     }
@@ -223,6 +255,50 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         write_results(results, out)
         log_results(ctx.logger, results, out)
     return results
+
+
+def _check_before_work(exp: Experiment, attacking: bool) -> None:
+    """Each raises a ConfigError naming the key (a missing split, an empty instance folder, ...)."""
+    ev = exp.eval
+    exp.defense.check_data(exp.data)
+    for d in ev.adaptation.values():
+        exp.data.spec(d.train)
+        exp.data.spec(d.eval)
+    if not attacking:
+        if ev.at_steps:
+            log.warning("eval.at_steps: ignored, this run has no attack")
+        return
+    for attack in [exp.attack.on_split(d.train) for d in ev.adaptation.values()] or [exp.attack]:
+        attack.check_data(exp.data)
+    if ev.at_steps:
+        steps = getattr(exp.attack, "steps", None)
+        if steps is None:
+            raise ConfigError(
+                f"eval.at_steps: attack={exp.attack.name} does not train; curves need a fine-tuning attack "
+                "(full, lora, dreambooth)"
+            )
+        if max(ev.at_steps) > steps:
+            raise ConfigError(
+                f"eval.at_steps: step {max(ev.at_steps)} is past the end of training (attack.steps={steps})"
+            )
+
+
+def _curve_verification(v: Verification, null: Verification | None, fprs: list[float]) -> dict[str, Any]:
+    point = {k: v.summary()[k] for k in ("rate", "detected", "p_value", "mean_score")}
+    if null is not None:
+        pool = null.scores + null.null_scores
+        point["tpr_at_fpr"] = {str(f): tpr_at_fpr(v.scores, pool, f).tpr for f in fprs}
+    return point
+
+
+def _curve_brief(point: dict[str, Any]) -> str:
+    parts = []
+    if "verification" in point:
+        parts.append(f"rate {point['verification']['rate']:.3f}")
+    for domain, metrics in point.get("quality", {}).items():
+        fid = next((f"{k} {v:.2f}" for k, v in metrics.items() if k.startswith("fid_")), "")
+        parts.append(f"{fid} ({domain})")
+    return ", ".join(parts) or "-"
 
 
 def _verify(

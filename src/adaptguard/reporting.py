@@ -19,6 +19,43 @@ def save_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> Path:
     return path
 
 
+def curve_series(points: list[Mapping[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """A curve's numeric leaves as ``name -> [(step, value)]`` (e.g. ``verification/rate``)."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for p in points:
+        for name, value in flatten({k: v for k, v in p.items() if k != "step"}).items():
+            series.setdefault(name, []).append((int(p["step"]), value))
+    return series
+
+
+def plot_curves(curves: Mapping[str, list[Mapping[str, Any]]], path: Path) -> Path:
+    """Verification rate / TPR and FID vs fine-tuning step, one line per attacked run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {"verification": lambda n: n.startswith("verification/") and not n.endswith(("p_value", "detected", "mean_score")),
+              "FID": lambda n: "/fid_" in n}  # fmt: skip
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, (title, wanted) in zip(axes, panels.items(), strict=True):
+        for label, points in curves.items():
+            for name, xy in curve_series(points).items():
+                if wanted(name):
+                    steps, values = zip(*xy, strict=True)
+                    ax.plot(steps, values, marker="o", label=f"{label}: {name.split('/', 1)[1]}")
+        ax.set_xlabel("attack step")
+        ax.set_title(title)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_results(results: Mapping[str, Any], out_dir: Path) -> Path:
     path = Path(out_dir) / "results.json"
     path.write_text(json.dumps(results, indent=2, default=_jsonable))
@@ -125,6 +162,13 @@ def format_table(results: Mapping[str, Any]) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
+    for label, points in (results.get("curves") or {}).items():
+        series = curve_series(points)
+        shown = [n for n in series if n in ("verification/rate",) or "/fid_" in n]
+        lines.append(f"curve ({label}): step -> " + ", ".join(shown))
+        for p in points:
+            values = [dict(series[n]).get(int(p["step"])) for n in shown]
+            lines.append(f"  {p['step']:>6}  " + "  ".join(_fmt(v) for v in values))
     stages = results.get("stages", {})
     if stages:
         lines.append("stage times: " + " | ".join(f"{k} {v['wall_s']:.1f}s" for k, v in stages.items()))
@@ -147,10 +191,17 @@ def log_results(logger: Logger | None, results: Mapping[str, Any], out_dir: Path
         ).items()
     }
     logger.log_metrics(scalars)
+    for label, points in (results.get("curves") or {}).items():  # x axis: the attack's step
+        for p in points:
+            logger.log_metrics(
+                {f"curve/{label}/{k}": v for k, v in flatten({k: v for k, v in p.items() if k != "step"}).items()},
+                step=int(p["step"]),
+            )
     if hasattr(logger, "log_image"):
         for name, file in results.get("files", {}).items():
             if file.endswith(".png"):
-                logger.log_image(key=f"samples/{name}", images=[str(Path(out_dir) / file)])
+                group = "plots" if name == "curves" else "samples"
+                logger.log_image(key=f"{group}/{name}", images=[str(Path(out_dir) / file)])
     if hasattr(logger, "log_table"):
         logger.log_table(key="summary", columns=["metric", *COLUMNS], data=[list(r) for r in summary_rows(results)])
     logger.save()

@@ -36,7 +36,7 @@ class QualityEvaluator:
     weights_path: str | None = None  # torch-fidelity InceptionV3 weights (else torch hub cache)
     kid_subset_size: int = 50
     kid_subsets: int = 50
-    _real: dict[str, tuple[FrechetInceptionDistance, KernelInceptionDistance, list[str]]] = field(
+    _real: dict[tuple[str, str], tuple[FrechetInceptionDistance, KernelInceptionDistance, list[str]]] = field(
         default_factory=dict, init=False, repr=False
     )
     _extractor: tuple[str, nn.Module] | None = field(default=None, init=False, repr=False)
@@ -70,8 +70,9 @@ class QualityEvaluator:
         return self._extractor
 
     def _metrics(self, data: CaptionedImageDataModule, split: str, ctx: RunContext):
-        if split in self._real:
-            return self._real[split]
+        cached = (data.name, split)  # the same split name can exist in two datasets (DreamBooth's subject)
+        if cached in self._real:
+            return self._real[cached]
         name, feature = self.extractor(data, ctx)
         kw: dict[str, Any] = {"feature": feature, "normalize": True, "reset_real_features": False}
         n = min(self.num_samples, len(data.dataset(split)))
@@ -87,8 +88,8 @@ class QualityEvaluator:
             fid.update(images01, real=True)
             kid.update(images01, real=True)
             captions.extend(batch["caption"])
-        self._real[split] = (fid, kid, captions)
-        return self._real[split]
+        self._real[cached] = (fid, kid, captions)
+        return self._real[cached]
 
     @torch.no_grad()
     def evaluate(

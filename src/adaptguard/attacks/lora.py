@@ -1,0 +1,129 @@
+"""LoRA adapters on the bundle (peft, through diffusers' and transformers' adapter APIs).
+
+Adapters go on the UNet (and optionally the text encoder); modules a FineTuneConstraint
+freezes get none, since an adapter would change their effective weight. Saved adapters
+use diffusers' LoRA file, so ``StableDiffusionPipeline.load_lora_weights(dir)`` opens them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffusers import StableDiffusionPipeline
+from diffusers.loaders.lora_base import fuse_text_encoder_lora
+from diffusers.utils.peft_utils import recurse_remove_peft_layers
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict
+from torch import nn
+
+from adaptguard.attacks.constraint import FineTuneConstraint
+from adaptguard.errors import ConfigError
+from adaptguard.models.bundle import DiffusionModel
+
+log = logging.getLogger(__name__)
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' examples
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 4
+    alpha: float = 4.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+    def check(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"attack.rank: must be >= 1, got {self.rank}")
+        if not self.target_modules:
+            raise ConfigError("attack.target_modules: must name at least one module suffix, e.g. [to_q, to_v]")
+
+    def config(self, targets: list[str]) -> LoraConfig:
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            init_lora_weights="gaussian",
+            target_modules=targets,
+        )
+
+
+def _targets(
+    module: nn.Module, prefix: str, suffixes: list[str], constraint: FineTuneConstraint | None
+) -> tuple[list[str], list[str]]:
+    matched, skipped = [], []
+    for name, sub in module.named_modules():
+        if not isinstance(sub, nn.Linear | nn.Conv2d):
+            continue
+        if not any(name == t or name.endswith("." + t) for t in suffixes):
+            continue
+        (skipped if constraint and constraint.freezes_module(f"{prefix}.{name}") else matched).append(name)
+    return matched, skipped
+
+
+def add_lora(
+    model: DiffusionModel,
+    settings: LoraSettings,
+    constraint: FineTuneConstraint | None,
+    text_encoder: bool = False,
+) -> dict[str, Any]:
+    """Freeze the bundle and add trainable adapters; returns adapter counts for the cost report."""
+    model.requires_grad_(False)
+    matched, skipped = _targets(model.unet, "unet", settings.target_modules, constraint)
+    if not matched:
+        raise ConfigError(
+            f"attack.target_modules: {settings.target_modules} matched no trainable UNet module"
+            + (f" ({len(skipped)} matched but are frozen by the defense)" if skipped else "")
+        )
+    model.unet.add_adapter(settings.config(matched))
+    info = {"lora_modules": len(matched), "lora_skipped_frozen": len(skipped)}
+    if text_encoder:
+        te_matched, te_skipped = _targets(model.text_encoder, "text_encoder", TEXT_ENCODER_TARGETS, constraint)
+        if not te_matched:
+            raise ConfigError("attack.train_text_encoder: no trainable text-encoder attention projection to adapt")
+        model.text_encoder.add_adapter(settings.config(te_matched))
+        info.update(lora_text_encoder_modules=len(te_matched))
+        skipped += te_skipped
+        info["lora_skipped_frozen"] = len(skipped)
+    if skipped:
+        log.info("LoRA: skipped %d target modules frozen by the defense", len(skipped))
+    return info
+
+
+def has_lora_in(module: nn.Module) -> bool:
+    return any(isinstance(m, BaseTunerLayer) for m in module.modules())
+
+
+def merge_lora(model: DiffusionModel) -> None:
+    """Fold adapters into the base weights and remove them: a plain model again."""
+    model.unet.fuse_lora()
+    model.unet.unload_lora()
+    if has_lora_in(model.text_encoder):
+        fuse_text_encoder_lora(model.text_encoder)
+        recurse_remove_peft_layers(model.text_encoder)
+
+
+def save_lora(model: DiffusionModel, path: Path) -> Path:
+    """Write the adapters as diffusers' LoRA file (``pytorch_lora_weights.safetensors``)."""
+    text = get_peft_model_state_dict(model.text_encoder) if has_lora_in(model.text_encoder) else None
+    StableDiffusionPipeline.save_lora_weights(
+        save_directory=path,
+        unet_lora_layers=get_peft_model_state_dict(model.unet),
+        text_encoder_lora_layers=text,
+        unet_lora_adapter_metadata=model.unet.peft_config["default"].to_dict(),
+        text_encoder_lora_adapter_metadata=model.text_encoder.peft_config["default"].to_dict() if text else None,
+    )
+    return path
+
+
+def load_lora(model: DiffusionModel, path: Path) -> None:
+    """Load adapters saved by :func:`save_lora` (or diffusers' training scripts) into ``model``."""
+    state, metadata = StableDiffusionPipeline.lora_state_dict(path, return_lora_metadata=True)
+    StableDiffusionPipeline.load_lora_into_unet(state, network_alphas=None, unet=model.unet, metadata=metadata)
+    if any(k.startswith("text_encoder.") for k in state):
+        StableDiffusionPipeline.load_lora_into_text_encoder(
+            state, network_alphas=None, text_encoder=model.text_encoder, metadata=metadata
+        )
