@@ -8,6 +8,8 @@ Entries:
   the trigger, one without as the stealth control), and an embedding step's time relative
   to a plain fine-tuning step on the same batch (it runs the frozen teacher and two
   student forwards).
+- ``freezeasguard``: a mask-learning step vs a plain fine-tuning step, and fine-tuning under a mask.
+- ``lora_vs_full``: a LoRA step (ranks 4, 16) vs a full fine-tuning step: time, peak memory, trainable size.
 - ``default_experiment``: wall time of ``python -m experiments.run`` with the shipped base
   model (target <= 300 s on 2 cores).
 """
@@ -221,9 +223,26 @@ def bench_sleepermark(steps: int, batch_size: int, samples: int) -> dict[str, An
     }
 
 
+def _measure_steps(step, steps: int, trainable: int) -> dict[str, Any]:
+    """Median step time and the process's peak memory (call in a fresh process)."""
+    import resource
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    step_s = _median_step_s(step, steps, 3)
+    return {
+        "step_s": round(step_s, 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_steps_mb": round(base_rss, 1),
+        "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
+        "trainable": trainable,
+    }
+
+
 def _freeze_child(kind: str, rho: float, steps: int, batch_size: int, queue) -> None:
     """One measurement in a fresh process, so its peak memory is its own."""
-    import resource
 
     from adaptguard.attacks.constraint import FineTuneConstraint
     from adaptguard.defenses.freezeasguard import FreezeAsGuardDefense, MaskLearning
@@ -269,35 +288,15 @@ def _freeze_child(kind: str, rho: float, steps: int, batch_size: int, queue) -> 
             opt.step()
 
         trainable = sum(p.numel() for p in params)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    step_s = _median_step_s(step, steps, 3)
-    queue.put(
-        {
-            "step_s": round(step_s, 4),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "rss_before_steps_mb": round(base_rss, 1),
-            "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else None,
-            "trainable": trainable,
-        }
-    )
+    queue.put(_measure_steps(step, steps, trainable))
 
 
 def bench_freezeasguard(steps: int, batch_size: int) -> dict[str, Any]:
     """Mask learning vs a plain full fine-tuning step (same images: batch_size illegal + batch_size legal),
     and what a rho = 0.5 mask saves when fine-tuning. Each case runs in its own process."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
 
     def run(kind: str, rho: float = 0.0) -> dict[str, Any]:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_freeze_child, args=(kind, rho, steps, batch_size, queue))
-        proc.start()
-        result = queue.get()
-        proc.join()
-        return result
+        return _in_child(_freeze_child, kind, rho, steps, batch_size)
 
     plain = run("plain")
     mask = run("mask")
@@ -319,6 +318,64 @@ def bench_freezeasguard(steps: int, batch_size: int) -> dict[str, Any]:
         "finetune_rho0.5_by_params": rel(by_params),
         "note": "mask step = median over a 1 publisher : 4 simulated-user cycle; peak RSS includes torch itself",
     }
+
+
+def _finetune_child(rank: int, steps: int, batch_size: int, queue) -> None:
+    """One fine-tuning step measurement (rank 0: full UNet, else LoRA of that rank) in its own process."""
+
+    from adaptguard.attacks.lora import LoraSettings, add_lora
+
+    torch.manual_seed(0)
+    model = build_tiny_model()
+    batch = next(iter(ShapesDataModule(splits={"a": {"size": batch_size}}).dataloader("a", batch_size)))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    model.to(device)
+    images = batch["image"].to(device)
+    if rank:
+        add_lora(model, LoraSettings(rank=rank, alpha=rank), None)
+    else:
+        model.requires_grad_(False)
+        model.unet.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step() -> None:
+        loss = model.training_loss(images, batch["caption"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    queue.put(_measure_steps(step, steps, sum(p.numel() for p in params)))
+
+
+def _in_child(target, *args) -> dict[str, Any]:
+    """Run ``target(*args, queue)`` in a fresh spawned process, so its peak memory is its own."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def bench_lora_vs_full(steps: int, batch_size: int) -> dict[str, Any]:
+    """A LoRA step (UNet attention, ranks 4 and 16) relative to a full fine-tuning step, same batch."""
+    full = _in_child(_finetune_child, 0, steps, batch_size)
+    out: dict[str, Any] = {"batch_size": batch_size, "full": full}
+    for rank in (4, 16):
+        r = _in_child(_finetune_child, rank, steps, batch_size)
+        out[f"lora_rank{rank}"] = {
+            **r,
+            "step_ratio": round(r["step_s"] / full["step_s"], 3),
+            "peak_rss_ratio": round(r["peak_rss_mb"] / full["peak_rss_mb"], 3),
+            "trainable_ratio": round(r["trainable"] / full["trainable"], 4),
+        }
+    out["note"] = "peak RSS includes torch itself; on a GPU compare peak_cuda_mb"
+    return out
 
 
 def bench_default_experiment(args: list[str]) -> dict[str, Any]:
@@ -361,6 +418,7 @@ def main() -> None:
         "aiao": lambda: bench_aiao(opts.steps, opts.batch_size),
         "sleepermark": lambda: bench_sleepermark(opts.steps, 16, 64),
         "freezeasguard": lambda: bench_freezeasguard(opts.steps, 16),
+        "lora_vs_full": lambda: bench_lora_vs_full(opts.steps, opts.batch_size),
         "default_experiment": lambda: bench_default_experiment(["logger=none"]),
     }
     if opts.skip_experiment:

@@ -5,10 +5,12 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from adaptguard.attacks import FineTuneConstraint, FullFineTune, LoraFineTune
+from adaptguard.attacks.lora import load_lora, merge_lora
 from adaptguard.errors import ConfigError
+from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import DenoisingModule
 
-from .conftest import params_equal
+from .conftest import make_ctx, params_equal
 
 
 def _frozen_names(model):
@@ -95,3 +97,47 @@ def test_lora_attack_does_not_depend_on_earlier_random_draws(micro_model, micro_
     torch.rand(1000)  # e.g. a protection that ran in the same process
     second = attack.run(micro_model, micro_data, None, ctx)
     assert all(params_equal(first, second).values())
+
+
+def test_gradient_checkpointing_trains_the_same_weights(micro_model, micro_data, tmp_path):
+    plain = FullFineTune(steps=2, batch_size=4).run(micro_model, micro_data, None, make_ctx(tmp_path / "a"))
+    attack = FullFineTune(steps=2, batch_size=4, gradient_checkpointing=True)
+    checkpointed = attack.run(micro_model, micro_data, None, make_ctx(tmp_path / "b"))
+    ours, theirs = dict(plain.named_parameters()), dict(checkpointed.named_parameters())
+    assert all(torch.allclose(ours[n], theirs[n], atol=1e-6) for n in ours)
+    assert not checkpointed.unet.is_gradient_checkpointing  # switched off again for evaluation
+
+
+def test_mixed_precision_on_cpu_falls_back_to_fp32_with_a_warning(micro_model, micro_data, ctx, caplog):
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only behaviour")
+    attack = FullFineTune(steps=1, batch_size=4, mixed_precision="fp16")
+    with caplog.at_level("WARNING"):
+        attack.run(micro_model, micro_data, None, ctx)
+    assert "needs a GPU" in caplog.text and attack.cost()["precision"] == "32-true"
+    with pytest.raises(ConfigError, match="attack.mixed_precision"):
+        FullFineTune(mixed_precision="fp8")
+
+
+def test_saved_merged_model_loads_as_the_attacked_model(micro_model, micro_data, ctx):
+    attack = LoraFineTune(steps=2, batch_size=4, lr=1e-2, save="merged")
+    attacked = attack.run(micro_model, micro_data, None, ctx)
+    folder = ctx.out_dir / "attacked_model" / "attacker"
+    assert attack.cost()["saved_to"] == str(folder)
+    assert all(params_equal(attacked, DiffusionModel.load(folder)).values())
+
+
+def test_saved_adapter_is_a_diffusers_lora_file_that_reproduces_the_attack(micro_model, micro_data, ctx):
+    attack = LoraFineTune(steps=2, batch_size=4, lr=1e-2, rank=2, alpha=4, train_text_encoder=True, save="adapter")
+    attacked = attack.run(micro_model, micro_data, None, ctx)
+    folder = ctx.out_dir / "attacked_model" / "attacker"
+    assert (folder / "pytorch_lora_weights.safetensors").is_file()
+    changed = {n for n, s in params_equal(micro_model, attacked).items() if not s}
+    assert any(n.startswith("text_encoder.") for n in changed) and any(n.startswith("unet.") for n in changed)
+    rebuilt = micro_model.clone()
+    load_lora(rebuilt, folder)  # as a user would, into the model that was attacked
+    merge_lora(rebuilt)
+    ours = dict(attacked.named_parameters())
+    assert all(torch.allclose(p, ours[n], atol=1e-6) for n, p in rebuilt.named_parameters())
+    with pytest.raises(ConfigError, match="attack.save"):
+        FullFineTune(save="adapter")  # full fine-tuning has no adapter

@@ -18,6 +18,10 @@ CASES = {
         ["eval.adaptation.legal", "train and eval"],
     ),
     "bad prune ratio": (["attack=prune", "attack.ratio=1.5", "logger=none"], ["attack.ratio", "[0, 1)"]),
+    "curve past training": (
+        ["attack=lora", "attack.steps=10", "eval.at_steps=[0,20]", "logger=none"],
+        ["eval.at_steps", "attack.steps=10"],
+    ),
     "bad split filter": (
         ["dataset.splits.owner.where.kind=[hexagon]", "logger=none"],
         ["dataset.splits.owner.where.kind"],
@@ -36,6 +40,16 @@ def test_bad_input_is_one_clear_message(name, cli_env, tmp_path):
         assert needle in err, err
     own_lines = [line for line in err.strip().splitlines() if not line.startswith("\t")]  # not Hydra's option list
     assert len(own_lines) <= 10, err
+
+
+def test_empty_dreambooth_instance_folder_is_one_clear_message(cli_env, tmp_path):
+    (tmp_path / "subject").mkdir()
+    proc = run_cli(
+        ["attack=dreambooth", f"attack.instance_dir={tmp_path / 'subject'}", "logger=none"], cli_env, tmp_path
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "attack.instance_dir" in proc.stderr and "holds no images" in proc.stderr, proc.stderr
+    assert not (tmp_path / "cache" / "protected").exists() and "sampling" not in proc.stderr  # failed before work
 
 
 def test_sweep_files_are_redacted(tmp_path):

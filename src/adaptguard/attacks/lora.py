@@ -15,7 +15,7 @@ from typing import Any
 from diffusers import StableDiffusionPipeline
 from diffusers.loaders.lora_base import fuse_text_encoder_lora
 from diffusers.utils.peft_utils import recurse_remove_peft_layers
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from torch import nn
@@ -84,13 +84,20 @@ def add_lora(
         te_matched, te_skipped = _targets(model.text_encoder, "text_encoder", TEXT_ENCODER_TARGETS, constraint)
         if not te_matched:
             raise ConfigError("attack.train_text_encoder: no trainable text-encoder attention projection to adapt")
-        model.text_encoder.add_adapter(settings.config(te_matched))
+        _add_text_encoder_adapter(model.text_encoder, settings.config(te_matched))
         info.update(lora_text_encoder_modules=len(te_matched))
         skipped += te_skipped
         info["lora_skipped_frozen"] = len(skipped)
     if skipped:
         log.info("LoRA: skipped %d target modules frozen by the defense", len(skipped))
     return info
+
+
+def _add_text_encoder_adapter(text_encoder: nn.Module, config: LoraConfig) -> None:
+    """What transformers' ``add_adapter`` does, without its peft>=0.22 check (pip has 0.21 here)."""
+    inject_adapter_in_model(config, text_encoder, adapter_name="default")
+    text_encoder.peft_config = {"default": config}
+    text_encoder._hf_peft_config_loaded = True
 
 
 def has_lora_in(module: nn.Module) -> bool:
@@ -121,9 +128,9 @@ def save_lora(model: DiffusionModel, path: Path) -> Path:
 
 def load_lora(model: DiffusionModel, path: Path) -> None:
     """Load adapters saved by :func:`save_lora` (or diffusers' training scripts) into ``model``."""
-    state, metadata = StableDiffusionPipeline.lora_state_dict(path, return_lora_metadata=True)
-    StableDiffusionPipeline.load_lora_into_unet(state, network_alphas=None, unet=model.unet, metadata=metadata)
+    state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(path, return_lora_metadata=True)
+    StableDiffusionPipeline.load_lora_into_unet(state, network_alphas=alphas, unet=model.unet, metadata=metadata)
     if any(k.startswith("text_encoder.") for k in state):
         StableDiffusionPipeline.load_lora_into_text_encoder(
-            state, network_alphas=None, text_encoder=model.text_encoder, metadata=metadata
+            state, network_alphas=alphas, text_encoder=model.text_encoder, metadata=metadata
         )
