@@ -49,6 +49,12 @@ def test_smoke_experiment_reports_verification_quality_and_costs(smoke_run):
     for f in results["files"].values():
         assert (run_dir / f).stat().st_size > 0
     assert "verification rate" in proc.stdout and "fid_shapesnet (clean)" in proc.stdout
+    curve = results["curves"]["attack"]
+    assert [p["step"] for p in curve] == [0, 15, 30]
+    assert curve[0]["verification"]["rate"] == ver["before_attack"]["rate"]
+    assert curve[-1]["verification"]["rate"] == ver["after_attack"]["rate"]
+    assert curve[-1]["quality"]["attacker"] == q["attacked"]["attacker"]
+    assert "curve (attack)" in proc.stdout
 
 
 def test_secrets_never_reach_logs_configs_or_stdout(smoke_run):
@@ -69,6 +75,7 @@ def test_sweep_with_parallel_launcher_runs_every_job(cli_env, tmp_path):
     args = [
         "-m", "model=micro", "defense=none,backdoor", "attack=full,lora", "hydra/launcher=local",
         "++attack.steps=3", "eval.fid.num_samples=8", "eval.fid.kid_subset_size=4", "logger=csv",
+        "eval.at_steps=[0,3]",
     ]  # fmt: skip
     proc = run_cli(args, cli_env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -81,11 +88,17 @@ def test_sweep_with_parallel_launcher_runs_every_job(cli_env, tmp_path):
     assert len(re.findall(r"adaptguard \| model=micro", proc.stdout)) in (0, 4)  # joblib may swallow stdout
     # the sweep's table: one row per job
     report = subprocess.run(
-        [sys.executable, "-m", "experiments.report", str(tmp_path / "sweep")], cwd=REPO, capture_output=True, text=True
-    )
+        [sys.executable, "-m", "experiments.report", str(tmp_path / "sweep"), "--curves", str(tmp_path / "c.png")],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
     assert report.returncode == 0, report.stderr
     rows = [line for line in report.stdout.splitlines() if line.startswith("| none") or line.startswith("| backdoor")]
     assert len(rows) == 4 and all("- |" in r or "[" in r for r in rows)
+    # the curves: one column pair per job, a row per step; none/* has no rate, backdoor/* has one
+    assert "| step | backdoor/full: rate | backdoor/full: FID |" in report.stdout
+    steps = [line.split(" | ")[:2] for line in report.stdout.splitlines() if line.startswith(("| 0 |", "| 3 |"))]
+    assert [s[0] for s in steps] == ["| 0", "| 3"] and all(float(s[1]) >= 0 for s in steps)
+    assert (tmp_path / "c.png").stat().st_size > 5000
     empty = subprocess.run([sys.executable, "-m", "experiments.report", str(tmp_path / "nothing")], cwd=REPO,
                            capture_output=True, text=True)  # fmt: skip
     assert empty.returncode == 2 and "no results.json" in empty.stderr

@@ -64,6 +64,37 @@ def sweep_table(folder: Path) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if adapted:
         lines += ["", adaptation_table(adapted)]
+    if any(r.get("curves") for r in everything):
+        lines += ["", curve_table(everything)]
+    return "\n".join(lines)
+
+
+def sweep_curves(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Every job's eval.at_steps curves, labelled ``defense/attack`` (``/domain`` with eval.adaptation)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        for label, points in (r.get("curves") or {}).items():
+            name = f"{r['run']['defense']}/{r['run']['attack']}" + ("" if label == "attack" else f"/{label}")
+            out[name] = points
+    return out
+
+
+def curve_table(runs: list[dict[str, Any]]) -> str:
+    """Verification rate and FID per attack step, one column pair per curve."""
+    curves = sweep_curves(runs)
+    steps = sorted({p["step"] for points in curves.values() for p in points})
+    head = ["step"] + [f"{name}: {m}" for name in curves for m in ("rate", "FID")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for step in steps:
+        cells = [str(step)]
+        for points in curves.values():
+            p = next((p for p in points if p["step"] == step), None) or {}
+            rate = (p.get("verification") or {}).get("rate")
+            fid = next(
+                (v for m in (p.get("quality") or {}).values() for k, v in m.items() if k.startswith("fid_")), None
+            )
+            cells += ["-" if rate is None else f"{rate:.3f}", "-" if fid is None else f"{fid:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
