@@ -29,23 +29,27 @@ def curve_series(points: list[Mapping[str, Any]]) -> dict[str, list[tuple[int, f
 
 
 def plot_curves(curves: Mapping[str, list[Mapping[str, Any]]], path: Path) -> Path:
-    """Verification rate / TPR and FID vs fine-tuning step, one line per attacked run."""
+    """Verification rate and FID vs fine-tuning step; one colour per attacked run in both panels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = {"verification": lambda n: n.startswith("verification/") and not n.endswith(("p_value", "detected", "mean_score")),
-              "FID": lambda n: "/fid_" in n}  # fmt: skip
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, (title, wanted) in zip(axes, panels.items(), strict=True):
-        for label, points in curves.items():
-            for name, xy in curve_series(points).items():
-                if wanted(name):
-                    steps, values = zip(*xy, strict=True)
-                    ax.plot(steps, values, marker="o", label=f"{label}: {name.split('/', 1)[1]}")
+    fig, (rate_ax, fid_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for i, (label, points) in enumerate(curves.items()):
+        colour = f"C{i % 10}"
+        for name, xy in curve_series(points).items():
+            steps, values = zip(*xy, strict=True)
+            if name == "verification/rate":
+                rate_ax.plot(steps, values, marker="o", color=colour, label=label)
+            elif "/fid_" in name:  # quality/<domain>/fid_<extractor>
+                _, domain, metric = name.split("/")
+                fid_ax.plot(steps, values, marker="o", color=colour, label=f"{label} ({domain})")
+                fid_ax.set_ylabel(metric)
+    rate_ax.set_ylim(-0.03, 1.03)
+    rate_ax.set_ylabel("verification rate")
+    for ax in (rate_ax, fid_ax):
         ax.set_xlabel("attack step")
-        ax.set_title(title)
         if ax.lines:
             ax.legend(fontsize=7)
         else:

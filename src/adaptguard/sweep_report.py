@@ -26,6 +26,12 @@ def _fid(results: dict[str, Any], stage: str, domain: str = "clean") -> str:
     return f"{fid:.2f} / {kid:.3f}" if fid is not None and kid is not None else "-"
 
 
+def _attack_domain(results: dict[str, Any]) -> str:
+    """Where the attack's own goal was scored: ``attacker``, or e.g. DreamBooth's ``subject``."""
+    attacked = (results.get("quality") or {}).get("attacked") or {}
+    return next((d for d in attacked if d != "clean"), "attacker")
+
+
 def collect(folder: Path) -> list[dict[str, Any]]:
     runs = [json.loads(p.read_text()) for p in sorted(Path(folder).rglob("results.json"))]
     return sorted(runs, key=lambda r: (r["run"]["defense"], r["run"]["attack"]))
@@ -42,7 +48,7 @@ def sweep_table(folder: Path) -> str:
         return adaptation_table(adapted)
     head = (
         "| defense | attack | rate before | rate after | never-watermarked | untriggered (after) "
-        "| FID/KID base | FID/KID protected | FID/KID attacked | FID/KID attacked (attacker domain) |"
+        "| FID/KID base | FID/KID protected | FID/KID attacked | FID/KID attacked (attacker domain / subject) |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in runs:
@@ -59,7 +65,7 @@ def sweep_table(folder: Path) -> str:
             _fid(r, "base"),
             _fid(r, "protected"),
             _fid(r, "attacked"),
-            _fid(r, "attacked", "attacker"),
+            _fid(r, "attacked", _attack_domain(r)),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if adapted:
