@@ -248,6 +248,7 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
         "attack": attack_cost,
         "adaptation": adaptation,
         "curves": curves,
+        "data": exp.data.data_report(),
         "stages": tracker.to_dict(),
         "files": files,
     }

@@ -91,6 +91,10 @@ class CaptionedImageDataModule(L.LightningDataModule):
             "seed": self.seed,
         }
 
+    def data_report(self) -> dict[str, Any]:
+        """Facts for results.json (e.g. images skipped as unreadable); empty for generated data."""
+        return {}
+
     def feature_extractor_spec(self) -> dict[str, Any] | None:
         """A domain feature extractor for FID/KID, or None to use InceptionV3."""
         return None
