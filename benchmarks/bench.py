@@ -10,6 +10,7 @@ Entries:
   student forwards).
 - ``freezeasguard``: a mask-learning step vs a plain fine-tuning step, and fine-tuning under a mask.
 - ``lora_vs_full``: a LoRA step (ranks 4, 16) vs a full fine-tuning step: time, peak memory, trainable size.
+- ``data_loading``: on-disk loader images/s (AFHQ layout, 2 workers) vs a training step's consumption.
 - ``default_experiment``: wall time of ``python -m experiments.run`` with the shipped base
   model (target <= 300 s on 2 cores).
 """
@@ -378,6 +379,50 @@ def bench_lora_vs_full(steps: int, batch_size: int) -> dict[str, Any]:
     return out
 
 
+def bench_data_loading(images: int, batch_size: int, steps: int) -> dict[str, Any]:
+    """Images/s of the on-disk loader (AFHQ layout, 512 px JPEGs, 2 workers, tiny-model resolution)
+    against the images/s a full fine-tuning step of the tiny model consumes (target ratio >= 1)."""
+    import numpy as np
+    from PIL import Image
+
+    from adaptguard.data import AfhqDataModule
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        for i in range(images):  # smooth random images compress like photos, unlike white noise
+            small = rng.integers(0, 255, size=(16, 16, 3), dtype=np.uint8)
+            img = Image.fromarray(small).resize((512, 512), Image.Resampling.BICUBIC)
+            folder = Path(tmp) / "train" / ("cat", "dog", "wild")[i % 3]
+            folder.mkdir(parents=True, exist_ok=True)
+            img.save(folder / f"{i:05d}.jpg", quality=95)
+        data = AfhqDataModule(root=tmp, resolution=32, num_workers=2, splits={"all": {}})
+        start = time.perf_counter()
+        data.dataset("all")
+        check_s = time.perf_counter() - start
+        loader = data.dataloader("all", batch_size)
+        seen, start = 0, None
+        for _ in range(2):  # second epoch: persistent workers, no start-up cost
+            for batch in loader:
+                if start is None:
+                    start = time.perf_counter()  # after the first batch: worker start-up excluded
+                    continue
+                seen += batch["image"].shape[0]
+        load_ips = seen / (time.perf_counter() - start)
+    step = _in_child(_finetune_child, 0, steps, batch_size)
+    train_ips = batch_size / step["step_s"]
+    return {
+        "images": images,
+        "source_px": 512,
+        "workers": 2,
+        "first_use_check_s": round(check_s, 2),
+        "loader_images_per_s": round(load_ips, 1),
+        "train_step_images_per_s": round(train_ips, 1),
+        "loader_over_training": round(load_ips / train_ips, 2),
+        "meets_target": load_ips >= train_ips,
+        "note": "loader measured alone; in a run its 2 workers share the CPU with training",
+    }
+
+
 def bench_default_experiment(args: list[str]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, WANDB_SILENT="true")
@@ -419,6 +464,7 @@ def main() -> None:
         "sleepermark": lambda: bench_sleepermark(opts.steps, 16, 64),
         "freezeasguard": lambda: bench_freezeasguard(opts.steps, 16),
         "lora_vs_full": lambda: bench_lora_vs_full(opts.steps, opts.batch_size),
+        "data_loading": lambda: bench_data_loading(512, opts.batch_size, opts.steps),
         "default_experiment": lambda: bench_default_experiment(["logger=none"]),
     }
     if opts.skip_experiment:
