@@ -82,8 +82,7 @@ def test_curve_is_in_results_plot_and_table_and_ends_at_the_after_attack_numbers
 def test_dreambooth_curve_scores_the_subject(micro_data, tmp_path):
     micro_data.splits["instance"] = SplitSpec.parse("instance", {"where": {"kind": "star", "colour": "red"}, "size": 4})
     ctx = make_ctx(tmp_path)
-    attack = DreamBooth(instance_prompt="a photo of sks star", class_prompt="a photo of star", num_class_images=4,
-                        steps=4, batch_size=2, lr=1e-3, lora=True)  # fmt: skip
+    attack = DreamBooth(num_class_images=4, steps=4, batch_size=2, lr=1e-3, lora=True)  # prompts: the dataset's
     results = run_experiment(_experiment(attack, micro_data, at_steps=[0, 4]), ctx)
     assert results["attack"]["instance_images"] == 4
     curve = results["curves"]["attack"]

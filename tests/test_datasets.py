@@ -213,11 +213,16 @@ TINY_SPLITS = ["dataset.splits.owner.size=4", "dataset.splits.attacker.offset=0"
 def test_cli_runs_a_real_experiment_on_each_dataset(name, cli_env, tmp_path):
     root = WRITERS[name](tmp_path / name)
     _truncate(next(p for p in sorted(root.rglob("*.jpg")))) if name != "lsun" else None
+    # the DreamBooth subject is learnt by attack=dreambooth, with the prompts the dataset names
+    attack = ["attack=dreambooth", "attack.num_class_images=2"] if name == "dreambooth" else ["attack=full"]
     splits = [] if name == "dreambooth" else TINY_SPLITS
-    args = ["model=micro", f"dataset={name}", f"dataset.root={root}", "dataset.num_workers=0", *splits,
-            "attack=full", "attack.steps=2", "attack.batch_size=2", "eval.fid=null", "logger=none", "progress=false"]  # fmt: skip
+    args = ["model=micro", f"dataset={name}", f"dataset.root={root}", "dataset.num_workers=0", *splits, *attack,
+            "attack.steps=2", "attack.batch_size=2", "eval.fid=null", "logger=none", "progress=false"]  # fmt: skip
     proc = run_cli(args, cli_env, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["run"]["dataset"] == name and results["attack"]["trainable_params"] > 0
     assert results["data"]["skipped_images"] == (0 if name == "lsun" else 1)
+    if name == "dreambooth":
+        assert results["attack"]["instance_images"] == 3  # 4 written, 1 truncated
+        assert results["config"]["attack"]["instance_prompt"] == "a photo of sks dog"

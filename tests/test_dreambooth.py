@@ -6,10 +6,13 @@ import torchvision
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from adaptguard.attacks import DreamBooth, FineTuneConstraint
+from adaptguard.data import DreamBoothDataModule
+from adaptguard.data.base import SplitSpec
 from adaptguard.data.subject import load_image_folder
 from adaptguard.errors import ConfigError
 
 from .conftest import params_equal
+from .test_datasets import write_dreambooth
 
 
 def _write_subject(folder, n=3, size=24):
@@ -91,6 +94,19 @@ def test_prior_loss_is_instance_plus_weighted_class_loss(micro_model, tmp_path):
 def test_bad_dreambooth_parameters_name_the_key(kwargs, key, tmp_path):
     with pytest.raises(ConfigError, match=key):
         _attack(tmp_path, **kwargs)
+
+
+def test_unset_prompts_follow_the_dataset_subject_and_set_ones_win(micro_data, tmp_path):
+    micro_data.splits["instance"] = SplitSpec.parse("instance", {"where": {"kind": "star"}, "size": 2})
+    attack = DreamBooth()
+    attack.check_data(micro_data)
+    assert (attack.instance_prompt, attack.class_prompt) == ("a photo of sks star", "a photo of star")
+    books = DreamBoothDataModule(root=str(write_dreambooth(tmp_path / "db")), subject="dog", splits={"instance": {}})
+    assert DreamBooth().resolve_prompts(books) == ("a photo of sks dog", "a photo of dog")
+    assert DreamBooth(instance_prompt="a photo of zwx dog").resolve_prompts(books) == ("a photo of zwx dog",
+                                                                                        "a photo of dog")  # fmt: skip
+    with pytest.raises(ConfigError, match="attack.instance_prompt, attack.class_prompt: set both"):
+        DreamBooth(instance_dir=str(_write_subject(tmp_path / "mine"))).check_data(micro_data)
 
 
 def test_empty_or_missing_instance_folder_is_a_clear_error(micro_data, tmp_path):

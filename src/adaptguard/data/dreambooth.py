@@ -60,6 +60,9 @@ class DreamBoothDataModule(DiskDataModule):
     def class_prompt(self) -> str:
         return self.class_template.format(self.subject_class())
 
+    def subject_prompts(self) -> tuple[str, str]:
+        return self.instance_prompt, self.class_prompt
+
     def load_records(self, root: Path) -> list[Record]:
         prompt = (self.instance_prompt,)  # first: a subject missing from the prompts file is the clearer error
         folder = self.base() / self.subject

@@ -178,9 +178,13 @@ class ShapesDataModule(CaptionedImageDataModule):
         world: dict[str, Any] | ShapesWorld | None = None,
         domain_attribute: str = "kind",
         default_split_size: int = 2048,
+        instance_prompt: str = "a photo of sks star",
+        class_prompt: str = "a photo of star",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.instance_prompt = instance_prompt
+        self.class_prompt = class_prompt
         if domain_attribute not in ATTRIBUTES:
             raise ConfigError(f"dataset.domain_attribute: {domain_attribute!r} is not one of {ATTRIBUTES}")
         self.resolution = resolution
@@ -209,6 +213,9 @@ class ShapesDataModule(CaptionedImageDataModule):
 
     def feature_extractor_spec(self) -> dict[str, Any]:
         return {"kind": "shapes", "resolution": self.resolution, "world": vars(self.world)}
+
+    def subject_prompts(self) -> tuple[str, str]:
+        return self.instance_prompt, self.class_prompt
 
     def build_split(self, name: str, spec: SplitSpec) -> ShapesDataset:
         size = spec.size if spec.size is not None else self.default_split_size
