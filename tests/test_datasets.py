@@ -226,3 +226,25 @@ def test_cli_runs_a_real_experiment_on_each_dataset(name, cli_env, tmp_path):
     if name == "dreambooth":
         assert results["attack"]["instance_images"] == 3  # 4 written, 1 truncated
         assert results["config"]["attack"]["instance_prompt"] == "a photo of sks dog"
+
+
+@pytest.mark.parametrize(
+    "extra,needles",
+    [([], ["dataset.root: not set", "train/cat", "clovaai/stargan-v2"]),  # no dataset: the expected layout
+     (["dataset.root=AFHQ"], ["eval.fid.weights_path", "weights-inception"])],  # real photos need InceptionV3
+)  # fmt: skip
+def test_cli_data_problems_are_one_message_before_any_work(extra, needles, cli_env, tmp_path):
+    root = write_afhq(tmp_path / "afhq")
+    cli_env["TORCH_HOME"] = str(tmp_path / "torch")  # no InceptionV3 weights in this hub cache
+    args = [
+        "model=micro",
+        "dataset=afhq",
+        "defense=backdoor",
+        "logger=none",
+        *(a.replace("AFHQ", str(root)) for a in extra),
+    ]
+    proc = run_cli(args, cli_env, tmp_path, timeout=300)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "cache" / "protected").exists()  # failed before protecting

@@ -259,29 +259,35 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
 
 
 def _check_before_work(exp: Experiment, attacking: bool) -> None:
-    """Each raises a ConfigError naming the key (a missing split, an empty instance folder, ...)."""
+    """Each raises a ConfigError / DataError naming the key (a dataset not found, a missing split,
+    an empty instance folder, FID weights not on disk, ...)."""
     ev = exp.eval
+    exp.data.check()
     exp.defense.check_data(exp.data)
     for d in ev.adaptation.values():
         exp.data.spec(d.train)
         exp.data.spec(d.eval)
-    if not attacking:
-        if ev.at_steps:
-            log.warning("eval.at_steps: ignored, this run has no attack")
+    if attacking:
+        for attack in [exp.attack.on_split(d.train) for d in ev.adaptation.values()] or [exp.attack]:
+            attack.check_data(exp.data)
+        _check_at_steps(exp.attack, ev.at_steps)
+    elif ev.at_steps:
+        log.warning("eval.at_steps: ignored, this run has no attack")
+    if ev.fid is not None:
+        ev.fid.check(exp.data)
+
+
+def _check_at_steps(attack: Attack, at_steps: list[int]) -> None:
+    if not at_steps:
         return
-    for attack in [exp.attack.on_split(d.train) for d in ev.adaptation.values()] or [exp.attack]:
-        attack.check_data(exp.data)
-    if ev.at_steps:
-        steps = getattr(exp.attack, "steps", None)
-        if steps is None:
-            raise ConfigError(
-                f"eval.at_steps: attack={exp.attack.name} does not train; curves need a fine-tuning attack "
-                "(full, lora, dreambooth)"
-            )
-        if max(ev.at_steps) > steps:
-            raise ConfigError(
-                f"eval.at_steps: step {max(ev.at_steps)} is past the end of training (attack.steps={steps})"
-            )
+    steps = getattr(attack, "steps", None)
+    if steps is None:
+        raise ConfigError(
+            f"eval.at_steps: attack={attack.name} does not train; curves need a fine-tuning attack "
+            "(full, lora, dreambooth)"
+        )
+    if max(at_steps) > steps:
+        raise ConfigError(f"eval.at_steps: step {max(at_steps)} is past the end of training (attack.steps={steps})")
 
 
 def _curve_verification(v: Verification, null: Verification | None, fprs: list[float]) -> dict[str, Any]:

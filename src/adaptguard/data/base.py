@@ -99,6 +99,9 @@ class CaptionedImageDataModule(L.LightningDataModule):
         """A domain feature extractor for FID/KID, or None to use InceptionV3."""
         return None
 
+    def check(self) -> None:
+        """Raise a DataError now if the data is not where the config says (before any long work)."""
+
     def subject_prompts(self) -> tuple[str, str] | None:
         """(instance prompt, class prompt) of the subject in the ``instance`` split, if the dataset has one;
         lets ``attack=dreambooth`` follow the dataset instead of asking the user to repeat it."""

@@ -182,6 +182,9 @@ class DiskDataModule(CaptionedImageDataModule):
             self._records = [records[i] for i in order]
         return self._records
 
+    def check(self) -> None:
+        self.records()
+
     def describe(self) -> dict[str, Any]:
         return {
             **super().describe(),

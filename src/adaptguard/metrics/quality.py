@@ -8,6 +8,7 @@ once per split and reused for every model of the run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,24 +51,36 @@ class QualityEvaluator:
     def extractor(self, data: CaptionedImageDataModule, ctx: RunContext) -> tuple[str, nn.Module]:
         """(name, feature module taking images in [0, 1])."""
         if self._extractor is None:
-            domain = data.feature_extractor_spec()
-            use_domain = self.feature == "domain" or (self.feature == "auto" and domain is not None)
-            if use_domain:
-                if domain is None:
-                    raise ConfigError(
-                        f"eval.fid.feature=domain: dataset {data.name!r} has no domain feature extractor; use inception"
-                    )
+            domain = self._domain_spec(data)
+            if domain is not None:
                 self._extractor = (domain["kind"] + "net", shapes_feature_net(domain, ctx))
             else:
-                weights = find_inception_weights(self.weights_path)
-                if weights is None:
-                    raise ConfigError(
-                        "eval.fid.weights_path: FID/KID with InceptionV3 needs torch-fidelity's weights "
-                        "(weights-inception-2015-12-05-6726825d.pth) on disk; set eval.fid.weights_path=/path/to/it "
-                        "or copy it into the torch hub cache (checkpoints/)"
-                    )
-                self._extractor = ("inception", InceptionFeatures(weights))
+                self._extractor = ("inception", InceptionFeatures(self._inception_weights()))
         return self._extractor
+
+    def check(self, data: CaptionedImageDataModule) -> None:
+        """Fail now, building nothing, if FID/KID could not run on ``data`` (InceptionV3 weights not on disk)."""
+        if self._domain_spec(data) is None:
+            self._inception_weights()
+
+    def _domain_spec(self, data: CaptionedImageDataModule) -> dict[str, Any] | None:
+        """The dataset's domain extractor if this evaluator uses one; None: InceptionV3."""
+        domain = data.feature_extractor_spec()
+        if self.feature == "domain" and domain is None:
+            raise ConfigError(
+                f"eval.fid.feature=domain: dataset {data.name!r} has no domain feature extractor; use inception"
+            )
+        return domain if self.feature in ("domain", "auto") else None
+
+    def _inception_weights(self) -> Path:
+        weights = find_inception_weights(self.weights_path)
+        if weights is None:
+            raise ConfigError(
+                "eval.fid.weights_path: FID/KID with InceptionV3 needs torch-fidelity's weights "
+                "(weights-inception-2015-12-05-6726825d.pth) on disk; set eval.fid.weights_path=/path/to/it "
+                "or copy it into the torch hub cache (checkpoints/)"
+            )
+        return weights
 
     def _metrics(self, data: CaptionedImageDataModule, split: str, ctx: RunContext):
         cached = (data.name, split)  # the same split name can exist in two datasets (DreamBooth's subject)
