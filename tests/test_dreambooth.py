@@ -101,9 +101,9 @@ def test_unset_prompts_follow_the_dataset_subject_and_set_ones_win(micro_data, t
     attack = DreamBooth()
     attack.check_data(micro_data)
     assert (attack.instance_prompt, attack.class_prompt) == ("a photo of sks star", "a photo of star")
-    books = DreamBoothDataModule(root=str(write_dreambooth(tmp_path / "db")), subject="dog", splits={"instance": {}})
-    assert DreamBooth().resolve_prompts(books) == ("a photo of sks dog", "a photo of dog")
-    assert DreamBooth(instance_prompt="a photo of zwx dog").resolve_prompts(books) == ("a photo of zwx dog",
+    dogs = DreamBoothDataModule(root=str(write_dreambooth(tmp_path / "db")), subject="dog", splits={"instance": {}})
+    assert DreamBooth().resolve_prompts(dogs) == ("a photo of sks dog", "a photo of dog")
+    assert DreamBooth(instance_prompt="a photo of zwx dog").resolve_prompts(dogs) == ("a photo of zwx dog",
                                                                                         "a photo of dog")  # fmt: skip
     with pytest.raises(ConfigError, match="attack.instance_prompt, attack.class_prompt: set both"):
         DreamBooth(instance_dir=str(_write_subject(tmp_path / "mine"))).check_data(micro_data)
