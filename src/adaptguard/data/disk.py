@@ -90,16 +90,16 @@ def check_image(record: Record, resolution: int) -> str | None:
 
 
 def image_transform(resolution: int, center_crop: bool, random_flip: bool) -> transforms.Compose:
-    """As diffusers' training examples: resize the short side, crop, optional flip, to [-1, 1]."""
-    return transforms.Compose(
-        [
-            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.CenterCrop(resolution) if center_crop else transforms.RandomCrop(resolution),
-            transforms.RandomHorizontalFlip(p=0.5 if random_flip else 0.0),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5], [0.5]),
-        ]
-    )
+    """As diffusers' training examples: resize the short side, crop, optional flip, to [-1, 1].
+    Without flip or random crop it draws no random numbers, so loading images leaves the seed's stream alone."""
+    steps = [
+        transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+        transforms.CenterCrop(resolution) if center_crop else transforms.RandomCrop(resolution),
+        *([transforms.RandomHorizontalFlip()] if random_flip else []),
+        transforms.ToTensor(),
+        transforms.Normalize([0.5], [0.5]),
+    ]
+    return transforms.Compose(steps)
 
 
 class RecordDataset(Dataset):

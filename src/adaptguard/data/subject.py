@@ -16,12 +16,10 @@ from typing import Any
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from torchvision import transforms
 
 from adaptguard.data.base import CaptionedImageDataModule, SplitSpec
+from adaptguard.data.disk import IMAGE_SUFFIXES, image_transform
 from adaptguard.errors import ConfigError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 def load_image_folder(path: str | Path, resolution: int, key: str) -> torch.Tensor:
@@ -32,14 +30,7 @@ def load_image_folder(path: str | Path, resolution: int, key: str) -> torch.Tens
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ConfigError(f"{key}: {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); DreamBooth needs 3-5+")
-    prep = transforms.Compose(
-        [
-            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.CenterCrop(resolution),
-            transforms.ToTensor(),
-            transforms.Normalize([0.5], [0.5]),
-        ]
-    )
+    prep = image_transform(resolution, center_crop=True, random_flip=False)
     images = []
     for f in files:
         with Image.open(f) as im:
