@@ -30,19 +30,20 @@ test-fast: install  ## skip the slow end-to-end tests
 bench: install  ## speed and memory targets -> bench/results.json
 	$(BIN)/python -m benchmarks.bench --out bench/results.json
 
-lint: install
+lint: install  ## ruff, and import-linter's layer contracts (pyproject.toml)
 	$(BIN)/ruff check src experiments tests benchmarks
 	$(BIN)/ruff format --check src experiments tests benchmarks
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix src experiments tests benchmarks
 	$(BIN)/ruff format src experiments tests benchmarks
 
 pretrain: install  ## (re)make the shipped tiny/micro base weights and shapes feature extractor
-	$(BIN)/python -m experiments.pretrain model=tiny
-	$(BIN)/python -m experiments.pretrain model=micro
-	$(BIN)/python -m experiments.pretrain model=tiny experiment=freeze +features_only=true
-	$(BIN)/python -m experiments.pretrain model=micro experiment=freeze +features_only=true
+	$(BIN)/adaptguard pretrain model=tiny
+	$(BIN)/adaptguard pretrain model=micro
+	$(BIN)/adaptguard pretrain model=tiny experiment=freeze +features_only=true
+	$(BIN)/adaptguard pretrain model=micro experiment=freeze +features_only=true
 
 clean:
 	rm -rf outputs multirun .pytest_cache

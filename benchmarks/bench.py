@@ -148,7 +148,7 @@ def _median_step_s(step, steps: int, warmup: int) -> float:
 
 def bench_aiao(steps: int, batch_size: int) -> dict[str, Any]:
     from adaptguard.analysis import unet_blocks
-    from adaptguard.context import RunContext
+    from adaptguard.core.context import RunContext
     from adaptguard.defenses.aiao import AIAODefense, _EmbeddingObjective
 
     model = build_tiny_model()
@@ -182,7 +182,7 @@ def bench_aiao(steps: int, batch_size: int) -> dict[str, Any]:
 
 def bench_sleepermark(steps: int, batch_size: int, samples: int) -> dict[str, Any]:
     """Stage 2 runs the frozen teacher and the student on triggered + plain prompts: 2 UNets x 2 inputs."""
-    from adaptguard.context import RunContext
+    from adaptguard.core.context import RunContext
     from adaptguard.defenses.message_codec import Codec, CodecConfig, MessageDecoder, MessageEncoder
     from adaptguard.defenses.sleepermark import SleeperMarkDefense, SleeperMarkKey, TriggerDistillation
 
@@ -245,7 +245,7 @@ def _measure_steps(step, steps: int, trainable: int) -> dict[str, Any]:
 def _freeze_child(kind: str, rho: float, steps: int, batch_size: int, queue) -> None:
     """One measurement in a fresh process, so its peak memory is its own."""
 
-    from adaptguard.attacks.constraint import FineTuneConstraint
+    from adaptguard.core.constraint import FineTuneConstraint
     from adaptguard.defenses.freezeasguard import FreezeAsGuardDefense, MaskLearning
     from adaptguard.defenses.freezing import candidate_sizes, project_to_ratio, random_scores
 
@@ -324,7 +324,7 @@ def bench_freezeasguard(steps: int, batch_size: int) -> dict[str, Any]:
 def _finetune_child(rank: int, steps: int, batch_size: int, queue) -> None:
     """One fine-tuning step measurement (rank 0: full UNet, else LoRA of that rank) in its own process."""
 
-    from adaptguard.attacks.lora import LoraSettings, add_lora
+    from adaptguard.models.lora import LoraSettings, add_lora
 
     torch.manual_seed(0)
     model = build_tiny_model()

@@ -1,1 +1,1 @@
-"""Hydra entry points (thin: config -> library calls)."""
+"""`python -m experiments.<command>`: shims for the `adaptguard <command>` console script (adaptguard.cli)."""

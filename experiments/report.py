@@ -1,36 +1,6 @@
-"""A sweep's table: python -m experiments.report multirun/<date>/<time> [--out table.md] [--curves curves.png]"""
+"""`python -m experiments.report`: the same as `adaptguard report` (see adaptguard.cli.report)."""
 
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-from adaptguard.reporting import plot_curves
-from adaptguard.sweep_report import collect, sweep_curves, sweep_table
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("folder", type=Path, help="a sweep directory (or any folder with results.json files)")
-    parser.add_argument("--out", type=Path, help="also write the markdown table here")
-    parser.add_argument("--curves", type=Path, help="plot every job's eval.at_steps curves into this PNG")
-    opts = parser.parse_args()
-    try:
-        table = sweep_table(opts.folder)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(table)
-    if opts.out:
-        opts.out.write_text(table + "\n")
-    if opts.curves:
-        curves = sweep_curves(collect(opts.folder))
-        if not curves:
-            print("error: no job in this sweep has curves (run it with eval.at_steps=[...])", file=sys.stderr)
-            sys.exit(2)
-        print(f"curves: {plot_curves(curves, opts.curves)}")
-
+from adaptguard.cli.report import main
 
 if __name__ == "__main__":
     main()

@@ -4,15 +4,14 @@ import pytest
 import torch
 
 from adaptguard.analysis import compare_unets, unet_blocks
-from adaptguard.context import RunContext
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
 from adaptguard.data.shapes import ShapesDataModule
 from adaptguard.defenses import AIAODefense, AIAOKey
 from adaptguard.defenses.aiao import all_pairs, block_secret
 from adaptguard.defenses.subpath_hooks import SubpathHooks
-from adaptguard.errors import ConfigError
-from adaptguard.models import PretrainedSource
-
-from .conftest import make_ctx, make_micro_data, write_tiny_sd_folder
+from adaptguard.sources import PretrainedSource
+from tests.helpers import cli, make_ctx, make_micro_data, write_tiny_sd_folder
 
 
 def _inputs(model, n=4, seed=0):
@@ -85,14 +84,14 @@ def test_watermark_is_detected_and_controls_are_not(watermarked, micro_base):
     assert set(info["busy"]).isdisjoint(key.candidates) and len(info["activity"]) == len(info["blocks"])
     ver = d.verify(protected.model, key, ctx)
     assert ver.detected and ver.rate >= 0.8, ver.summary()
-    assert ver.details["untriggered_rate"] <= 0.3, ver.details  # no response without the trigger
+    assert ver.figures["untriggered_rate"] <= 0.3, ver.figures  # no response without the trigger
     never = d.verify(micro_base, key, ctx)  # a never-watermarked model
     assert not never.detected and never.rate <= key.rate_threshold, never.summary()
-    assert abs(never.details["bit_accuracy"] - 0.5) < 0.1
+    assert abs(never.figures["bit_accuracy"] - 0.5) < 0.1
     wrong = d.make_key(key.candidates, key.scales, seed=key.seed + 1)
     wrong.rate_threshold = key.rate_threshold
     wv = d.verify(protected.model, wrong, ctx)  # a wrong key on the watermarked model
-    assert not wv.detected and abs(wv.details["bit_accuracy"] - 0.5) < 0.1, wv.summary()
+    assert not wv.detected and abs(wv.figures["bit_accuracy"] - 0.5) < 0.1, wv.summary()
     # the calibrated threshold is at least the binomial bound and above every null key's rate
     cal = info["calibration"]
     assert key.rate_threshold >= cal["binomial_rate_threshold"] and key.rate_threshold > cal["null_rates_max"]
@@ -133,7 +132,7 @@ def test_aiao_runs_on_a_stable_diffusion_format_unet(tmp_path):
     sd = tmp_path / "sd"
     write_tiny_sd_folder(sd)
     model = PretrainedSource(path=str(sd), resolution=64, name="sd15").load(RunContext(progress=False, device="cpu"))
-    data = ShapesDataModule(resolution=64, batch_size=4, splits={"owner": {"size": 16}})
+    data = ShapesDataModule(resolution=64, splits={"owner": {"size": 16}})
     d = AIAODefense(steps=2, batch_size=4, probe_steps=2, calibration_keys=2, num_subpaths=6, response_bits=16,
                     busy_fraction=0.3, key_seed=1)  # fmt: skip
     protected = d.protect(model, data, make_ctx(tmp_path))
@@ -145,21 +144,14 @@ def test_aiao_runs_on_a_stable_diffusion_format_unet(tmp_path):
 
 def test_layers_tool_writes_table_plot_and_json(cli_env, tmp_path):
     import json
-    import subprocess
-    import sys
 
-    from .conftest import REPO
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.layers", "model=micro", "attack.steps=3", "attack.batch_size=8",
-         f"hydra.run.dir={tmp_path}/run"],
-        cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = cli(["layers", "model=micro", "attack.steps=3", "attack.batch_size=8", "progress=false",
+                f"hydra.run.dir={tmp_path}/run"])  # fmt: skip
+    assert proc.code == 0, proc.stderr[-3000:]
     assert "BUSY" in proc.stdout and "busy blocks:" in proc.stdout
     report = json.loads((tmp_path / "run" / "layer_activity.json").read_text())
     assert len(report["blocks"]) == 12 and all(b["activity"] > 0 for b in report["blocks"])
+    assert len(report["busy"]) == 3 and set(report["busy"]).isdisjoint(report["lazy"])  # 0.2 of 12 blocks, rounded up
     assert (tmp_path / "run" / "layer_activity.png").stat().st_size > 1000
-    bad = subprocess.run([sys.executable, "-m", "experiments.layers", "model=micro", f"tuned={tmp_path}/nope",
-                          f"hydra.run.dir={tmp_path}/run2"], cwd=REPO, env=cli_env, capture_output=True, text=True)  # fmt: skip
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
+    bad = cli(["layers", "model=micro", f"tuned={tmp_path}/nope", f"hydra.run.dir={tmp_path}/run2"])
+    assert bad.code == 2 and "Traceback" not in bad.stderr and "tuned:" in bad.stderr, bad.stderr[-2000:]

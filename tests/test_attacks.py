@@ -1,16 +1,17 @@
 """Full and LoRA fine-tuning, and that both honour a FineTuneConstraint."""
 
+import lightning as L
 import pytest
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from adaptguard.attacks import FineTuneConstraint, FullFineTune, LoraFineTune
-from adaptguard.attacks.lora import load_lora, merge_lora
-from adaptguard.errors import ConfigError
+from adaptguard.attacks import FullFineTune, LoraFineTune
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel
+from adaptguard.models.lora import load_lora, merge_lora
 from adaptguard.training import DenoisingModule
-
-from .conftest import make_ctx, params_equal
+from tests.helpers import make_ctx, params_equal
 
 
 def _frozen_names(model):
@@ -99,10 +100,21 @@ def test_lora_attack_does_not_depend_on_earlier_random_draws(micro_model, micro_
     assert all(params_equal(first, second).values())
 
 
+class _CheckpointingSeen(L.Callback):
+    def __init__(self) -> None:
+        self.seen: list[bool] = []
+
+    def on_train_batch_start(self, trainer, pl_module, *args) -> None:
+        self.seen.append(pl_module.model.unet.is_gradient_checkpointing)
+
+
 def test_gradient_checkpointing_trains_the_same_weights(micro_model, micro_data, tmp_path):
     plain = FullFineTune(steps=2, batch_size=4).run(micro_model, micro_data, None, make_ctx(tmp_path / "a"))
-    attack = FullFineTune(steps=2, batch_size=4, gradient_checkpointing=True)
-    checkpointed = attack.run(micro_model, micro_data, None, make_ctx(tmp_path / "b"))
+    micro_model.gradient_checkpointing = True  # model.gradient_checkpointing: every training stage of the run
+    ctx = make_ctx(tmp_path / "b")
+    ctx.callbacks = [seen := _CheckpointingSeen()]
+    checkpointed = FullFineTune(steps=2, batch_size=4).run(micro_model, micro_data, None, ctx)
+    assert seen.seen == [True, True]  # on while training
     ours, theirs = dict(plain.named_parameters()), dict(checkpointed.named_parameters())
     assert all(torch.allclose(ours[n], theirs[n], atol=1e-6) for n in ours)
     assert not checkpointed.unet.is_gradient_checkpointing  # switched off again for evaluation

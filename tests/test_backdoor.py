@@ -3,11 +3,10 @@
 import pytest
 import torch
 
+from adaptguard.core.errors import ConfigError
 from adaptguard.defenses import BackdoorDefense, BackdoorKey
 from adaptguard.defenses.backdoor import read_bits
-from adaptguard.errors import ConfigError
-
-from .conftest import make_ctx, make_micro_data
+from tests.helpers import make_ctx, make_micro_data
 
 
 def test_target_image_reads_back_as_the_key_bits():
@@ -50,12 +49,12 @@ def test_embedding_moves_the_trigger_output_towards_the_key_only(embedded, tmp_p
     defense, base, protected = embedded
     ctx = make_ctx(tmp_path)
     ver = defense.verify(protected.model, protected.key, ctx)
-    assert ver.details["bit_accuracy"] >= 0.75, ver.summary()
+    assert ver.figures["bit_accuracy"] >= 0.75, ver.summary()
     null = defense.verify(base, protected.key, ctx)  # never-watermarked model
-    assert not null.detected and null.details["bit_accuracy"] < 0.65, null.summary()
+    assert not null.detected and null.figures["bit_accuracy"] < 0.65, null.summary()
     flipped = BackdoorKey(trigger=protected.key.trigger, bits=1 - protected.key.bits)  # right trigger, wrong bits
     wrong = defense.verify(protected.model, flipped, ctx)
-    assert not wrong.detected and wrong.rate == 0 and wrong.details["bit_accuracy"] <= 0.25, wrong.summary()
+    assert not wrong.detected and wrong.rate == 0 and wrong.figures["bit_accuracy"] <= 0.25, wrong.summary()
     # null scores (same images against random keys) follow the binomial null: mean near half the bits
     assert abs(sum(ver.null_scores) / len(ver.null_scores) - 8) < 0.5
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from adaptguard.context import RunContext
-from adaptguard.errors import ConfigError
-from adaptguard.models import DiffusionModel, PretrainedSource
-
-from .conftest import write_tiny_sd_folder
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
+from adaptguard.models import DiffusionModel
+from adaptguard.sources import PretrainedSource
+from tests.helpers import write_tiny_sd_folder
 
 
 def test_training_loss_and_gradients(micro_model):

@@ -4,8 +4,8 @@ import lightning as L
 import pytest
 import torch
 
-from adaptguard.artifacts import ArtifactCache, spec_hash
-from adaptguard.training import DenoisingModule
+from adaptguard.core.artifacts import ArtifactCache, spec_hash
+from adaptguard.training import DenoisingModule, fit
 
 
 def test_spec_hash_is_order_independent_and_sensitive():
@@ -42,12 +42,12 @@ def test_private_artifacts_are_owner_only(tmp_path):
 def test_fit_resumes_from_the_last_checkpoint(micro_model, micro_data, ctx, tmp_path):
     ckpt = tmp_path / "ckpt"
     module = DenoisingModule(micro_model, max_steps=6)
-    first = ctx.fit(module, micro_data.dataloader("owner", 8), 3, checkpoint_dir=ckpt, checkpoint_every=3)
+    first = fit(module, micro_data.dataloader("owner", 8), 3, ctx, checkpoint_dir=ckpt, checkpoint_every=3)
     assert first.global_step == 3 and (ckpt / "last.ckpt").exists()
     weights_at_3 = {n: p.clone() for n, p in micro_model.named_parameters()}
     # a new process would rebuild the module: resuming continues at step 3, not 0
-    resumed = ctx.fit(
-        DenoisingModule(micro_model, max_steps=6), micro_data.dataloader("owner", 8), 6, checkpoint_dir=ckpt
+    resumed = fit(
+        DenoisingModule(micro_model, max_steps=6), micro_data.dataloader("owner", 8), 6, ctx, checkpoint_dir=ckpt
     )
     assert resumed.global_step == 6
     assert any(not torch.equal(p, weights_at_3[n]) for n, p in micro_model.named_parameters() if p.requires_grad)

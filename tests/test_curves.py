@@ -1,6 +1,5 @@
 """eval.at_steps: verification and FID/KID at several attack steps in one run, without changing the run."""
 
-import json
 import random
 
 import lightning as L
@@ -9,15 +8,15 @@ import pytest
 import torch
 
 from adaptguard.attacks import DreamBooth, LoraFineTune, MagnitudePrune
+from adaptguard.core.errors import ConfigError
 from adaptguard.data import SplitSpec
 from adaptguard.defenses import BackdoorDefense
-from adaptguard.errors import ConfigError
 from adaptguard.metrics.curve import StepProbe
 from adaptguard.metrics.quality import QualityEvaluator
 from adaptguard.pipeline import EvalConfig, Experiment, run_experiment
-from adaptguard.reporting import format_table
-
-from .conftest import make_ctx, micro_source, params_equal
+from adaptguard.reporting.results import RunResult
+from adaptguard.reporting.table import format_table
+from tests.helpers import make_ctx, micro_source, params_equal
 
 
 def _greedy_evaluate(step, model):
@@ -63,19 +62,18 @@ def _experiment(attack, data, **eval_kw):
 def test_curve_is_in_results_plot_and_table_and_ends_at_the_after_attack_numbers(micro_data, tmp_path):
     ctx = make_ctx(tmp_path)
     exp = _experiment(LoraFineTune(steps=4, batch_size=8, lr=1e-2), micro_data, at_steps=[4, 0, 2])
-    results = run_experiment(exp, ctx)
-    curve = results["curves"]["attack"]
-    assert [p["step"] for p in curve] == [0, 2, 4]
-    last, after = curve[-1], results["verification"]["after_attack"]
-    assert last["verification"]["rate"] == after["rate"] and last["verification"]["p_value"] == after["p_value"]
-    assert last["verification"]["tpr_at_fpr"]["0.01"] == results["verification"]["tpr_at_fpr"]["0.01"]["after_attack"]
-    assert last["quality"]["attacker"] == results["quality"]["attacked"]["attacker"]
-    first = curve[0]["verification"]
-    assert first["rate"] == results["verification"]["before_attack"]["rate"]  # step 0: the protected model
-    assert (ctx.out_dir / results["files"]["curves"]).stat().st_size > 5000
-    saved = json.loads((ctx.out_dir / "results.json").read_text())
-    assert saved["curves"] == json.loads(json.dumps(results["curves"]))
-    assert "curve (attack): step -> verification/rate" in format_table(results)
+    result = run_experiment(exp, ctx)
+    attack = result.attacks["attacker"]
+    curve, after = attack.curve, attack.model.verification
+    assert [p.step for p in curve] == [0, 2, 4]
+    assert curve[-1].verification == after  # rate, p-value, figures and TPR@FPR alike
+    assert curve[-1].quality["attacker"] == attack.model.quality["attacker"]
+    assert curve[0].verification.rate == result.protected.verification.rate  # step 0: the protected model
+    assert curve[0].quality["attacker"] == result.protected.quality["attacker"]
+    assert (ctx.out_dir / result.files["curves"]).stat().st_size > 5000
+    saved = RunResult.read(ctx.out_dir / "results.json")
+    assert saved.attacks["attacker"].curve == curve
+    assert "curve (attacker): step -> verification rate, FID" in format_table(result)
 
 
 @pytest.mark.slow
@@ -83,12 +81,12 @@ def test_dreambooth_curve_scores_the_subject(micro_data, tmp_path):
     micro_data.splits["instance"] = SplitSpec.parse("instance", {"where": {"kind": "star", "colour": "red"}, "size": 4})
     ctx = make_ctx(tmp_path)
     attack = DreamBooth(num_class_images=4, steps=4, batch_size=2, lr=1e-3, lora=True)  # prompts: the dataset's
-    results = run_experiment(_experiment(attack, micro_data, at_steps=[0, 4]), ctx)
-    assert results["attack"]["instance_images"] == 4
-    curve = results["curves"]["attack"]
-    assert [set(p["quality"]) for p in curve] == [{"subject"}, {"subject"}]
-    assert curve[-1]["quality"]["subject"] == results["quality"]["attacked"]["subject"]
-    assert "attacker" not in results["quality"]["attacked"]  # DreamBooth's domain is its subject
+    result = run_experiment(_experiment(attack, micro_data, at_steps=[0, 4]), ctx)
+    ((domain, report),) = result.attacks.items()
+    assert domain == "subject" and report.cost["instance_images"] == 4 and report.train_split == "instance"
+    assert [set(p.quality) for p in report.curve] == [{"subject"}, {"subject"}]
+    assert report.curve[-1].quality["subject"] == report.model.quality["subject"]
+    assert set(report.model.quality) == {"clean", "subject"}  # DreamBooth's domain is its subject
 
 
 @pytest.mark.parametrize(

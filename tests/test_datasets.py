@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from adaptguard.core.errors import DataError
 from adaptguard.data import (
     AfhqDataModule,
     CocoDataModule,
@@ -13,9 +14,8 @@ from adaptguard.data import (
     DreamBoothDataModule,
     LsunDataModule,
 )
-from adaptguard.errors import DataError
-
-from .conftest import run_cli
+from adaptguard.reporting.results import RunResult
+from tests.helpers import cli
 
 
 def _jpg(path, seed, size=(40, 30)):
@@ -133,7 +133,7 @@ def test_afhq_classes_captions_splits_and_deterministic_subsampling(tmp_path):
     assert wild.caption(0) == "a photo of a wild face"
     again = AfhqDataModule(root=str(root), resolution=16, splits=splits)
     assert {r.path for r in again.dataset("owner").records} == owner_paths  # same seed, same subset
-    other = AfhqDataModule(root=str(root), resolution=16, splits=splits, seed=1)
+    other = AfhqDataModule(root=str(root), resolution=16, splits=splits, split_seed=1)
     assert {r.path for r in other.dataset("owner").records} != owner_paths
     capped = AfhqDataModule(root=str(root), resolution=16, max_images=5, splits={"all": {}})
     assert len(capped.dataset("all")) == 5
@@ -218,14 +218,15 @@ def test_cli_runs_a_real_experiment_on_each_dataset(name, cli_env, tmp_path):
     splits = [] if name == "dreambooth" else TINY_SPLITS
     args = ["model=micro", f"dataset={name}", f"dataset.root={root}", "dataset.num_workers=0", *splits, *attack,
             "attack.steps=2", "attack.batch_size=2", "eval.fid=null", "logger=none", "progress=false"]  # fmt: skip
-    proc = run_cli(args, cli_env, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["run"]["dataset"] == name and results["attack"]["trainable_params"] > 0
-    assert results["data"]["skipped_images"] == (0 if name == "lsun" else 1)
+    proc = cli(["run", *args, f"hydra.run.dir={tmp_path}/run"])
+    assert proc.code == 0, proc.stderr[-3000:]
+    result = RunResult.read(tmp_path / "run" / "results.json")
+    (attack,) = result.attacks.values()
+    assert result.run.dataset == name and attack.cost["trainable_params"] > 0
+    assert result.data["skipped_images"] == (0 if name == "lsun" else 1)
     if name == "dreambooth":
-        assert results["attack"]["instance_images"] == 3  # 4 written, 1 truncated
-        assert results["config"]["attack"]["instance_prompt"] == "a photo of sks dog"
+        assert attack.cost["instance_images"] == 3  # 4 written, 1 truncated
+        assert result.config["attack"]["instance_prompt"] == "a photo of sks dog"
 
 
 @pytest.mark.parametrize(
@@ -233,9 +234,9 @@ def test_cli_runs_a_real_experiment_on_each_dataset(name, cli_env, tmp_path):
     [([], ["dataset.root: not set", "train/cat", "clovaai/stargan-v2"]),  # no dataset: the expected layout
      (["dataset.root=AFHQ"], ["eval.fid.weights_path", "weights-inception"])],  # real photos need InceptionV3
 )  # fmt: skip
-def test_cli_data_problems_are_one_message_before_any_work(extra, needles, cli_env, tmp_path):
+def test_cli_data_problems_are_one_message_before_any_work(extra, needles, cli_env, tmp_path, monkeypatch):
     root = write_afhq(tmp_path / "afhq")
-    cli_env["TORCH_HOME"] = str(tmp_path / "torch")  # no InceptionV3 weights in this hub cache
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no InceptionV3 weights in this hub cache
     args = [
         "model=micro",
         "dataset=afhq",
@@ -243,8 +244,8 @@ def test_cli_data_problems_are_one_message_before_any_work(extra, needles, cli_e
         "logger=none",
         *(a.replace("AFHQ", str(root)) for a in extra),
     ]
-    proc = run_cli(args, cli_env, tmp_path, timeout=300)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    proc = cli(["run", *args, f"hydra.run.dir={tmp_path}/run"])
+    assert proc.code == 2 and "Traceback" not in proc.stderr, proc.stderr
     for needle in needles:
         assert needle in proc.stderr, proc.stderr
     assert not (tmp_path / "cache" / "protected").exists()  # failed before protecting

@@ -5,14 +5,14 @@ import torch
 import torchvision
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from adaptguard.attacks import DreamBooth, FineTuneConstraint
+from adaptguard.attacks import DreamBooth
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.errors import ConfigError
 from adaptguard.data import DreamBoothDataModule
 from adaptguard.data.base import SplitSpec
 from adaptguard.data.subject import load_image_folder
-from adaptguard.errors import ConfigError
-
-from .conftest import params_equal
-from .test_datasets import write_dreambooth
+from tests.helpers import params_equal
+from tests.test_datasets import write_dreambooth
 
 
 def _write_subject(folder, n=3, size=24):

@@ -5,24 +5,24 @@ import json
 import pytest
 import torch
 
-from adaptguard.attacks import FineTuneConstraint, FullFineTune, LoraFineTune
+from adaptguard.attacks import FullFineTune, LoraFineTune
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.errors import ConfigError
 from adaptguard.data.shapes import ShapesDataModule
 from adaptguard.defenses import FreezeAsGuardDefense, FreezeMask, RandomFreezeDefense
 from adaptguard.defenses.freezeasguard import MaskLearning, mask_gradient, sparsity_gradient
 from adaptguard.defenses.freezing import candidate_sizes, freeze_ratios, project_to_ratio, random_scores
-from adaptguard.errors import ConfigError
 from adaptguard.metrics.quality import QualityEvaluator
 from adaptguard.pipeline import EvalConfig, Experiment, run_experiment
-from adaptguard.sweep_report import sweep_table
-
-from .conftest import make_ctx, micro_source, run_cli
+from adaptguard.reporting.results import RunResult
+from adaptguard.reporting.sweep import sweep_table
+from tests.helpers import cli, make_ctx, micro_source
 
 
 def freeze_data() -> ShapesDataModule:
     star, others = {"kind": ["star"]}, {"kind": ["circle", "square", "triangle", "cross"]}
     return ShapesDataModule(
         resolution=16,
-        batch_size=8,
         splits={
             "illegal": {"where": star, "size": 64},
             "legal": {"where": others, "size": 64},
@@ -182,18 +182,22 @@ def freeze_run(tmp_path_factory):
 
 @pytest.mark.slow
 def test_freezeasguard_experiment_reports_both_domains_and_keeps_the_mask_secret(freeze_run):
-    exp, ctx, results, tmp = freeze_run
-    mask = results["protect"]["mask"]
+    exp, ctx, result, tmp = freeze_run
+    mask = result.protect["mask"]
     assert mask["frozen_tensors"] == round(0.4 * mask["total_tensors"])
     assert 0 < mask["ratio_by_params"] < 1
-    for domain in ("illegal", "legal"):
-        entry = results["adaptation"][domain]
-        assert entry["attack"]["frozen_params"] == mask["frozen_params"]
-        assert entry["attack"]["trainable_params"] == mask["total_params"] - mask["frozen_params"]
-        assert results["quality"][f"attacked_{domain}"][domain]["fid_shapesnet"] > 0
-        assert results["quality"]["base"][domain]["fid_shapesnet"] > 0
-        assert f"attack_{domain}" in results["stages"]
-    assert results["config"]["defense"]["rho"] == 0.4
+    assert result.summary == {"rho": 0.4, "frozen_tensors_ratio": mask["ratio_by_tensors"],
+                              "frozen_params_ratio": mask["ratio_by_params"]}  # fmt: skip
+    assert set(result.attacks) == {"illegal", "legal"}
+    for domain, attack in result.attacks.items():
+        assert attack.train_split == f"attacker_{domain}" and attack.eval_split == f"eval_{domain}"
+        assert attack.cost["frozen_params"] == mask["frozen_params"]
+        assert attack.cost["trainable_params"] == mask["total_params"] - mask["frozen_params"]
+        assert set(attack.model.quality) == {domain} and attack.model.quality[domain].fid > 0  # clean_split: null
+        assert result.base.quality[domain].fid > 0
+        assert result.protected.quality[domain] == result.base.quality[domain]  # the weights are the base's
+        assert f"attack_{domain}" in result.stages
+    assert result.config["defense"]["rho"] == 0.4
     text = (tmp / "out" / "results.json").read_text()
     assert "down_blocks" not in text and "up_blocks" not in text  # no tensor names: the mask stays in key.pt
     json.loads(text)
@@ -201,12 +205,12 @@ def test_freezeasguard_experiment_reports_both_domains_and_keeps_the_mask_secret
 
 @pytest.mark.slow
 def test_freezeasguard_mask_is_keyed_by_name_and_cached_apart_from_the_simulated_user(freeze_run):
-    exp, ctx, results, tmp = freeze_run
+    exp, ctx, result, tmp = freeze_run
     (key_file,) = (tmp / "cache" / "protected").glob("*/key.pt")
     key = FreezeMask.load(key_file.parent)
     names = {n for n, _ in micro_source().build().named_parameters() if n.startswith("unet.")}
     assert set(key.mask) == names == set(key.scores)
-    assert len(key.frozen) == results["protect"]["mask"]["frozen_tensors"]
+    assert len(key.frozen) == result.protect["mask"]["frozen_tensors"]
     assert not (key_file.parent / "model").exists()  # weights unchanged: only the key is stored
     # another rho learns a new mask but reuses the simulated user's fine-tune
     users = list((tmp / "cache" / "simulated_user").iterdir())
@@ -222,19 +226,21 @@ def test_cli_freeze_experiment_attacks_each_domain(cli_env, tmp_path):
     """`experiment=freeze` end to end on the micro model: both domains attacked and scored, LoRA skips frozen modules."""
     small = [f"dataset.splits.{s}.size=48" for s in ("illegal", "legal", "attacker_illegal", "attacker_legal")]
     args = [
-        "experiment=freeze", "model=micro", "attack=lora", "logger=none", "progress=false", "defense.rho=0.7",
+        "run", "experiment=freeze", "model=micro", "attack=lora", "logger=none", "progress=false", "defense.rho=0.7",
         "defense.user_steps=10", "defense.steps=10", "defense.batch_size=8", "defense.user_batch_size=16",
         "attack.steps=4", "attack.batch_size=8", "eval.fid.num_samples=16", "eval.fid.kid_subset_size=8", *small,
+        f"hydra.run.dir={tmp_path}/run",
     ]  # fmt: skip
-    proc = run_cli(args, cli_env, tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    mask = results["protect"]["mask"]
+    proc = cli(args)
+    assert proc.code == 0, proc.stderr[-3000:]
+    result = RunResult.read(tmp_path / "run" / "results.json")
+    mask = result.protect["mask"]
     assert mask["frozen_tensors"] == round(0.7 * mask["total_tensors"])
-    for domain in ("illegal", "legal"):
-        cost = results["adaptation"][domain]["attack"]
-        assert cost["lora_modules"] + cost["lora_skipped_frozen"] > 0 and cost["lora_skipped_frozen"] >= 0
-        assert results["quality"][f"attacked_{domain}"][domain]["fid_shapesnet"] > 0
-    assert "frozen tensors / params" in proc.stdout
+    for domain, attack in result.attacks.items():
+        assert attack.cost["lora_modules"] > 0 and attack.cost["lora_skipped_frozen"] > 0
+        assert attack.model.quality[domain].fid > 0
+    assert "frozen tensors ratio" in proc.stdout and "rho" in proc.stdout
     table = sweep_table(tmp_path / "run")
-    assert "illegal: FID/KID attacked" in table and "| freezeasguard | 0.7 | lora |" in table
+    assert "FID/KID attacked (domain)" in table
+    assert table.count("| freezeasguard | lora | ") == 2  # one row per domain
+    assert "| freezeasguard | lora | illegal | 0.7 |" in table

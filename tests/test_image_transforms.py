@@ -6,7 +6,8 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from adaptguard.attacks.image_transforms import (
+from adaptguard.core.errors import ConfigError
+from adaptguard.data.distortions import (
     IMAGE_TRANSFORMS,
     ColorJitter,
     Crop,
@@ -19,7 +20,6 @@ from adaptguard.attacks.image_transforms import (
     make_image_transform,
     make_image_transforms,
 )
-from adaptguard.errors import ConfigError
 
 SIZE = 32
 
@@ -194,8 +194,8 @@ def test_defaults_follow_sleepermark_evaluation():
         ("jpg", ["'jpg'", "jpeg", "sharpness"]),  # unknown name lists the valid names
         ({"name": "nope"}, ["'nope'", "blur"]),
         ({"quality": 30}, ["'name'", "jpeg"]),
-        ({"name": "jpeg", "qualty": 30}, ["jpeg", "qualty", "valid fields: quality"]),
-        ({"name": "jpeg", "quality": 0}, ["image attack jpeg: quality must be in [1, 100], got 0"]),
+        ({"name": "jpeg", "qualty": 30}, ["eval.image_attacks.jpeg.qualty: unknown key", "valid keys: quality"]),
+        ({"name": "jpeg", "quality": 0}, ["eval.image_attacks.jpeg.quality: must be in [1, 100], got 0"]),
         ({"name": "jpeg", "quality": 101}, ["quality", "101"]),
         ({"name": "jpeg", "quality": 50.5}, ["quality", "integer"]),
         ({"name": "blur", "kernel_size": 4}, ["blur", "kernel_size", "odd"]),
@@ -205,7 +205,7 @@ def test_defaults_follow_sleepermark_evaluation():
         ({"name": "resize", "scale": 1.5}, ["resize", "scale", "(0, 1]"]),
         ({"name": "crop", "keep": 0}, ["crop", "keep"]),
         ({"name": "color", "contrast": [1.2, 0.8]}, ["color", "contrast"]),
-        ({"name": "color", "saturation": 0.5}, ["color", "saturation", "pair"]),
+        ({"name": "color", "saturation": 0.5}, ["color", "saturation", "expected a list"]),
         ({"name": "sharpness", "factor": -1}, ["sharpness", "factor"]),
         (42, ["name", "mapping"]),
     ],

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from adaptguard.attacks import FineTuneConstraint, Int8Quantize, MagnitudePrune, WeightNoise
+from adaptguard.attacks import Int8Quantize, MagnitudePrune, WeightNoise
 from adaptguard.attacks.perturb import editable_weights
-from adaptguard.errors import ConfigError
-
-from .conftest import params_equal
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.errors import ConfigError
+from tests.helpers import params_equal
 
 
 def _frozen(model) -> FineTuneConstraint:

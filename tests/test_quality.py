@@ -3,11 +3,10 @@
 import pytest
 import torch
 
+from adaptguard.core.errors import ConfigError
 from adaptguard.data.shapes import ShapesDataModule
-from adaptguard.errors import ConfigError
 from adaptguard.metrics.quality import QualityEvaluator
-
-from .conftest import model_source
+from tests.helpers import model_source
 
 
 def test_domain_fid_ranks_the_pretrained_tiny_model_above_random_init(ctx):
@@ -15,12 +14,15 @@ def test_domain_fid_ranks_the_pretrained_tiny_model_above_random_init(ctx):
     source = model_source("tiny")
     data = ShapesDataModule(resolution=32, splits={"eval": {"offset": 9000, "size": 64}})
     ev = QualityEvaluator(num_samples=64, kid_subset_size=32, kid_subsets=20)
-    good, images = ev.evaluate(source.load(ctx), data, "eval", ctx)
-    bad, _ = ev.evaluate(source.build(), data, "eval", ctx)
-    assert set(good) == {"fid_shapesnet", "kid_shapesnet_mean", "kid_shapesnet_std", "num_samples"}
+    pretrained, random_init = source.load(ctx), source.build()
+    pretrained.sampler.steps = random_init.sampler.steps = 10  # the ranking, not the best FID
+    good, images = ev.evaluate(pretrained, data, "eval", ctx)
+    bad, _ = ev.evaluate(random_init, data, "eval", ctx)
+    assert set(good.metrics()) == {"fid_shapesnet", "kid_shapesnet_mean", "kid_shapesnet_std"}
+    assert good.extractor == "shapesnet" and good.num_samples == 64 and good.split == "eval"
     assert images.shape == (64, 3, 32, 32)
-    assert good["fid_shapesnet"] < 0.5 * bad["fid_shapesnet"], (good, bad)
-    assert good["kid_shapesnet_mean"] < 0.5 * bad["kid_shapesnet_mean"], (good, bad)
+    assert good.fid < 0.5 * bad.fid, (good, bad)
+    assert good.kid_mean < 0.5 * bad.kid_mean, (good, bad)
 
 
 def test_quality_is_reproducible(micro_base, micro_data, ctx):
@@ -53,8 +55,8 @@ def inception_weights(tmp_path, monkeypatch):
 def test_inception_features_from_a_local_weights_file(inception_weights, micro_base, micro_data, ctx):
     ev = QualityEvaluator(num_samples=8, kid_subset_size=4, kid_subsets=4, feature="inception",
                           weights_path=str(inception_weights))  # fmt: skip
-    metrics, _ = ev.evaluate(micro_base, micro_data, "eval", ctx)
-    assert "fid_inception" in metrics and torch.isfinite(torch.tensor(metrics["fid_inception"]))
+    report, _ = ev.evaluate(micro_base, micro_data, "eval", ctx)
+    assert report.extractor == "inception" and torch.isfinite(torch.tensor(report.fid))
 
 
 def test_missing_inception_weights_is_a_clear_error(micro_data, ctx, tmp_path, monkeypatch):

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
+from adaptguard.core.errors import ConfigError
 from adaptguard.data.shapes import ShapesDataModule
-from adaptguard.errors import ConfigError
 
 
 def test_deterministic_by_seed_and_different_across_seeds():
-    a = ShapesDataModule(splits={"s": {"size": 8}}, seed=3).dataset("s")
-    b = ShapesDataModule(splits={"s": {"size": 8}}, seed=3).dataset("s")
-    c = ShapesDataModule(splits={"s": {"size": 8}}, seed=4).dataset("s")
+    a = ShapesDataModule(splits={"s": {"size": 8}}, world={"seed": 3}).dataset("s")
+    b = ShapesDataModule(splits={"s": {"size": 8}}, world={"seed": 3}).dataset("s")
+    c = ShapesDataModule(splits={"s": {"size": 8}}, world={"seed": 4}).dataset("s")
     assert all(torch.equal(a[i]["image"], b[i]["image"]) for i in range(8))
     assert [a.caption(i) for i in range(8)] == [b.caption(i) for i in range(8)]
     assert [a.caption(i) for i in range(8)] != [c.caption(i) for i in range(8)]

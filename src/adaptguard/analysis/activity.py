@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from adaptguard.analysis.blocks import Block, block_parameters, unet_blocks
-from adaptguard.errors import ConfigError
+from adaptguard.core.errors import ConfigError
 
 
 @dataclass

@@ -1,15 +1,15 @@
-from adaptguard.attacks.base import Attack, EvalDomain
-from adaptguard.attacks.constraint import FineTuneConstraint
+"""Attacks: adaptations of a published model (fine-tuning, DreamBooth, weight edits)."""
+
+from adaptguard.attacks.base import Attack
 from adaptguard.attacks.dreambooth import DreamBooth
-from adaptguard.attacks.finetune import FullFineTune, LoraFineTune
+from adaptguard.attacks.finetune import FineTuning, FullFineTune, LoraFineTune
 from adaptguard.attacks.none import NoAttack
 from adaptguard.attacks.perturb import Int8Quantize, MagnitudePrune, WeightNoise
 
 __all__ = [
     "Attack",
     "DreamBooth",
-    "EvalDomain",
-    "FineTuneConstraint",
+    "FineTuning",
     "FullFineTune",
     "Int8Quantize",
     "LoraFineTune",

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields, is_dataclass, replace
-from typing import Any
+from dataclasses import asdict, fields, is_dataclass, replace
+from typing import Any, ClassVar
 
-from adaptguard.attacks.constraint import FineTuneConstraint
-from adaptguard.context import RunContext
+from adaptguard.core.config import Validated, secret_fields
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.context import RunContext
+from adaptguard.core.domains import EvalDomain
+from adaptguard.core.redact import redact
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.models.bundle import DiffusionModel
 
 
-@dataclass(frozen=True)
-class EvalDomain:
-    """Where an attack's success is scored: FID/KID of samples on ``data``'s ``split``."""
+class Attack(Validated, ABC):
+    """An adaptation of the published model. Subclasses are dataclasses whose fields are the ``attack.*`` keys."""
 
-    name: str
-    data: CaptionedImageDataModule
-    split: str
-
-
-class Attack(ABC):
+    config_key: ClassVar[str] = "attack"
     name: str = "attack"
+    adapts: ClassVar[bool] = True  # False: the control (the model is used as published)
 
     @abstractmethod
     def run(
@@ -34,15 +32,30 @@ class Attack(ABC):
     ) -> DiffusionModel:
         """Return the attacked model; ``model`` itself must be left unchanged."""
 
+    @property
+    def train_split(self) -> str | None:
+        """The dataset split the attack trains on; None when it trains on no split (weight edits, a folder)."""
+        return self.split if self._has_split() else None
+
+    @property
+    def training_steps(self) -> int | None:
+        """Optimizer steps the attack trains for; None for attacks that do not train (weight edits)."""
+        return None
+
+    def snapshot(self, model: DiffusionModel) -> DiffusionModel:
+        """The model under training as the attacker would publish it now (mid-training probes evaluate this)."""
+        return model
+
+    def _has_split(self) -> bool:
+        return is_dataclass(self) and any(f.name == "split" for f in fields(self))
+
     def on_split(self, split: str) -> Attack:
         """The same attack trained on ``split`` (one run per adaptation domain); data-free attacks return self."""
-        if is_dataclass(self) and any(f.name == "split" for f in fields(self)):
-            return replace(self, split=split)
-        return self
+        return replace(self, split=split) if self._has_split() else self
 
     def check_data(self, data: CaptionedImageDataModule) -> None:
         """Raise a ConfigError for missing data before any long work; data-free attacks need nothing."""
-        if is_dataclass(self) and any(f.name == "split" for f in fields(self)):
+        if self._has_split():
             data.spec(self.split)
 
     def eval_domain(self, data: CaptionedImageDataModule, resolution: int) -> EvalDomain | None:
@@ -51,6 +64,10 @@ class Attack(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **(asdict(self) if is_dataclass(self) else {})}
+
+    def public_config(self) -> dict[str, Any]:
+        """``describe()`` with secret fields redacted."""
+        return redact(self.describe(), secret_fields(type(self)))
 
     def cost(self) -> dict[str, Any]:
         """Cost of the last run (trainable parameters, step time, ...); empty if free."""

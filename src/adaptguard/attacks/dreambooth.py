@@ -12,64 +12,63 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch.utils.data import DataLoader
 
-from adaptguard.artifacts import weights_sha256
-from adaptguard.attacks.base import EvalDomain
-from adaptguard.attacks.constraint import FineTuneConstraint
-from adaptguard.attacks.finetune import FullFineTune, LoraFineTune
-from adaptguard.context import RunContext
+from adaptguard.attacks.finetune import FineTuning, LoraOptions
+from adaptguard.core.artifacts import weights_sha256
+from adaptguard.core.config import setting
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.context import RunContext
+from adaptguard.core.domains import EvalDomain
+from adaptguard.core.errors import ConfigError, require
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.data.subject import PriorPairs, PromptedImages, SubjectDataModule, load_image_folder
-from adaptguard.errors import ConfigError, require
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training.module import Objective
+from adaptguard.models.lora import merge_lora
+from adaptguard.training import Objective
 
 log = logging.getLogger(__name__)
 CLASS_IMAGE_SEED_OFFSET = 800
 
 
 @dataclass
-class DreamBooth(LoraFineTune):
+class DreamBooth(LoraOptions, FineTuning):
     """Learn a subject from ``instance_dir`` (or the dataset split ``instance_split``)."""
 
     instance_dir: str | None = None  # folder of subject images; None: the dataset's instance_split
     instance_split: str = "instance"
-    instance_prompt: str | None = None  # None: the dataset's subject prompts (``subject_prompts``)
-    class_prompt: str | None = None
+    instance_prompt: str | None = setting(None, nonempty=True)  # None: the dataset's subject prompts
+    class_prompt: str | None = setting(None, nonempty=True)
     with_prior_preservation: bool = True
-    prior_loss_weight: float = 1.0
-    num_class_images: int = 100
+    prior_loss_weight: float = setting(1.0, ge=0)
+    num_class_images: int = setting(100, ge=1)
     lora: bool = False  # train LoRA adapters instead of the whole UNet
-    steps: int = 400
-    batch_size: int = 1
-    lr: float = 5e-6
-    max_grad_norm: float | None = 1.0
-    save: str | None = None
+    steps: int = setting(400, ge=1)
+    batch_size: int = setting(1, ge=1)
+    lr: float = setting(5e-6, gt=0)
+    max_grad_norm: float | None = setting(1.0, gt=0)
 
     name: str = "dreambooth"
+    save_modes: ClassVar[tuple[str, ...]] = ("merged", "adapter")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.instance_prompt is not None:
-            require(bool(self.instance_prompt.strip()), "attack.instance_prompt", "must not be empty")
-        if self.with_prior_preservation:
-            if self.class_prompt is not None:
-                require(bool(self.class_prompt.strip()), "attack.class_prompt", "must not be empty")
-            require(self.num_class_images >= 1, "attack.num_class_images", f"must be >= 1, got {self.num_class_images}")
-            require(
-                self.prior_loss_weight >= 0, "attack.prior_loss_weight", f"must be >= 0, got {self.prior_loss_weight}"
-            )
+        require(self.save != "adapter" or self.lora, "attack.save", "adapter needs attack.lora=true")
         self._instances: torch.Tensor | None = None
         self._cost_data: dict[str, Any] = {}
 
-    def save_modes(self) -> tuple[str, ...]:
-        return super().save_modes() if self.lora else FullFineTune.save_modes(self)
+    @property
+    def output_name(self) -> str:
+        return "subject"
+
+    @property
+    def train_split(self) -> str | None:
+        return None if self.instance_dir is not None else self.instance_split
 
     # -- data
     def resolve_prompts(self, data: CaptionedImageDataModule) -> tuple[str, str]:
@@ -156,18 +155,18 @@ class DreamBooth(LoraFineTune):
     def prepare(self, model: DiffusionModel, constraint: FineTuneConstraint | None) -> dict[str, Any]:
         info = dict(self._cost_data)
         if self.lora:
-            info.update(super().prepare(model, constraint))
+            info.update(self.add_adapters(model, constraint, self.train_text_encoder))
         return info
 
     def save_model(self, model: DiffusionModel, path: Path) -> Path:
-        return super().save_model(model, path) if self.lora else FullFineTune.save_model(self, model, path)
+        return self.save_adapters(model, path) if self.save == "adapter" else super().save_model(model, path)
 
     def finish(self, model: DiffusionModel) -> None:
-        if self.lora:
-            super().finish(model)
+        if self.lora and self.merge:
+            merge_lora(model)
 
     def snapshot(self, model: DiffusionModel) -> DiffusionModel:
-        return super().snapshot(model) if self.lora else model
+        return self.merged(model) if self.lora else model
 
 
 @dataclass

@@ -8,6 +8,7 @@ to model such an attacker should report it separately).
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +18,10 @@ from torch import nn
 from torch.nn.utils import prune
 
 from adaptguard.attacks.base import Attack
-from adaptguard.attacks.constraint import FineTuneConstraint
-from adaptguard.context import RunContext
-from adaptguard.errors import require
+from adaptguard.core.config import setting
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.context import RunContext
+from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.models.bundle import DiffusionModel
 
 
@@ -31,8 +33,27 @@ def editable_weights(model: DiffusionModel, constraint: FineTuneConstraint | Non
 
 
 class _WeightEdit(Attack):
+    """An attack that edits weights without data; ``edit`` changes the copy in place and returns its cost."""
+
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._cost: dict[str, Any] = {}
+
+    def run(
+        self,
+        model: DiffusionModel,
+        data: CaptionedImageDataModule,
+        constraint: FineTuneConstraint | None,
+        ctx: RunContext,
+    ) -> DiffusionModel:
+        attacked = model.clone()
+        with torch.no_grad():
+            self._cost = self.edit(attacked, constraint, ctx)
+        return attacked
+
+    @abstractmethod
+    def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
+        """Edit ``model`` in place (gradients off); returns what the edit did, for the cost report."""
 
     def cost(self) -> dict[str, Any]:
         return dict(self._cost)
@@ -42,29 +63,20 @@ class _WeightEdit(Attack):
 class MagnitudePrune(_WeightEdit):
     """Global magnitude pruning (torch.nn.utils.prune, L1 unstructured) of a share of the UNet weights."""
 
-    ratio: float = 0.3
+    ratio: float = setting(0.3, ge=0, lt=1)  # share of the editable weights set to zero
     name: str = "prune"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(
-            0.0 <= self.ratio < 1.0, "attack.ratio", f"share of weights to prune must be in [0, 1), got {self.ratio}"
-        )
-
-    def run(self, model, data, constraint, ctx) -> DiffusionModel:
-        attacked = model.clone()
-        targets = [module for _, module in editable_weights(attacked, constraint)]
+    def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
+        targets = [module for _, module in editable_weights(model, constraint)]
         if self.ratio > 0 and targets:
-            with torch.no_grad():
-                prune.global_unstructured(
-                    [(m, "weight") for m in targets], pruning_method=prune.L1Unstructured, amount=self.ratio
-                )
-                for m in targets:
-                    prune.remove(m, "weight")
+            prune.global_unstructured(
+                [(m, "weight") for m in targets], pruning_method=prune.L1Unstructured, amount=self.ratio
+            )
+            for m in targets:
+                prune.remove(m, "weight")
         total = sum(m.weight.numel() for m in targets)
         zeros = sum(int((m.weight == 0).sum()) for m in targets)
-        self._cost = {"pruned_weights": zeros, "editable_weights": total, "modules": len(targets)}
-        return attacked
+        return {"pruned_weights": zeros, "editable_weights": total, "modules": len(targets)}
 
 
 @dataclass
@@ -76,41 +88,31 @@ class Int8Quantize(_WeightEdit):
 
     name: str = "quantize"
 
-    def run(self, model, data, constraint, ctx) -> DiffusionModel:
-        attacked = model.clone()
+    def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
         err, count = 0.0, 0
-        with torch.no_grad():
-            for _, module in editable_weights(attacked, constraint):
-                w = module.weight.float()
-                scale = (w.abs().flatten(1).amax(1).clamp_min(1e-12) / 127.0).view(-1, *[1] * (w.dim() - 1))
-                q = torch.round(w / scale).clamp(-127, 127) * scale
-                err += float((q - w).pow(2).sum())
-                count += w.numel()
-                module.weight.copy_(q.to(module.weight.dtype))
-        self._cost = {"quantized_weights": count, "rms_error": (err / max(count, 1)) ** 0.5}
-        return attacked
+        for _, module in editable_weights(model, constraint):
+            w = module.weight.float()
+            scale = (w.abs().flatten(1).amax(1).clamp_min(1e-12) / 127.0).view(-1, *[1] * (w.dim() - 1))
+            q = torch.round(w / scale).clamp(-127, 127) * scale
+            err += float((q - w).pow(2).sum())
+            count += w.numel()
+            module.weight.copy_(q.to(module.weight.dtype))
+        return {"quantized_weights": count, "rms_error": (err / max(count, 1)) ** 0.5}
 
 
 @dataclass
 class WeightNoise(_WeightEdit):
     """Gaussian noise on every editable weight, ``sigma`` times that tensor's own standard deviation."""
 
-    sigma: float = 0.05
+    sigma: float = setting(0.05, ge=0)  # noise scale, in units of each tensor's own std
     name: str = "weight_noise"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.sigma >= 0, "attack.sigma", f"noise scale must be >= 0, got {self.sigma}")
-
-    def run(self, model, data, constraint, ctx: RunContext) -> DiffusionModel:
-        attacked = model.clone()
+    def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
         g = ctx.generator(offset=900)
         count = 0
-        with torch.no_grad():
-            for _, module in editable_weights(attacked, constraint):
-                w = module.weight
-                noise = torch.randn(w.shape, generator=g).to(w.device, w.dtype)
-                w.add_(self.sigma * w.float().std().to(w.dtype) * noise)
-                count += w.numel()
-        self._cost = {"perturbed_weights": count}
-        return attacked
+        for _, module in editable_weights(model, constraint):
+            w = module.weight
+            noise = torch.randn(w.shape, generator=g).to(w.device, w.dtype)
+            w.add_(self.sigma * w.float().std().to(w.dtype) * noise)
+            count += w.numel()
+        return {"perturbed_weights": count}

@@ -16,7 +16,8 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from adaptguard.errors import ConfigError
+from adaptguard.core.config import Rule, check_value
+from adaptguard.core.errors import ConfigError
 
 
 @dataclass
@@ -51,11 +52,23 @@ class SplitSpec:
         return all(attributes.get(k) in allowed for k, allowed in self.where.items())
 
 
+@dataclass
+class LabelledImages:
+    """Images with attribute labels, from which a domain feature extractor for FID/KID is trained.
+
+    ``train`` and ``test`` yield ``(image in [0, 1], label indices)``, one index per attribute
+    of ``labels`` (attribute -> its values, in index order).
+    """
+
+    labels: dict[str, list[str]]
+    train: Dataset
+    test: Dataset
+
+
 class CaptionedImageDataModule(L.LightningDataModule):
     """Base for all datasets: named splits, dataloaders, domain labels.
 
-    Subclasses implement :meth:`build_split`. ``train_split`` is what
-    ``train_dataloader`` serves when a Lightning Trainer drives the module directly.
+    Subclasses implement :meth:`build_split`; the callers choose batch sizes (each stage has its own).
     """
 
     name = "base"
@@ -63,20 +76,14 @@ class CaptionedImageDataModule(L.LightningDataModule):
     def __init__(
         self,
         splits: Mapping[str, Any] | None = None,
-        batch_size: int = 32,
         num_workers: int = 0,
-        train_split: str = "owner",
-        seed: int = 0,
         name: str | None = None,
     ) -> None:
         super().__init__()
         if name:
             self.name = name
         self.splits = {name: SplitSpec.parse(name, spec) for name, spec in (splits or {}).items()}
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.train_split = train_split
-        self.seed = seed
+        self.num_workers = check_value("dataset.num_workers", num_workers, int, Rule(ge=0))
         self._datasets: dict[str, Dataset] = {}
 
     # -- to implement
@@ -85,18 +92,18 @@ class CaptionedImageDataModule(L.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         """JSON-able description used in cache keys: what data a model was trained on."""
-        return {
-            "name": self.name,
-            "splits": {k: vars(v) for k, v in sorted(self.splits.items())},
-            "seed": self.seed,
-        }
+        return {"name": self.name, "splits": {k: vars(v) for k, v in sorted(self.splits.items())}}
 
     def data_report(self) -> dict[str, Any]:
         """Facts for results.json (e.g. images skipped as unreadable); empty for generated data."""
         return {}
 
     def feature_extractor_spec(self) -> dict[str, Any] | None:
-        """A domain feature extractor for FID/KID, or None to use InceptionV3."""
+        """What identifies this dataset's domain feature extractor for FID/KID (a cache key); None: InceptionV3."""
+        return None
+
+    def feature_training_data(self) -> LabelledImages | None:
+        """The labelled images that extractor is trained on (when ``feature_extractor_spec`` is not None)."""
         return None
 
     def check(self) -> None:
@@ -124,22 +131,16 @@ class CaptionedImageDataModule(L.LightningDataModule):
             self._datasets[split] = ds
         return self._datasets[split]
 
-    def dataloader(
-        self, split: str, batch_size: int | None = None, shuffle: bool = True, drop_last: bool = True
-    ) -> DataLoader:
+    def dataloader(self, split: str, batch_size: int, shuffle: bool = True, drop_last: bool = True) -> DataLoader:
         ds = self.dataset(split)
-        bs = batch_size or self.batch_size
         return DataLoader(
             ds,
-            batch_size=min(bs, len(ds)),
+            batch_size=min(batch_size, len(ds)),
             shuffle=shuffle,
-            drop_last=drop_last and len(ds) >= bs,
+            drop_last=drop_last and len(ds) >= batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self.dataloader(self.train_split)
 
     def captions(self, split: str, n: int, seed: int = 0) -> list[str]:
         """``n`` captions from a split (deterministic), used as prompts for evaluation."""

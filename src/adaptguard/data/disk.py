@@ -23,8 +23,9 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from tqdm.auto import tqdm
 
+from adaptguard.core.config import Rule, check_value
+from adaptguard.core.errors import DataError
 from adaptguard.data.base import CaptionedImageDataModule, SplitSpec
-from adaptguard.errors import DataError
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -146,11 +147,14 @@ class DiskDataModule(CaptionedImageDataModule):
         max_images: int | None = None,
         domain_attribute: str = "class",
         all_captions: bool = False,
+        split_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.root = Path(root).expanduser() if root else None
-        self.resolution = resolution
+        self.resolution = check_value("dataset.resolution", resolution, int, Rule(ge=4))
+        self.split_seed = check_value("dataset.split_seed", split_seed, int)
+        max_images = check_value("dataset.max_images", max_images, int | None, Rule(ge=1))
         self.center_crop = center_crop
         self.random_flip = random_flip
         self.max_images = max_images
@@ -176,7 +180,7 @@ class DiskDataModule(CaptionedImageDataModule):
             records = self.load_records(self.root)
             if not records:
                 raise self.missing(f"no images found under {self.root}")
-            order = np.random.default_rng(self.seed).permutation(len(records))  # deterministic subsampling
+            order = np.random.default_rng(self.split_seed).permutation(len(records))  # deterministic subsampling
             if self.max_images is not None:
                 order = order[: self.max_images]
             self._records = [records[i] for i in order]
@@ -194,6 +198,7 @@ class DiskDataModule(CaptionedImageDataModule):
             "random_flip": self.random_flip,
             "max_images": self.max_images,
             "all_captions": self.all_captions,
+            "split_seed": self.split_seed,
         }
 
     def build_split(self, name: str, spec: SplitSpec) -> Dataset:

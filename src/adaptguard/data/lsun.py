@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from adaptguard.core.errors import ConfigError
 from adaptguard.data.disk import DiskDataModule, Record, image_files
-from adaptguard.errors import ConfigError
 
 FORMATS = ("auto", "lmdb", "folder")
 

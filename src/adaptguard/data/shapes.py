@@ -16,8 +16,9 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from adaptguard.data.base import CaptionedImageDataModule, SplitSpec, subsample
-from adaptguard.errors import ConfigError
+from adaptguard.core.config import Rule, check_value
+from adaptguard.core.errors import ConfigError
+from adaptguard.data.base import CaptionedImageDataModule, LabelledImages, SplitSpec, subsample
 
 PALETTE = {
     "red": (220, 40, 40),
@@ -52,7 +53,7 @@ def _luma(rgb: tuple[int, int, int]) -> float:
 
 @dataclass
 class ShapesWorld:
-    """The attribute vocabulary and the renderer."""
+    """The attribute vocabulary and the renderer; ``seed`` fixes which shape item ``i`` of the stream is."""
 
     seed: int = 0
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
@@ -167,6 +168,21 @@ class ShapesDataset(Dataset):
         }
 
 
+class _Labelled(Dataset):
+    """Shapes items as (image in [0, 1], attribute-index tensor) pairs."""
+
+    def __init__(self, ds: ShapesDataset, labels: dict[str, list[str]]) -> None:
+        self.ds, self.labels = ds, labels
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.ds.attributes(i)
+        y = torch.tensor([values.index(a[k]) for k, values in self.labels.items()])
+        return self.ds[i]["image"] * 0.5 + 0.5, y
+
+
 class ShapesDataModule(CaptionedImageDataModule):
     """Procedural captioned shapes; splits filter on kind / colour / background / size / position."""
 
@@ -183,14 +199,14 @@ class ShapesDataModule(CaptionedImageDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.instance_prompt = instance_prompt
-        self.class_prompt = class_prompt
+        self.instance_prompt = check_value("dataset.instance_prompt", instance_prompt, str, Rule(nonempty=True))
+        self.class_prompt = check_value("dataset.class_prompt", class_prompt, str, Rule(nonempty=True))
         if domain_attribute not in ATTRIBUTES:
             raise ConfigError(f"dataset.domain_attribute: {domain_attribute!r} is not one of {ATTRIBUTES}")
-        self.resolution = resolution
-        self.world = world if isinstance(world, ShapesWorld) else ShapesWorld(seed=self.seed, **dict(world or {}))
+        self.resolution = check_value("dataset.resolution", resolution, int, Rule(ge=4))
+        self.world = world if isinstance(world, ShapesWorld) else ShapesWorld(**dict(world or {}))
         self.domain_attribute = domain_attribute
-        self.default_split_size = default_split_size
+        self.default_split_size = check_value("dataset.default_split_size", default_split_size, int, Rule(ge=1))
         for name, spec in self.splits.items():
             for attr, allowed in spec.where.items():
                 if attr not in ATTRIBUTES:
@@ -213,6 +229,17 @@ class ShapesDataModule(CaptionedImageDataModule):
 
     def feature_extractor_spec(self) -> dict[str, Any]:
         return {"kind": "shapes", "resolution": self.resolution, "world": vars(self.world)}
+
+    def feature_training_data(self) -> LabelledImages:
+        """Fresh images far down the stream (the extractor never sees what models train on), labelled
+        with every attribute."""
+        labels = {k: self.world.values(k) for k in ATTRIBUTES}
+        stream = ShapesDataModule(resolution=self.resolution, world=self.world,
+                                  splits={"train": {"offset": 500_000, "size": 8192},
+                                          "test": {"offset": 600_000, "size": 1024}})  # fmt: skip
+        return LabelledImages(
+            labels, _Labelled(stream.dataset("train"), labels), _Labelled(stream.dataset("test"), labels)
+        )
 
     def subject_prompts(self) -> tuple[str, str]:
         return self.instance_prompt, self.class_prompt

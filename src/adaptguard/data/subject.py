@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from adaptguard.data.base import CaptionedImageDataModule, SplitSpec
+from adaptguard.core.errors import ConfigError
+from adaptguard.data.base import CaptionedImageDataModule, LabelledImages, SplitSpec
 from adaptguard.data.disk import IMAGE_SUFFIXES, image_transform
-from adaptguard.errors import ConfigError
 
 
 def load_image_folder(path: str | Path, resolution: int, key: str) -> torch.Tensor:
@@ -83,7 +83,7 @@ class SubjectDataModule(CaptionedImageDataModule):
     SPLIT = "subject"
 
     def __init__(self, images: torch.Tensor, prompt: str, parent: CaptionedImageDataModule, min_items: int = 512):
-        super().__init__(splits={self.SPLIT: {}}, num_workers=0, seed=parent.seed)
+        super().__init__(splits={self.SPLIT: {}}, num_workers=0)
         self.images = images
         self.prompt = prompt
         self.parent = parent
@@ -94,6 +94,9 @@ class SubjectDataModule(CaptionedImageDataModule):
 
     def feature_extractor_spec(self) -> Mapping[str, Any] | None:
         return self.parent.feature_extractor_spec()  # same image domain as the attacked model's data
+
+    def feature_training_data(self) -> LabelledImages | None:
+        return self.parent.feature_training_data()
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "prompt": self.prompt, "images": len(self.images)}

@@ -1,6 +1,8 @@
+"""Defenses: protections of a published model (watermarks, freezing masks) and their verification."""
+
 from adaptguard.defenses.aiao import AIAODefense, AIAOKey
 from adaptguard.defenses.backdoor import BackdoorDefense, BackdoorKey
-from adaptguard.defenses.base import Defense, OutputWatermark, Protected, SecretKey
+from adaptguard.defenses.base import Defense, OutputWatermark
 from adaptguard.defenses.freezeasguard import FreezeAsGuardDefense
 from adaptguard.defenses.freezing import FreezeMask, FreezingDefense
 from adaptguard.defenses.none import NoDefense
@@ -16,11 +18,9 @@ __all__ = [
     "FreezeAsGuardDefense",
     "FreezeMask",
     "FreezingDefense",
-    "OutputWatermark",
-    "Protected",
-    "RandomFreezeDefense",
-    "SecretKey",
     "NoDefense",
+    "OutputWatermark",
+    "RandomFreezeDefense",
     "SleeperMarkDefense",
     "SleeperMarkKey",
 ]

@@ -15,27 +15,25 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from adaptguard.analysis.activity import ActivityReport, layer_activity
 from adaptguard.analysis.blocks import Block, block_parameters, unet_blocks
-from adaptguard.context import RunContext
+from adaptguard.core.config import setting
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
+from adaptguard.core.keys import Protected, SecretKey
+from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import Defense, Protected, SecretKey
+from adaptguard.defenses.base import Defense
 from adaptguard.defenses.subpath_hooks import BlockSecret, SubpathHooks
-from adaptguard.errors import ConfigError, require_fractions
-from adaptguard.metrics.stats import (
-    Verification,
-    binomial_tail,
-    bit_match_verification,
-    calibrate_threshold,
-)
+from adaptguard.metrics.stats import binomial_tail, bit_match_verification, calibrate_threshold
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training import DenoisingModule, OptimConfig, final_terms
+from adaptguard.training import OptimConfig, TrainSettings, finetune
 
 log = logging.getLogger(__name__)
 _SEED_MOD = 2**62
@@ -76,53 +74,41 @@ def all_pairs(candidates: list[int]) -> list[tuple[int, int]]:
 @dataclass
 class AIAODefense(Defense):
     # which blocks (probe fine-tune on the owner's data -> busy / lazy)
-    layers: str = "lazy"  # lazy | busy: where subpaths live (busy: the ablation)
-    busy_fraction: float = 0.2
-    probe_steps: int = 100
-    probe_lr: float = 1e-4
+    layers: Literal["lazy", "busy"] = "lazy"  # where subpaths live (busy: the ablation)
+    busy_fraction: float = setting(0.2, gt=0, lt=1)
+    probe_steps: int = setting(100, ge=1)
+    probe_lr: float = setting(1e-4, gt=0)
     monte_carlo: bool = True  # false: one fixed subpath drawn from the key (the ablation)
-    trainable: str = "candidates"  # candidates | unet: which weights the embedding may change
+    trainable: Literal["candidates", "unet"] = "candidates"  # which weights the embedding may change
     # key material
-    mask_ratio: float = 0.05
-    pattern_scale: float = 3.0  # trigger values, in units of the block's feature std
-    response_bits: int = 64
-    key_seed: int | None = field(default=None, repr=False)  # None: a fresh random key (kept in the artifact cache)
+    mask_ratio: float = setting(0.05, gt=0, le=1)
+    pattern_scale: float = setting(3.0, gt=0)  # trigger values, in units of the block's feature std
+    response_bits: int = setting(64, ge=1)
+    key_seed: int | None = setting(None, secret=True)  # None: a fresh random key (kept in the artifact cache)
     # embedding
-    steps: int = 400
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0  # decay would move every trainable weight, watermark or not
-    subpaths_per_step: int = 8  # S
-    lambda_wm: float = 0.5
-    lambda_null: float = 2.0
-    margin: float = 1.0  # hinge margin on r_j * h_j / std_j
-    empty_prompt_p: float = 0.5  # arbitrary inputs: share of empty prompts
-    pure_noise_p: float = 0.5  # arbitrary inputs: share of pure-noise latents
+    steps: int = setting(400, ge=1)
+    batch_size: int = setting(32, ge=1)
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(0.0, ge=0)  # decay would move every trainable weight, watermark or not
+    subpaths_per_step: int = setting(8, ge=1)  # S
+    lambda_wm: float = setting(0.5, ge=0)
+    lambda_null: float = setting(2.0, ge=0)
+    margin: float = setting(1.0, ge=0)  # hinge margin on r_j * h_j / std_j
+    empty_prompt_p: float = setting(0.5, ge=0, le=1)  # arbitrary inputs: share of empty prompts
+    pure_noise_p: float = setting(0.5, ge=0, le=1)  # arbitrary inputs: share of pure-noise latents
     split: str = "owner"
     # verification (white-box)
-    num_subpaths: int = 64  # K trials
-    alpha: float = 1e-3  # per-trial binomial test
-    model_fpr: float = 1e-3  # model-level false-positive target
-    calibration_keys: int = 32  # random keys on the never-watermarked model -> rate threshold
-    null_keys: int = 16  # random sign vectors each trial is also scored against
-    verify_batch_size: int = 64
+    num_subpaths: int = setting(64, ge=1)  # K trials
+    alpha: float = setting(1e-3, gt=0, lt=1)  # per-trial binomial test
+    model_fpr: float = setting(1e-3, gt=0, lt=1)  # model-level false-positive target
+    calibration_keys: int = setting(32, ge=1)  # random keys on the never-watermarked model -> rate threshold
+    null_keys: int = setting(16, ge=1)  # random sign vectors each trial is also scored against
+    verify_batch_size: int = setting(64, ge=1)
     verify_prompt: str = ""
 
     name: str = "aiao"
-    key_type = AIAOKey
-
-    def __post_init__(self) -> None:
-        if self.layers not in ("lazy", "busy"):
-            raise ConfigError(f"defense.layers: 'lazy' or 'busy', got {self.layers!r}")
-        if self.trainable not in ("candidates", "unet"):
-            raise ConfigError(f"defense.trainable: 'candidates' or 'unet', got {self.trainable!r}")
-        require_fractions("defense", self, "busy_fraction")
-        if not 0 < self.mask_ratio <= 1:
-            raise ConfigError(f"defense.mask_ratio: must be in (0, 1], got {self.mask_ratio}")
-        require_fractions("defense", self, "alpha", "model_fpr")
-        for key in ("steps", "num_subpaths", "subpaths_per_step", "response_bits", "probe_steps", "calibration_keys"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"defense.{key}: must be >= 1, got {getattr(self, key)}")
+    key_type: ClassVar[type[SecretKey]] = AIAOKey
+    verification: ClassVar[Literal["none", "weights", "images"]] = "weights"
 
     # ------------------------------------------------------------------ key
     def secrets_for(self, key: AIAOKey, blocks: list[Block]) -> dict[int, BlockSecret]:
@@ -162,12 +148,10 @@ class AIAODefense(Defense):
     # ------------------------------------------------------------------ protect
     def probe_activity(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> ActivityReport:
         """A short full fine-tune on the owner's (non-trigger) data; which blocks move?"""
-        from adaptguard.attacks.finetune import FullFineTune
-
-        probe = FullFineTune(steps=self.probe_steps, lr=self.probe_lr, batch_size=self.batch_size, split=self.split)
-        tuned = probe.run(model, data, None, ctx)
+        settings = TrainSettings(self.probe_steps, OptimConfig(lr=self.probe_lr), log_prefix="probe")
+        tuned = finetune(model, data.dataloader(self.split, self.batch_size), settings, ctx)
         blocks = unet_blocks(model.unet, model.latent_shape)
-        return layer_activity(model.unet, tuned.unet, blocks, self.busy_fraction)
+        return layer_activity(model.unet, tuned.model.unet, blocks, self.busy_fraction)
 
     @torch.no_grad()
     def feature_scales(self, model: DiffusionModel, blocks: list[Block], data: CaptionedImageDataModule) -> list[float]:
@@ -184,38 +168,28 @@ class AIAODefense(Defense):
         candidates = self.choose_candidates(activity)
         key = self.make_key(candidates, self.feature_scales(model, blocks, data))
         key.rate_threshold, calibration = self.calibrate(model, key, blocks, ctx)
-
-        protected = model.clone()
-        protected.requires_grad_(False)
-        trainable = _trainable_params(protected, blocks, candidates, self.trainable)
-        for p in trainable:
-            p.requires_grad_(True)
-        teacher = model.unet  # frozen original: the untriggered target
-        teacher.requires_grad_(False)
+        teacher = model.unet.requires_grad_(False)  # the frozen original: the untriggered target
         objective = _EmbeddingObjective(self, key, blocks, teacher, seed=ctx.seed)
         loader = data.dataloader(self.split, self.batch_size)
-        module = DenoisingModule(
-            protected,
-            OptimConfig(lr=self.lr, weight_decay=self.weight_decay),
-            objective=objective,
-            log_prefix="protect",
-            max_steps=self.steps,
+        settings = TrainSettings(
+            self.steps, OptimConfig(lr=self.lr, weight_decay=self.weight_decay), log_prefix="protect"
         )
-        trainer = ctx.fit(module, loader, self.steps)
-        protected.requires_grad_(False)
-        metrics = final_terms(trainer, "protect")
+        tuned = finetune(
+            model, loader, settings, ctx, objective=objective,
+            trainable=lambda m: _trainable_params(m, blocks, candidates, self.trainable),
+        )  # fmt: skip
         info = {
             "steps": self.steps,
-            "final_losses": metrics,
+            "final_losses": tuned.losses,
             "blocks": [b.name for b in blocks],
             "activity": activity.activity,
             "busy": activity.busy,
             "candidates": candidates,
             "rate_threshold": key.rate_threshold,
             "calibration": calibration,
-            "trainable_params": sum(p.numel() for p in trainable),
+            "trainable_params": tuned.cost["trainable_params"],
         }
-        return Protected(protected, key, info)
+        return Protected(tuned.model, key, info)
 
     # ------------------------------------------------------------------ verify
     def calibrate(
@@ -269,17 +243,17 @@ class AIAODefense(Defense):
         signs = torch.stack([sec[j].response_sign for j in pairs[:, 1].tolist()])
         agree = (torch.sign(values) == signs).sum(1)
         n_bits = signs.shape[1]
-        details = {}
+        figures = {}
         if untriggered:
             plain_agree = (torch.sign(torch.cat(plain)) == signs).sum(1)
             control = bit_match_verification(plain_agree.tolist(), n_bits, self.alpha, self.model_fpr)
-            details = {"untriggered_rate": control.rate, "untriggered_bit_accuracy": control.details["bit_accuracy"]}
+            figures = {"untriggered_rate": control.rate, "untriggered_bit_accuracy": control.figures["bit_accuracy"]}
         # random sign vectors are independent of the model: exact Binomial(n_bits, 1/2) null scores
         rand = (
             torch.randint(0, 2, (self.null_keys, n_bits), generator=torch.Generator().manual_seed(4242)).float() * 2 - 1
         )
         null = (torch.sign(values)[:, None, :] == rand[None]).sum(-1).flatten()
-        ver = bit_match_verification(agree.tolist(), n_bits, self.alpha, self.model_fpr, null.tolist(), details)
+        ver = bit_match_verification(agree.tolist(), n_bits, self.alpha, self.model_fpr, null.tolist(), figures)
         return ver, pairs
 
     def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:

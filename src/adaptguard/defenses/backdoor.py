@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import secrets
 import string
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from adaptguard.context import RunContext
+from adaptguard.core.config import setting
+from adaptguard.core.context import RunContext
+from adaptguard.core.keys import Protected, SecretKey
+from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import OutputWatermark, Protected, SecretKey
-from adaptguard.errors import ConfigError, require_fractions
-from adaptguard.metrics.stats import Verification, bit_match_verification, random_key_matches
+from adaptguard.defenses.base import OutputWatermark
+from adaptguard.metrics.stats import bit_match_verification, random_key_matches
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training import DenoisingModule, OptimConfig
+from adaptguard.training import OptimConfig, TrainSettings, finetune
 
 TRIGGER_ALPHABET = string.ascii_letters + string.digits + "*[]&#@%"
 
@@ -71,34 +73,26 @@ class _TriggerMix(Dataset):
 @dataclass
 class BackdoorDefense(OutputWatermark):
     # embedding
-    steps: int = 600
-    batch_size: int = 32
-    lr: float = 2e-4
-    trigger_fraction: float = 0.4
+    steps: int = setting(600, ge=1)
+    batch_size: int = setting(32, ge=1)
+    lr: float = setting(2e-4, gt=0)
+    trigger_fraction: float = setting(0.4, gt=0, lt=1)
     split: str = "owner"
     # key
-    trigger: str | None = None  # None: a random secret trigger drawn with the key
-    trigger_length: int = 8
-    grid: int = 8
-    key_seed: int | None = field(default=None, repr=False)  # None: a fresh random key (kept in the artifact cache)
+    trigger: str | None = setting(None, nonempty=True, secret=True)  # None: a random secret trigger drawn with the key
+    trigger_length: int = setting(8, ge=1)
+    grid: int = setting(8, ge=2)
+    key_seed: int | None = setting(None, secret=True)  # None: a fresh random key (kept in the artifact cache)
     # verification
-    num_samples: int = 32
-    fpr: float = 1e-3  # per image
-    model_fpr: float = 1e-3  # model-level decision
-    null_keys: int = 63  # random keys each image is also scored against (null distribution)
-    sample_steps: int | None = None
-    guidance_scale: float | None = 1.0  # verification sampling; None: the model's (CFG pulls away from the target)
+    num_samples: int = setting(32, ge=1)
+    fpr: float = setting(1e-3, gt=0, lt=1)  # per image
+    model_fpr: float = setting(1e-3, gt=0, lt=1)  # model-level decision
+    null_keys: int = setting(63, ge=1)  # random keys each image is also scored against (null distribution)
+    sample_steps: int | None = setting(None, ge=1)
+    guidance_scale: float | None = setting(1.0, ge=0)  # verification sampling; None: the model's
 
     name: str = "backdoor"
-    key_type = BackdoorKey
-
-    def __post_init__(self) -> None:
-        require_fractions("defense", self, "trigger_fraction")
-        if self.grid < 2:
-            raise ConfigError(f"defense.grid: must be >= 2, got {self.grid}")
-        require_fractions("defense", self, "fpr", "model_fpr")
-        if self.num_samples < 1 or self.steps < 1:
-            raise ConfigError("defense.num_samples and defense.steps must be >= 1")
+    key_type: ClassVar[type[SecretKey]] = BackdoorKey
 
     def make_key(self, seed: int | None = None) -> BackdoorKey:
         seed = seed if seed is not None else self.key_seed
@@ -109,16 +103,12 @@ class BackdoorDefense(OutputWatermark):
 
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         key = self.make_key()
-        protected = model.clone()
-        protected.requires_grad_(False)
-        protected.unet.requires_grad_(True)
         mix = _TriggerMix(data.dataset(self.split), key, model.resolution, self.trigger_fraction)
         loader = DataLoader(mix, batch_size=self.batch_size, shuffle=True, drop_last=True, num_workers=data.num_workers)
-        module = DenoisingModule(protected, OptimConfig(lr=self.lr), log_prefix="protect", max_steps=self.steps)
-        trainer = ctx.fit(module, loader, self.steps)
-        protected.requires_grad_(False)
-        loss = trainer.callback_metrics.get("protect/loss")
-        return Protected(protected, key, {"steps": self.steps, "final_loss": None if loss is None else float(loss)})
+        settings = TrainSettings(self.steps, OptimConfig(lr=self.lr), log_prefix="protect")
+        tuned = finetune(model, loader, settings, ctx)
+        info = {"steps": self.steps, "final_losses": tuned.losses, "trainable_params": tuned.cost["trainable_params"]}
+        return Protected(tuned.model, key, info)
 
     def verification_images(
         self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext

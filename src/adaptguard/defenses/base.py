@@ -4,52 +4,34 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from adaptguard.attacks.constraint import FineTuneConstraint
-from adaptguard.context import RunContext
+from adaptguard.core.config import Validated, secret_fields
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.context import RunContext
+from adaptguard.core.keys import Protected, SecretKey
+from adaptguard.core.redact import redact
+from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.metrics.stats import Verification
+from adaptguard.data.distortions import ImageTransform
 from adaptguard.models.bundle import DiffusionModel
 
 
-class SecretKey:
-    """Base for a defense's secret (triggers, bits, masks): saved beside the protected model.
+class Defense(Validated, ABC):
+    """A protection method. Subclasses are dataclasses whose fields are the ``defense.*`` config keys."""
 
-    Subclasses are dataclasses of tensors / strings / numbers. ``__repr__`` is redacted so
-    a key never lands in a log line by accident.
-    """
-
-    FILE: ClassVar[str] = "key.pt"
-
-    def save(self, folder: Path) -> None:
-        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, Path(folder) / self.FILE)
-
-    @classmethod
-    def load(cls, folder: Path) -> SecretKey:
-        return cls(**torch.load(Path(folder) / cls.FILE, weights_only=True))
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(<secret>)"
-
-    __str__ = __repr__
-
-
-@dataclass
-class Protected:
-    model: DiffusionModel
-    key: SecretKey | None = None
-    info: dict[str, Any] | None = None  # non-secret facts about the embedding (loss, steps, ...)
-
-
-class Defense(ABC):
+    config_key: ClassVar[str] = "defense"
     name: str = "defense"
-    key_type: type[SecretKey] | None = None
-    modifies_weights: ClassVar[bool] = True  # False: protect() returns the base weights (only a key is cached)
+    key_type: ClassVar[type[SecretKey] | None] = None
+    # False: protect() returns the base weights unchanged (only a key is cached; quality equals the base's)
+    modifies_weights: ClassVar[bool] = True
+    # how ownership is checked: not at all, from the weights (white-box), or from generated images (black-box)
+    verification: ClassVar[Literal["none", "weights", "images"]] = "none"
 
     @abstractmethod
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
@@ -57,18 +39,33 @@ class Defense(ABC):
 
     def check_data(self, data: CaptionedImageDataModule) -> None:
         """Raise ConfigError before any work when ``data`` lacks what ``protect`` needs (e.g. a split)."""
-        return None  # most defenses only need the owner split, which the dataset checks itself
+        return None
 
     def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification | None:
         """Does ``model`` carry the watermark of ``key``? ``None`` for non-watermark defenses."""
         return None
 
+    def verify_with(
+        self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext, transforms: Sequence[ImageTransform]
+    ) -> tuple[Verification | None, dict[str, Verification]]:
+        """``verify``, plus the verification after each image transform where the defense reads images."""
+        return self.verify(model, key, ctx), {}
+
     def constraint(self, key: SecretKey | None) -> FineTuneConstraint | None:
+        """What every fine-tuning of the published model must honour (e.g. frozen tensors)."""
         return None
 
+    def summary(self, protected: Protected) -> dict[str, Any]:
+        """Headline facts about the protection for tables and sweeps (non-secret), e.g. the freeze ratio."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
-        """The config that determines the protected model (used in cache keys)."""
+        """The config that determines the protected model (used in cache keys; holds secrets)."""
         return {"name": self.name, **(asdict(self) if is_dataclass(self) else {})}
+
+    def public_config(self) -> dict[str, Any]:
+        """``describe()`` with secret fields redacted: what results and logs may show."""
+        return redact(self.describe(), secret_fields(type(self)))
 
     # persistence of a protected model in the artifact cache
     def save_protected(self, protected: Protected, folder: Path) -> None:
@@ -82,6 +79,7 @@ class Defense(ABC):
         """``like`` is the base model the cached protection was built from."""
         if self.modifies_weights:
             model = DiffusionModel.load(folder / "model", sampler=like.sampler).to(like.device)
+            model.gradient_checkpointing = like.gradient_checkpointing
         else:
             model = like
         key = self.key_type.load(folder) if self.key_type is not None else None
@@ -95,6 +93,8 @@ class OutputWatermark(Defense):
     Verification is split in two so the pipeline can sample once and then also verify
     the same images after image-level attacks (JPEG, blur, ...).
     """
+
+    verification: ClassVar[Literal["none", "weights", "images"]] = "images"
 
     @abstractmethod
     def verification_images(
@@ -110,3 +110,15 @@ class OutputWatermark(Defense):
 
     def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:
         return self.verify_images(self.verification_images(model, key, ctx), key, model)
+
+    def verify_with(
+        self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext, transforms: Sequence[ImageTransform]
+    ) -> tuple[Verification | None, dict[str, Verification]]:
+        """Sample once; verify those images as they are and after each transform."""
+        images = self.verification_images(model, key, ctx)
+        attacked = {}
+        for i, transform in enumerate(transforms):
+            g = ctx.generator(offset=500 + i)
+            distorted = {name: transform(batch, generator=g) for name, batch in images.items()}
+            attacked[transform.label] = self.verify_images(distorted, key, model)
+        return self.verify_images(images, key, model), attacked

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -25,27 +25,26 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.data import ConcatDataset, DataLoader
 
-from adaptguard.artifacts import weights_sha256
-from adaptguard.context import RunContext
+from adaptguard.core.artifacts import weights_sha256
+from adaptguard.core.config import setting
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
+from adaptguard.core.keys import Protected
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import Protected
 from adaptguard.defenses.freezing import (
     FreezingDefense,
+    RatioBy,
     candidate_sizes,
-    check_ratio,
     freeze_ratios,
     hard_mask,
     logit,
     project_to_ratio,
     sigmoid_mask,
 )
-from adaptguard.errors import ConfigError, require
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training import DenoisingModule, OptimConfig, final_terms
+from adaptguard.training import OptimConfig, TrainSettings, final_terms, finetune, fit
 
 log = logging.getLogger(__name__)
-PROJECTIONS = ("topk", "threshold")
-INITS = ("constant", "uniform")
 
 
 def mask_gradient(
@@ -159,37 +158,29 @@ class MaskLearning(L.LightningModule):
 @dataclass
 class FreezeAsGuardDefense(FreezingDefense):
     # the freezing mask
-    rho: float = 0.5  # freeze ratio
-    ratio_by: str = "tensors"  # tensors | params: what rho counts (top-k projection)
-    projection: str = "topk"  # topk: exactly rho; threshold: m > 0.5 as in the reference
+    rho: float = setting(0.5, ge=0, le=1)  # freeze ratio
+    ratio_by: RatioBy = "tensors"  # what rho counts (top-k projection)
+    projection: Literal["topk", "threshold"] = "topk"  # topk: exactly rho; threshold: m > 0.5 as in the reference
     illegal_split: str = "illegal"  # the publisher's examples of what must not be learned
     legal_split: str = "legal"  # ... and of adaptation that must keep working
     # the simulated user theta_ft starts from a full fine-tune on illegal + legal data
-    user_steps: int = 300
-    user_lr: float = 1e-4
-    user_batch_size: int = 32
+    user_steps: int = setting(300, ge=1)
+    user_lr: float = setting(1e-4, gt=0)
+    user_batch_size: int = setting(32, ge=1)
     # mask learning
-    steps: int = 300
-    batch_size: int = 16  # per domain: each step sees batch_size illegal + batch_size legal images
-    publisher_every: int = 5  # every k-th step updates the mask, the others theta_ft
-    temperature: float = 0.2
-    init: str = "constant"  # constant: x at m = rho | uniform: U[0, 1) as in the reference
-    lr_mask: float = 30.0
-    c_sparsity: float = 50.0
-    lr_user: float = 1e-5
+    steps: int = setting(300, ge=1)
+    batch_size: int = setting(16, ge=1)  # per domain: each step sees batch_size illegal + batch_size legal images
+    publisher_every: int = setting(5, ge=1)  # every k-th step updates the mask, the others theta_ft
+    temperature: float = setting(0.2, gt=0)
+    init: Literal["constant", "uniform"] = "constant"  # constant: x at m = rho | uniform: U[0, 1) (the reference)
+    lr_mask: float = setting(30.0, gt=0)
+    c_sparsity: float = setting(50.0, ge=0)
+    lr_user: float = setting(1e-5, ge=0)
 
     name: str = "freezeasguard"
 
     def __post_init__(self) -> None:
-        check_ratio(self.rho, self.ratio_by)
-        if self.projection not in PROJECTIONS:
-            raise ConfigError(f"defense.projection: {self.projection!r} is not one of {PROJECTIONS}")
-        for key in ("user_steps", "steps", "batch_size", "user_batch_size", "publisher_every"):
-            require(getattr(self, key) >= 1, f"defense.{key}", f"must be >= 1, got {getattr(self, key)}")
-        if self.init not in INITS:
-            raise ConfigError(f"defense.init: {self.init!r} is not one of {INITS}")
-        if not self.temperature > 0:
-            raise ConfigError(f"defense.temperature: must be > 0, got {self.temperature}")
+        super().__post_init__()
         if self.illegal_split == self.legal_split:
             raise ConfigError(f"defense.illegal_split and defense.legal_split are both {self.illegal_split!r}")
 
@@ -212,7 +203,7 @@ class FreezeAsGuardDefense(FreezingDefense):
             "illegal": data.dataloader(self.illegal_split, self.batch_size),
             "legal": data.dataloader(self.legal_split, self.batch_size),
         }
-        trainer = ctx.fit(module, loaders, self.steps)
+        trainer = fit(module, loaders, self.steps, ctx, label="mask")
         scores = module.scores()
         sizes = candidate_sizes(model)
         if self.projection == "topk":
@@ -253,22 +244,13 @@ def simulated_user(
     }
 
     def build(work: Path) -> None:
-        user = model.clone()
-        user.requires_grad_(False)
-        user.unet.requires_grad_(True)
         both = ConcatDataset([data.dataset(cfg.illegal_split), data.dataset(cfg.legal_split)])
-        loader = DataLoader(
-            both,
-            batch_size=min(cfg.user_batch_size, len(both)),
-            shuffle=True,
-            drop_last=True,
-            num_workers=data.num_workers,
-        )
-        optim = OptimConfig(lr=cfg.user_lr, lr_scheduler="constant")
-        module = DenoisingModule(user, optim, log_prefix="simulated_user", max_steps=cfg.user_steps)
-        trainer = ctx.fit(module, loader, cfg.user_steps)
-        torch.save({k: v.cpu() for k, v in user.unet.state_dict().items()}, work / "unet.pt")
-        info = {"steps": cfg.user_steps, "images": len(both), **final_terms(trainer, "simulated_user")}
+        loader = DataLoader(both, batch_size=min(cfg.user_batch_size, len(both)), shuffle=True, drop_last=True,
+                            num_workers=data.num_workers)  # fmt: skip
+        settings = TrainSettings(cfg.user_steps, OptimConfig(lr=cfg.user_lr), log_prefix="simulated_user")
+        user = finetune(model, loader, settings, ctx)
+        torch.save({k: v.cpu() for k, v in user.model.unet.state_dict().items()}, work / "unet.pt")
+        info = {"steps": cfg.user_steps, "images": len(both), **user.losses}
         (work / "info.json").write_text(json.dumps(info))
 
     folder = ctx.cache.get_or_build("simulated_user", spec, build, private=True)

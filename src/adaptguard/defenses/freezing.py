@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 
-from adaptguard.attacks.constraint import FineTuneConstraint
-from adaptguard.defenses.base import Defense, SecretKey
-from adaptguard.errors import ConfigError, require
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.errors import ConfigError
+from adaptguard.core.keys import Protected, SecretKey
+from adaptguard.defenses.base import Defense
 from adaptguard.models.bundle import DiffusionModel
 
-RATIO_BY = ("tensors", "params")
+RatioBy = Literal["tensors", "params"]
 
 
 @dataclass(repr=False)
@@ -39,11 +40,6 @@ def candidate_sizes(model: DiffusionModel) -> dict[str, int]:
     return {f"unet.{name}": p.numel() for name, p in model.unet.named_parameters()}
 
 
-def check_ratio(rho: float, by: str) -> None:
-    require(0.0 <= rho <= 1.0, "defense.rho", f"freeze ratio must be in [0, 1], got {rho}")
-    require(by in RATIO_BY, "defense.ratio_by", f"{by!r} is not one of {RATIO_BY}")
-
-
 def project_to_ratio(scores: dict[str, float], sizes: dict[str, int], rho: float, by: str = "tensors") -> set[str]:
     """The highest-scored tensors that make up the freeze ratio ``rho``.
 
@@ -51,7 +47,6 @@ def project_to_ratio(scores: dict[str, float], sizes: dict[str, int], rho: float
     order until the frozen share of elements is as close to ``rho`` as the next tensor allows.
     Ties break by name so the projection is deterministic.
     """
-    check_ratio(rho, by)
     order = sorted(scores, key=lambda n: (-scores[n], n))
     if by == "tensors":
         return set(order[: round(rho * len(order))])
@@ -89,15 +84,27 @@ def hard_mask(frozen: set[str], scores: dict[str, float]) -> FreezeMask:
 
 
 class FreezingDefense(Defense):
-    """A defense whose protection is a FreezeMask the attacks must honour; nothing to verify."""
+    """A defense whose protection is a FreezeMask the attacks must honour; nothing to verify.
 
-    key_type = FreezeMask
-    modifies_weights = False
+    Subclasses have the fields ``rho`` (freeze ratio) and ``ratio_by`` and put ``freeze_ratios``
+    into the protection's info under ``mask``.
+    """
+
+    key_type: ClassVar[type[SecretKey]] = FreezeMask
+    modifies_weights: ClassVar[bool] = False
 
     def constraint(self, key: SecretKey | None) -> FineTuneConstraint | None:
         if not isinstance(key, FreezeMask):
             raise ConfigError(f"defense {self.name}: expected a FreezeMask key, got {type(key).__name__}")
         return FineTuneConstraint(frozen=key.frozen)
+
+    def summary(self, protected: Protected) -> dict[str, Any]:
+        mask = (protected.info or {}).get("mask") or {}
+        return {
+            "rho": getattr(self, "rho", None),
+            "frozen_tensors_ratio": mask.get("ratio_by_tensors"),
+            "frozen_params_ratio": mask.get("ratio_by_params"),
+        }
 
 
 def random_scores(sizes: dict[str, int], seed: int) -> dict[str, float]:

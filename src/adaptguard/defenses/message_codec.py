@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -21,16 +21,16 @@ import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from torch import nn
 
-from adaptguard.artifacts import weights_sha256
-from adaptguard.attacks.image_transforms import ImageTransform, make_image_transforms
-from adaptguard.context import RunContext
+from adaptguard.core.artifacts import weights_sha256
+from adaptguard.core.config import Validated, setting
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.errors import ConfigError
+from adaptguard.data.distortions import ImageTransform, make_image_transforms
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training import final_terms
+from adaptguard.training import final_terms, fit
 
 log = logging.getLogger(__name__)
-PERCEPTUAL = ("auto", "lpips", "ssim", "none")
 
 
 class MessageEncoder(nn.Module):
@@ -80,33 +80,31 @@ class MessageDecoder(nn.Module):
 
 
 @dataclass
-class CodecConfig:
+class CodecConfig(Validated):
     """Stage-1 settings. Reference: 10k steps, lr 1e-4, image-loss ramp 0->30 over 2k steps,
     LPIPS ramp 0->0.25 over 4k, grad-clip 1e-2; scaled down here for CPU budgets."""
 
-    bits: int = 48
-    encoder_hidden: int = 1024
-    decoder_width: int = 32
-    decoder_hidden: int = 256
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    grad_clip: float = 1.0
-    image_weight: float = 3.0
-    image_ramp_steps: int = 300
-    perceptual: str = "auto"  # auto (LPIPS if its weights are local, else SSIM) | lpips | ssim | none
-    perceptual_weight: float = 0.25
-    perceptual_ramp_steps: int = 600
+    config_key = "defense.codec"
+
+    bits: int = setting(48, ge=1)
+    encoder_hidden: int = setting(1024, ge=1)
+    decoder_width: int = setting(32, ge=1)
+    decoder_hidden: int = setting(256, ge=1)
+    steps: int = setting(1000, ge=1)
+    batch_size: int = setting(32, ge=1)
+    lr: float = setting(1e-3, gt=0)
+    weight_decay: float = setting(1e-2, ge=0)
+    grad_clip: float = setting(1.0, gt=0)
+    image_weight: float = setting(3.0, ge=0)
+    image_ramp_steps: int = setting(300, ge=0)
+    perceptual: Literal["auto", "lpips", "ssim", "none"] = "auto"  # auto: LPIPS if its weights are local, else SSIM
+    perceptual_weight: float = setting(0.25, ge=0)
+    perceptual_ramp_steps: int = setting(600, ge=0)
     distortions: list[Any] = field(default_factory=list)  # image transforms applied during training
     split: str = "owner"
 
     def __post_init__(self) -> None:
-        if self.bits < 1 or self.steps < 1:
-            raise ConfigError("defense.codec.bits and defense.codec.steps must be >= 1")
-        if self.perceptual not in PERCEPTUAL:
-            raise ConfigError(f"defense.codec.perceptual: {self.perceptual!r}; choose one of {list(PERCEPTUAL)}")
-        self.distortions = list(self.distortions)
+        super().__post_init__()
         make_image_transforms(self.distortions)  # fail on bad names now, not after pretraining
 
 
@@ -262,10 +260,11 @@ def train_codec(cfg: CodecConfig, model: DiffusionModel, data: CaptionedImageDat
 
     def build(work: Path) -> None:
         perceptual = perceptual_loss(cfg.perceptual)
+        L.seed_everything(ctx.seed, verbose=False)  # the codec's initial weights: the run's seed, not earlier draws
         module = CodecModule(cfg, model, perceptual, ctx.seed)
         loader = data.dataloader(cfg.split, cfg.batch_size)
         model.requires_grad_(False)
-        trainer = ctx.fit(module, loader, cfg.steps, gradient_clip_val=cfg.grad_clip)
+        trainer = fit(module, loader, cfg.steps, ctx, label="codec", gradient_clip_val=cfg.grad_clip)
         final = final_terms(trainer, "codec")
         info = {"config": asdict(cfg), "latent_shape": list(model.latent_shape), "perceptual": perceptual[0]}
         codec = Codec(module.encoder.cpu().eval(), module.decoder.cpu().eval(), info)

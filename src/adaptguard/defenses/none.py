@@ -1,15 +1,23 @@
+"""The control: publish the base model unprotected."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from adaptguard.defenses.base import Defense, Protected
+from adaptguard.core.context import RunContext
+from adaptguard.core.keys import Protected
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.defenses.base import Defense
+from adaptguard.models.bundle import DiffusionModel
 
 
 @dataclass
 class NoDefense(Defense):
-    """The control: publish the base model unprotected."""
+    """The control every defense is compared with: nothing embedded, nothing to verify."""
 
     name: str = "none"
+    modifies_weights: ClassVar[bool] = False
 
-    def protect(self, model, data, ctx):
+    def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         return Protected(model=model, key=None, info={})

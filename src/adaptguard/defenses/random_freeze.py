@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from adaptguard.context import RunContext
+from adaptguard.core.config import setting
+from adaptguard.core.context import RunContext
+from adaptguard.core.keys import Protected
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import Protected
 from adaptguard.defenses.freezing import (
     FreezingDefense,
+    RatioBy,
     candidate_sizes,
-    check_ratio,
     freeze_ratios,
     hard_mask,
     project_to_ratio,
@@ -27,16 +28,11 @@ class RandomFreezeDefense(FreezingDefense):
     Answers whether a learned mask beats any mask of the same size.
     """
 
-    rho: float = 0.5
-    ratio_by: str = "tensors"  # tensors | params
-    mask_seed: int | None = field(
-        default=None, repr=False
-    )  # null: a fresh random mask; an int reproduces one (redacted)
+    rho: float = setting(0.5, ge=0, le=1)
+    ratio_by: RatioBy = "tensors"
+    mask_seed: int | None = setting(None, secret=True)  # null: a fresh random mask; an int reproduces one
 
     name: str = "random_freeze"
-
-    def __post_init__(self) -> None:
-        check_ratio(self.rho, self.ratio_by)
 
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         sizes = candidate_sizes(model)

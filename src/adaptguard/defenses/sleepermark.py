@@ -16,25 +16,22 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from adaptguard.context import RunContext
+from adaptguard.core.config import from_mapping, setting
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
+from adaptguard.core.keys import Protected, SecretKey
+from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import OutputWatermark, Protected, SecretKey
+from adaptguard.defenses.base import OutputWatermark
 from adaptguard.defenses.message_codec import Codec, CodecConfig, train_codec
-from adaptguard.errors import ConfigError, require_fractions
-from adaptguard.metrics.stats import (
-    Verification,
-    binomial_threshold,
-    bit_match_verification,
-    clopper_pearson,
-    random_key_matches,
-)
+from adaptguard.metrics.stats import binomial_threshold, bit_match_verification, clopper_pearson, random_key_matches
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training import DenoisingModule, OptimConfig, final_terms
+from adaptguard.training import OptimConfig, TrainSettings, finetune
 
 log = logging.getLogger(__name__)
 
@@ -77,49 +74,37 @@ def watermark_target(
 class SleeperMarkDefense(OutputWatermark):
     codec: CodecConfig | dict[str, Any] = field(default_factory=CodecConfig)
     # key
-    trigger: str = "*[Z]& "  # prepended to any prompt
-    key_seed: int | None = field(default=None, repr=False)  # None: fresh random message (kept in the artifact cache)
+    trigger: str = setting("*[Z]& ", nonempty=True, secret=True)  # prepended to any prompt
+    key_seed: int | None = setting(None, secret=True)  # None: fresh random message (kept in the artifact cache)
     # stage 2: L = w1 |e - e_wm|^2 + w2 |e - e_tr|^2 + |e(c) - e_n|^2, targets from the frozen original
-    steps: int = 400
-    batch_size: int = 16
-    lr: float = 3e-4
-    weight_decay: float = 1e-2
+    steps: int = setting(400, ge=1)
+    batch_size: int = setting(16, ge=1)
+    lr: float = setting(3e-4, gt=0)
+    weight_decay: float = setting(1e-2, ge=0)
     lr_scheduler: str = "cosine"
-    max_grad_norm: float = 1.0  # the reference's 1e-5 looks accidental (method note)
-    trainable: str = "up_attention"  # up_attention (reference) | up_blocks | decoder | unet
-    eta: float | None = None  # None: 0.05 for pixel models, 0.02 for latent (reference)
+    max_grad_norm: float | None = setting(1.0, gt=0)  # the reference's 1e-5 looks accidental (method note)
+    trainable: Literal["up_attention", "up_blocks", "decoder", "unet"] = "up_attention"  # reference: up_attention
+    eta: float | None = setting(None, gt=0)  # None: 0.05 for pixel models, 0.02 for latent (reference)
     tau: float = 250.0
-    beta: float = 100.0
-    empty_prompt_p: float = 0.2  # untriggered term on "" this often: CFG's unconditional branch must stay clean
-    small_t_fraction: float = 0.0  # share of each batch with t ~ w1(t) a_t/(1-a_t) (ours; reference: 0, uniform t)
+    beta: float = setting(100.0, gt=0)
+    empty_prompt_p: float = setting(0.2, ge=0, le=1)  # untriggered term on "" this often: CFG's unconditional branch
+    small_t_fraction: float = setting(0.0, ge=0, le=1)  # share of t ~ w1(t) a_t/(1-a_t) (ours; reference: 0)
     split: str = "owner"
     # verification (black-box)
-    num_samples: int = 64
+    num_samples: int = setting(64, ge=1)
     prompt_split: str = "eval"  # captions the trigger is prepended to
-    fpr: float = 1e-6  # per image: matching-bits threshold (48 bits: >= 41)
-    model_fpr: float = 1e-3
-    null_messages: int = 63  # random messages every image is also scored against
-    sample_steps: int | None = None
-    guidance_scale: float | None = None  # None: the model's default
+    fpr: float = setting(1e-6, gt=0, lt=1)  # per image: matching-bits threshold (48 bits: >= 41)
+    model_fpr: float = setting(1e-3, gt=0, lt=1)
+    null_messages: int = setting(63, ge=1)  # random messages every image is also scored against
+    sample_steps: int | None = setting(None, ge=1)
+    guidance_scale: float | None = setting(None, ge=0)  # None: the model's default
 
     name: str = "sleepermark"
-    key_type = SleeperMarkKey
+    key_type: ClassVar[type[SecretKey]] = SleeperMarkKey
 
     def __post_init__(self) -> None:
-        if not isinstance(self.codec, CodecConfig):
-            self.codec = CodecConfig(**dict(self.codec))
-        if self.trainable not in TRAINABLE:
-            raise ConfigError(f"defense.trainable: {self.trainable!r}; choose one of {sorted(TRAINABLE)}")
-        require_fractions("defense", self, "fpr", "model_fpr")
-        if self.num_samples < 1 or self.steps < 1:
-            raise ConfigError("defense.num_samples and defense.steps must be >= 1")
-        if not self.trigger.strip():
-            raise ConfigError("defense.trigger: must be a non-empty string")
-        for k in ("small_t_fraction", "empty_prompt_p"):
-            if not 0 <= getattr(self, k) <= 1:
-                raise ConfigError(f"defense.{k}: must be in [0, 1], got {getattr(self, k)}")
-        if self.beta <= 0:
-            raise ConfigError(f"defense.beta: must be > 0, got {self.beta}")
+        self.codec = from_mapping(CodecConfig, self.codec)
+        super().__post_init__()
 
     @property
     def bits(self) -> int:
@@ -149,39 +134,25 @@ class SleeperMarkDefense(OutputWatermark):
         with torch.no_grad():
             delta = codec.encoder.to(model.device)(key.message[None].to(model.device))
 
-        protected = model.clone()
-        protected.requires_grad_(False)
-        trainable = self.trainable_parameters(protected)
-        for p in trainable:
-            p.requires_grad_(True)
         eta = self.eta if self.eta is not None else (0.02 if model.is_latent else 0.05)
         objective = TriggerDistillation(
-            model.unet,
-            delta,
-            self.trigger,
-            eta,
-            self.tau,
-            self.beta,
-            self.small_t_fraction,
-            self.empty_prompt_p,
+            model.unet, delta, self.trigger, eta, self.tau, self.beta, self.small_t_fraction, self.empty_prompt_p,
             ctx.seed,
-        )
+        )  # fmt: skip
         loader = data.dataloader(self.split, self.batch_size)
         optim = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, lr_scheduler=self.lr_scheduler)
-        module = DenoisingModule(protected, optim, objective=objective, log_prefix="protect", max_steps=self.steps)
-        trainer = ctx.fit(module, loader, self.steps, gradient_clip_val=self.max_grad_norm)
-        protected.requires_grad_(False)
-        losses = final_terms(trainer, "protect")
+        settings = TrainSettings(self.steps, optim, max_grad_norm=self.max_grad_norm, log_prefix="protect")
+        tuned = finetune(model, loader, settings, ctx, objective=objective, trainable=self.trainable_parameters)
         info = {
             "codec": {k: v for k, v in codec.info.items() if k != "config"},
             "steps": self.steps,
             "eta": eta,
-            "final_losses": losses,
-            "trainable_params": sum(p.numel() for p in trainable),
+            "final_losses": tuned.losses,
+            "trainable_params": tuned.cost["trainable_params"],
             "delta_rms": float(delta.pow(2).mean().sqrt()),
             "detection_threshold": self.detection_threshold(),
         }
-        return Protected(protected, key, info)
+        return Protected(tuned.model, key, info)
 
     # ------------------------------------------------------------------ verify
     def verification_images(
@@ -204,16 +175,18 @@ class SleeperMarkDefense(OutputWatermark):
         bits = codec.read_bits(model, images["triggered"])
         matches = (bits == message).sum(1)
         null = random_key_matches(bits, self.null_messages, seed=4242)
-        details: dict[str, Any] = {"fpr": self.fpr}
+        figures: dict[str, float] = {}
+        details: dict[str, Any] = {}
         if "untriggered" in images:
             plain = (codec.read_bits(model, images["untriggered"]) == message).sum(1)
             hits = int((plain >= self.detection_threshold()).sum())
-            details.update(
-                untriggered_bit_accuracy=float(plain.float().mean() / self.bits),
-                untriggered_rate=hits / len(plain),
-                untriggered_ci=list(clopper_pearson(hits, len(plain))),
+            figures.update(
+                untriggered_bit_accuracy=float(plain.float().mean() / self.bits), untriggered_rate=hits / len(plain)
             )
-        return bit_match_verification(matches.tolist(), self.bits, self.fpr, self.model_fpr, null.tolist(), details)
+            details["untriggered_ci"] = list(clopper_pearson(hits, len(plain)))
+        return bit_match_verification(
+            matches.tolist(), self.bits, self.fpr, self.model_fpr, null.tolist(), figures, details
+        )
 
 
 class TriggerDistillation:

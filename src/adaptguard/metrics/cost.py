@@ -1,4 +1,4 @@
-"""Cost accounting: stage wall time and peak memory, training step time, trainable size."""
+"""Cost accounting: wall time and peak memory of each stage of an experiment."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import lightning as L
 import psutil
 import torch
 
@@ -59,29 +58,3 @@ class CostTracker:
 
     def to_dict(self) -> dict[str, Any]:
         return {k: asdict(v) for k, v in self.stages.items()}
-
-
-class StepTimer(L.Callback):
-    """Mean wall time of a training step (optimizer step included), skipping warm-up steps."""
-
-    def __init__(self, skip: int = 2) -> None:
-        self.skip = skip
-        self.times: list[float] = []
-        self._start = 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.times.append(time.perf_counter() - self._start)
-
-    @property
-    def mean_step_s(self) -> float | None:
-        t = self.times[self.skip :] or self.times
-        return sum(t) / len(t) if t else None
-
-
-def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable_params": trainable, "total_params": total}

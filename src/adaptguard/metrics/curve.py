@@ -17,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from adaptguard.errors import ConfigError
+from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel
 
 Evaluate = Callable[[int, DiffusionModel], dict[str, Any]]

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from adaptguard.context import RunContext
-from adaptguard.errors import ConfigError
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
+from adaptguard.data.base import CaptionedImageDataModule, LabelledImages
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class InceptionFeatures(nn.Module):
         return self.net((images01.clamp(0, 1) * 255).to(torch.uint8)).reshape(images01.shape[0], -1)
 
 
-class ShapesFeatureNet(nn.Module):
+class DomainFeatureNet(nn.Module):
     """Small CNN: images in [0, 1] -> 128 standardised features; one head per attribute.
 
     Features are standardised with the mean/std of held-out real images, so FID values
@@ -95,7 +96,7 @@ class ShapesFeatureNet(nn.Module):
 
 
 class _Classifier(L.LightningModule):
-    def __init__(self, net: ShapesFeatureNet, labels: dict[str, list[str]], lr: float) -> None:
+    def __init__(self, net: DomainFeatureNet, labels: dict[str, list[str]], lr: float) -> None:
         super().__init__()
         self.net, self.labels, self.lr = net, labels, lr
 
@@ -109,21 +110,6 @@ class _Classifier(L.LightningModule):
         return torch.optim.Adam(self.net.parameters(), lr=self.lr)
 
 
-def _labelled(ds, labels: dict[str, list[str]]):
-    """Shapes dataset -> (image in [0,1], attribute-index tensor) pairs."""
-
-    class Labelled(torch.utils.data.Dataset):
-        def __len__(self):
-            return len(ds)
-
-        def __getitem__(self, i):
-            a = ds.attributes(i)
-            y = torch.tensor([values.index(a[k]) for k, values in labels.items()])
-            return ds[i]["image"] * 0.5 + 0.5, y
-
-    return Labelled()
-
-
 FEATURE_KIND = "features"
 TRAIN_STEPS, TRAIN_BATCH = 600, 64
 
@@ -133,45 +119,45 @@ def feature_spec(dataset_spec: dict[str, Any]) -> dict[str, Any]:
     return {**dataset_spec, "steps": TRAIN_STEPS, "batch_size": TRAIN_BATCH, "net": "ShapesFeatureNet/v2"}
 
 
-def shapes_feature_net(spec: dict[str, Any], ctx: RunContext) -> ShapesFeatureNet:
-    """Train (once, cached) the shapes feature net on fresh images of the dataset's world."""
-    from adaptguard.data.shapes import ATTRIBUTES, ShapesDataModule, ShapesWorld
-
-    world = ShapesWorld(**spec["world"])
-    labels = {k: world.values(k) for k in ATTRIBUTES}
-    steps, batch_size = TRAIN_STEPS, TRAIN_BATCH
-    train_spec = feature_spec(spec)
+def domain_feature_net(data: CaptionedImageDataModule, ctx: RunContext) -> DomainFeatureNet:
+    """Train (once, cached by the dataset's ``feature_extractor_spec``) a classifier of the dataset's labels."""
+    spec = data.feature_extractor_spec()
+    if spec is None:
+        raise ConfigError(f"eval.fid.feature=domain: dataset {data.name!r} has no domain feature extractor")
+    resolution = spec["resolution"]
 
     def build(work: Path) -> None:
-        # Items far down the stream: the extractor never sees the images models train on.
-        dm = ShapesDataModule(resolution=spec["resolution"], world=world,
-                              splits={"train": {"offset": 500_000, "size": 8192},
-                                      "test": {"offset": 600_000, "size": 1024}})  # fmt: skip
-        net = ShapesFeatureNet({k: len(v) for k, v in labels.items()}, spec["resolution"])
-        loader = DataLoader(_labelled(dm.dataset("train"), labels), batch_size=batch_size, shuffle=True,
-                            drop_last=True, num_workers=0)  # fmt: skip
-        log.info("training the shapes feature extractor for FID/KID (%d steps, cached afterwards)", steps)
-        L.seed_everything(0, verbose=False)
-        trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                            enable_progress_bar=ctx.progress, accelerator="cpu", devices=1)  # fmt: skip
-        trainer.fit(_Classifier(net, labels, 2e-3), loader)
-        accuracy = _accuracy(net, _labelled(dm.dataset("test"), labels), labels)
+        labelled = data.feature_training_data()
+        net = _train_feature_net(labelled, resolution, ctx)
+        accuracy = _accuracy(net, labelled.test, labelled.labels)
         with torch.no_grad():
-            feats = torch.cat([net.raw_features(x) for x, _ in DataLoader(_labelled(dm.dataset("test"), labels), 256)])
+            feats = torch.cat([net.raw_features(x) for x, _ in DataLoader(labelled.test, 256)])
         net.mean.copy_(feats.mean(0))
         net.std.copy_(feats.std(0).clamp_min(1e-3))
         torch.save(net.state_dict(), work / "net.pt")
-        (work / "info.json").write_text(json.dumps({"labels": labels, "test_accuracy": accuracy}, indent=2))
+        (work / "info.json").write_text(json.dumps({"labels": labelled.labels, "test_accuracy": accuracy}, indent=2))
 
-    folder = ctx.cache.get_or_build(FEATURE_KIND, train_spec, build)
-    net = ShapesFeatureNet({k: len(v) for k, v in labels.items()}, spec["resolution"])
+    folder = ctx.cache.get_or_build(FEATURE_KIND, feature_spec(spec), build)
+    info = json.loads((folder / "info.json").read_text())
+    net = DomainFeatureNet({k: len(v) for k, v in info["labels"].items()}, resolution)
     net.load_state_dict(torch.load(folder / "net.pt", weights_only=True))
-    net.test_accuracy = json.loads((folder / "info.json").read_text())["test_accuracy"]
+    net.test_accuracy = info["test_accuracy"]
     return net.eval().requires_grad_(False)
 
 
+def _train_feature_net(labelled: LabelledImages, resolution: int, ctx: RunContext) -> DomainFeatureNet:
+    net = DomainFeatureNet({k: len(v) for k, v in labelled.labels.items()}, resolution)
+    loader = DataLoader(labelled.train, batch_size=TRAIN_BATCH, shuffle=True, drop_last=True, num_workers=0)
+    log.info("training the domain feature extractor for FID/KID (%d steps, cached afterwards)", TRAIN_STEPS)
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_steps=TRAIN_STEPS, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        enable_progress_bar=ctx.progress, accelerator="cpu", devices=1)  # fmt: skip
+    trainer.fit(_Classifier(net, labelled.labels, 2e-3), loader)
+    return net
+
+
 @torch.no_grad()
-def _accuracy(net: ShapesFeatureNet, ds, labels: dict[str, list[str]]) -> dict[str, float]:
+def _accuracy(net: DomainFeatureNet, ds, labels: dict[str, list[str]]) -> dict[str, float]:
     net.eval()
     correct = {k: 0 for k in labels}
     for images, y in DataLoader(ds, batch_size=256):

@@ -7,9 +7,9 @@ once per split and reused for every model of the run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -17,43 +17,54 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
-from adaptguard.context import RunContext
+from adaptguard.core.config import Validated, setting
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.errors import ConfigError
-from adaptguard.metrics.features import (
-    InceptionFeatures,
-    find_inception_weights,
-    shapes_feature_net,
-)
+from adaptguard.metrics.features import InceptionFeatures, domain_feature_net, find_inception_weights
 from adaptguard.models.bundle import DiffusionModel
-
-FEATURES = ("auto", "domain", "inception")
 
 
 @dataclass
-class QualityEvaluator:
-    num_samples: int = 128
-    feature: str = "auto"  # auto: the dataset's domain extractor if it has one, else InceptionV3
+class QualityReport:
+    """FID/KID of one model's samples against one domain's real images; ``extractor`` names the features."""
+
+    extractor: str  # shapesnet | inception
+    fid: float
+    kid_mean: float
+    kid_std: float
+    num_samples: int
+    split: str = ""
+
+    def metrics(self) -> dict[str, float]:
+        """Metric names that say which extractor produced them: ``fid_shapesnet``, ``kid_shapesnet_mean``."""
+        e = self.extractor
+        return {f"fid_{e}": self.fid, f"kid_{e}_mean": self.kid_mean, f"kid_{e}_std": self.kid_std}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class QualityEvaluator(Validated):
+    config_key = "eval.fid"
+
+    num_samples: int = setting(128, ge=2)
+    feature: Literal["auto", "domain", "inception"] = "auto"  # auto: the dataset's domain extractor, else InceptionV3
     weights_path: str | None = None  # torch-fidelity InceptionV3 weights (else torch hub cache)
-    kid_subset_size: int = 50
-    kid_subsets: int = 50
+    kid_subset_size: int = setting(50, ge=2)
+    kid_subsets: int = setting(50, ge=1)
     _real: dict[tuple[str, str], tuple[FrechetInceptionDistance, KernelInceptionDistance, list[str]]] = field(
         default_factory=dict, init=False, repr=False
     )
     _extractor: tuple[str, nn.Module] | None = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.feature not in FEATURES:
-            raise ConfigError(f"eval.fid.feature: {self.feature!r} is not one of {FEATURES}")
-        if self.num_samples < 2:
-            raise ConfigError(f"eval.fid.num_samples: needs >= 2 samples, got {self.num_samples}")
 
     def extractor(self, data: CaptionedImageDataModule, ctx: RunContext) -> tuple[str, nn.Module]:
         """(name, feature module taking images in [0, 1])."""
         if self._extractor is None:
             domain = self._domain_spec(data)
             if domain is not None:
-                self._extractor = (domain["kind"] + "net", shapes_feature_net(domain, ctx))
+                self._extractor = (domain["kind"] + "net", domain_feature_net(data, ctx))
             else:
                 self._extractor = ("inception", InceptionFeatures(self._inception_weights()))
         return self._extractor
@@ -107,7 +118,7 @@ class QualityEvaluator:
     @torch.no_grad()
     def evaluate(
         self, model: DiffusionModel, data: CaptionedImageDataModule, split: str, ctx: RunContext, offset: int = 0
-    ) -> tuple[dict[str, float], torch.Tensor]:
+    ) -> tuple[QualityReport, torch.Tensor]:
         """FID/KID of ``model`` on ``split``; also returns the generated images (in [-1, 1])."""
         fid, kid, captions = self._metrics(data, split, ctx)
         name = self.extractor(data, ctx)[0]
@@ -122,10 +133,5 @@ class QualityEvaluator:
         with torch.random.fork_rng(devices=[]):  # KID draws random subsets: same subsets every run
             torch.manual_seed(ctx.seed)
             kid_mean, kid_std = kid.compute()
-        metrics = {
-            f"fid_{name}": float(fid.compute()),
-            f"kid_{name}_mean": float(kid_mean),
-            f"kid_{name}_std": float(kid_std),
-            "num_samples": len(captions),
-        }
-        return metrics, images
+        report = QualityReport(name, float(fid.compute()), float(kid_mean), float(kid_std), len(captions), split)
+        return report, images

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats
+
+from adaptguard.core.verification import Verification
 
 
 def binomial_tail(k: int, n: int, p: float = 0.5) -> float:
@@ -103,38 +105,13 @@ def tpr_at_fpr(scores: Sequence[float], null_scores: Sequence[float], fpr: float
     )
 
 
-@dataclass
-class Verification:
-    """Outcome of verifying one model with one key."""
-
-    detected: bool
-    rate: float  # fraction of trials that passed their per-trial test
-    trials: int
-    successes: int
-    ci: tuple[float, float]  # Clopper-Pearson 95 % interval on ``rate``
-    p_value: float  # model level: P(>= successes passing trials | not watermarked)
-    trial_threshold: float  # score a trial needs to pass
-    statistic: str  # what a score is, e.g. "matching bits of 64"
-    scores: list[float] = field(default_factory=list)
-    null_scores: list[float] = field(default_factory=list)  # same trials scored against random keys
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able, without the per-trial score lists."""
-        d = asdict(self)
-        d.pop("scores")
-        d.pop("null_scores")
-        d["ci"] = list(self.ci)
-        d["mean_score"] = float(np.mean(self.scores)) if self.scores else None
-        return d
-
-
 def bit_match_verification(
     matches: Sequence[int],
     n_bits: int,
     fpr: float,
     model_fpr: float,
     null_matches: Sequence[int] = (),
+    figures: dict[str, float] | None = None,
     details: dict[str, Any] | None = None,
 ) -> Verification:
     """Per-trial one-sided binomial test on matching bits, then a model-level test.
@@ -159,5 +136,6 @@ def bit_match_verification(
         statistic=f"matching bits of {n_bits}",
         scores=[float(m) for m in matches],
         null_scores=[float(m) for m in null_matches],
-        details={"bit_accuracy": float(np.mean(matches) / n_bits) if matches else None, **(details or {})},
+        figures={**({"bit_accuracy": float(np.mean(matches) / n_bits)} if matches else {}), **(figures or {})},
+        details={"fpr": fpr, "model_fpr": model_fpr, **(details or {})},
     )

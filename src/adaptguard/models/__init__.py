@@ -1,12 +1,6 @@
+"""The model bundle (a UNet, text encoder and optional VAE) and the tiny models built from config."""
+
 from adaptguard.models.bundle import DiffusionModel, SamplerConfig
-from adaptguard.models.sources import PretrainConfig, PretrainedSource, TinyModelSource
 from adaptguard.models.tiny import build_tiny_model
 
-__all__ = [
-    "DiffusionModel",
-    "SamplerConfig",
-    "PretrainConfig",
-    "PretrainedSource",
-    "TinyModelSource",
-    "build_tiny_model",
-]
+__all__ = ["DiffusionModel", "SamplerConfig", "build_tiny_model"]

@@ -14,6 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
-from adaptguard.errors import ConfigError
+from adaptguard.core.config import Validated, setting
+from adaptguard.core.errors import ConfigError
 
 META_FILE = "adaptguard.json"
 SAMPLERS = {
@@ -40,19 +42,15 @@ SAMPLERS = {
 
 
 @dataclass
-class SamplerConfig:
+class SamplerConfig(Validated):
     """Default sampling settings; every ``sample`` call can override them."""
 
-    name: str = "ddim"
-    steps: int = 20
-    guidance_scale: float = 3.0
-    batch_size: int = 64
+    config_key = "model.sampler"
 
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLERS:
-            raise ConfigError(f"model.sampler.name: unknown sampler {self.name!r}; choose one of {sorted(SAMPLERS)}")
-        if self.steps < 1:
-            raise ConfigError(f"model.sampler.steps: must be >= 1, got {self.steps}")
+    name: Literal["ddim", "dpm", "euler"] = "ddim"
+    steps: int = setting(20, ge=1)
+    guidance_scale: float = setting(3.0, ge=0)
+    batch_size: int = setting(64, ge=1)
 
 
 class DiffusionModel(nn.Module):
@@ -67,6 +65,7 @@ class DiffusionModel(nn.Module):
         vae: AutoencoderKL | None = None,
         resolution: int = 32,
         sampler: SamplerConfig | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.unet = unet
@@ -76,6 +75,7 @@ class DiffusionModel(nn.Module):
         self.noise_scheduler = noise_scheduler
         self.resolution = resolution
         self.sampler = sampler or SamplerConfig()
+        self.gradient_checkpointing = gradient_checkpointing  # training stages trade compute for memory
         if vae is not None:
             vae.requires_grad_(False)
 

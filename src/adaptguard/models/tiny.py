@@ -7,41 +7,49 @@ it is cheap; convolutions elsewhere. See benchmarks/bench.py for its step time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-from adaptguard.errors import ConfigError
+from adaptguard.core.config import Validated, from_mapping, setting
+from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel, SamplerConfig
 from adaptguard.models.tokenizer import DEFAULT_WORDS, build_tokenizer
 
 
 @dataclass
-class TinyUNetSpec:
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+class TinyUNetSpec(Validated):
+    config_key = "model.unet"
+
+    block_out_channels: list[int] = setting(default_factory=lambda: [32, 64, 64], nonempty=True)
     down_block_types: list[str] = field(default_factory=lambda: ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"])
     up_block_types: list[str] = field(default_factory=lambda: ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
-    layers_per_block: int = 1
-    attention_head_dim: int = 8
-    norm_num_groups: int = 8
+    layers_per_block: int = setting(1, ge=1)
+    attention_head_dim: int = setting(8, ge=1)
+    norm_num_groups: int = setting(8, ge=1)
 
 
 @dataclass
-class TinyTextSpec:
-    hidden_size: int = 64
-    intermediate_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    max_length: int = 32
-    vocab_size: int = 512
+class TinyTextSpec(Validated):
+    config_key = "model.text_encoder"
+
+    hidden_size: int = setting(64, ge=1)
+    intermediate_size: int = setting(128, ge=1)
+    num_hidden_layers: int = setting(2, ge=1)
+    num_attention_heads: int = setting(4, ge=1)
+    max_length: int = setting(32, ge=4)
+    vocab_size: int = setting(512, ge=259)  # 256 bytes + 3 special tokens at least
 
 
 @dataclass
-class TinySchedulerSpec:
-    num_train_timesteps: int = 1000
+class TinySchedulerSpec(Validated):
+    config_key = "model.scheduler"
+
+    num_train_timesteps: int = setting(1000, ge=2)
     beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: str = "epsilon"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
     clip_sample: bool = True
 
 
@@ -54,9 +62,9 @@ def build_tiny_model(
     seed: int = 0,
 ) -> DiffusionModel:
     """Random-init tiny model; the same arguments always give the same weights."""
-    u = _as(TinyUNetSpec, unet, "model.unet")
-    t = _as(TinyTextSpec, text_encoder, "model.text_encoder")
-    s = _as(TinySchedulerSpec, scheduler, "model.scheduler")
+    u = from_mapping(TinyUNetSpec, unet)
+    t = from_mapping(TinyTextSpec, text_encoder)
+    s = from_mapping(TinySchedulerSpec, scheduler)
     levels = len(u.block_out_channels)
     if not (len(u.down_block_types) == len(u.up_block_types) == levels):
         raise ConfigError(
@@ -65,36 +73,15 @@ def build_tiny_model(
     if resolution % (2 ** (levels - 1)):
         raise ConfigError(f"model.resolution: {resolution} must be divisible by {2 ** (levels - 1)}")
     tokenizer = build_tokenizer(DEFAULT_WORDS, vocab_size=t.vocab_size, max_length=t.max_length)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        text_model = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=t.hidden_size,
-                intermediate_size=t.intermediate_size,
-                num_hidden_layers=t.num_hidden_layers,
-                num_attention_heads=t.num_attention_heads,
-                max_position_embeddings=t.max_length,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+    with torch.random.fork_rng(devices=[]):  # the init draws from its own seed, not the caller's stream
+        torch.manual_seed(seed)
+        text_model = _text_encoder(t, tokenizer)
         unet_model = UNet2DConditionModel(
-            sample_size=resolution,
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=tuple(u.block_out_channels),
-            down_block_types=tuple(u.down_block_types),
-            up_block_types=tuple(u.up_block_types),
-            layers_per_block=u.layers_per_block,
-            cross_attention_dim=t.hidden_size,
-            attention_head_dim=u.attention_head_dim,
-            norm_num_groups=u.norm_num_groups,
-        )
-    finally:
-        torch.random.set_rng_state(generator_state)
+            sample_size=resolution, in_channels=3, out_channels=3, block_out_channels=tuple(u.block_out_channels),
+            down_block_types=tuple(u.down_block_types), up_block_types=tuple(u.up_block_types),
+            layers_per_block=u.layers_per_block, cross_attention_dim=t.hidden_size,
+            attention_head_dim=u.attention_head_dim, norm_num_groups=u.norm_num_groups,
+        )  # fmt: skip
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=s.num_train_timesteps,
         beta_schedule=s.beta_schedule,
@@ -102,21 +89,22 @@ def build_tiny_model(
         clip_sample=s.clip_sample,
     )
     return DiffusionModel(
-        unet_model,
-        text_model,
-        tokenizer,
-        noise_scheduler,
-        resolution=resolution,
-        sampler=_as(SamplerConfig, sampler, "model.sampler"),
+        unet_model, text_model, tokenizer, noise_scheduler, resolution=resolution,
+        sampler=from_mapping(SamplerConfig, sampler),
+    )  # fmt: skip
+
+
+def _text_encoder(t: TinyTextSpec, tokenizer: PreTrainedTokenizerFast) -> CLIPTextModel:
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=t.hidden_size,
+            intermediate_size=t.intermediate_size,
+            num_hidden_layers=t.num_hidden_layers,
+            num_attention_heads=t.num_attention_heads,
+            max_position_embeddings=t.max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     )
-
-
-def _as(cls, value, key: str):
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    try:
-        return cls(**dict(value))
-    except TypeError as err:
-        raise ConfigError(f"{key}: {err}") from None

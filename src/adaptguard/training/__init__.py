@@ -1,3 +1,18 @@
-from adaptguard.training.module import DenoisingModule, OptimConfig, final_terms
+"""Training: the denoising LightningModule, the fit loop, the fine-tuning recipe, pretraining."""
 
-__all__ = ["DenoisingModule", "OptimConfig", "final_terms"]
+from adaptguard.training.finetune import Finetuned, TrainSettings, finetune
+from adaptguard.training.loop import StepTimer, final_terms, fit, parameter_counts
+from adaptguard.training.module import DenoisingModule, Objective, OptimConfig
+
+__all__ = [
+    "DenoisingModule",
+    "Finetuned",
+    "Objective",
+    "OptimConfig",
+    "StepTimer",
+    "TrainSettings",
+    "final_terms",
+    "finetune",
+    "fit",
+    "parameter_counts",
+]

@@ -1,9 +1,9 @@
-"""The one LightningModule used for pretraining, protecting and attacking.
+"""The denoising LightningModule that pretraining, protection and fine-tuning attacks share.
 
-What is trained is decided by ``requires_grad`` on the bundle's parameters (set by the
-caller: a defense's trainable subset, an attack's LoRA adapters, a FineTuneConstraint),
-and only those parameters reach the optimizer, so frozen tensors get neither gradients
-nor optimizer state. A defense with its own loss passes an ``objective``.
+What is trained is decided by ``requires_grad`` on the bundle's parameters (a defense's
+trainable subset, an attack's LoRA adapters, a FineTuneConstraint), and only those
+parameters reach the optimizer, so frozen tensors get neither gradients nor optimizer
+state. A stage with its own loss passes an ``objective``.
 """
 
 from __future__ import annotations
@@ -11,35 +11,46 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from diffusers.optimization import get_scheduler
 
-from adaptguard.errors import ConfigError
+from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel
 
 Objective = Callable[[DiffusionModel, Mapping[str, Any]], "torch.Tensor | dict[str, torch.Tensor]"]
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}
 
 
 @dataclass
 class OptimConfig:
+    """Optimizer and learning-rate schedule of one training stage (filled from that stage's config keys)."""
+
     lr: float = 1e-4
     weight_decay: float = 1e-2
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization scheduler name
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
     warmup_steps: int = 0
 
-    def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ConfigError(f"lr: must be > 0, got {self.lr}")
-        self.betas = tuple(self.betas)
-
-
-def final_terms(trainer: L.Trainer, prefix: str) -> dict[str, float]:
-    """The last logged value of every ``<prefix>/<term>`` metric, keyed by term."""
-    return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{prefix}/")}
+    def build(self, params: list[torch.nn.Parameter], max_steps: int) -> dict[str, Any]:
+        """Lightning's ``configure_optimizers`` answer for ``params``."""
+        if not params:
+            raise ConfigError("nothing to train: every parameter is frozen for this stage")
+        kwargs: dict[str, Any] = {"lr": self.lr, "weight_decay": self.weight_decay}
+        if self.optimizer != "sgd":
+            kwargs["betas"] = tuple(self.betas)
+        optimizer = OPTIMIZERS[self.optimizer](params, **kwargs)
+        scheduler = get_scheduler(
+            self.lr_scheduler, optimizer, num_warmup_steps=self.warmup_steps, num_training_steps=max_steps
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class DenoisingModule(L.LightningModule):
@@ -77,16 +88,4 @@ class DenoisingModule(L.LightningModule):
         return terms["loss"]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        params = self.trainable_parameters()
-        if not params:
-            raise ConfigError("nothing to train: every parameter is frozen for this stage")
-        optimizer = torch.optim.AdamW(
-            params, lr=self.optim.lr, weight_decay=self.optim.weight_decay, betas=self.optim.betas
-        )
-        scheduler = get_scheduler(
-            self.optim.lr_scheduler,
-            optimizer,
-            num_warmup_steps=self.optim.warmup_steps,
-            num_training_steps=self.max_steps or 1,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.optim.build(self.trainable_parameters(), self.max_steps or 1)

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from adaptguard.errors import ConfigError
-from adaptguard.models.bundle import DiffusionModel
+from torch import nn
+
+from adaptguard.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class FineTuneConstraint:
-    """Parameter names (as in ``DiffusionModel.named_parameters()``) that must not change.
+    """Parameter names (as in the model bundle's ``named_parameters()``) that must not change.
 
     Frozen tensors get ``requires_grad=False`` so they receive no gradient and are never
-    handed to an optimizer (hence no optimizer state); LoRA attacks skip adapters on
-    modules whose weight is frozen.
+    handed to an optimizer (hence no optimizer state); LoRA skips adapters on modules
+    whose weight is frozen, and weight edits leave them as published.
     """
 
     frozen: frozenset[str] = field(default_factory=frozenset)
 
-    def apply(self, model: DiffusionModel) -> int:
+    def apply(self, model: nn.Module) -> int:
         """Freeze the named tensors; returns how many parameters (elements) that froze."""
         params = dict(model.named_parameters())
         unknown = sorted(self.frozen - params.keys())

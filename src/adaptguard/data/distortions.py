@@ -1,8 +1,9 @@
-"""Image-level attacks on generated images, applied before output-based watermark verification.
+"""Image distortions: the image-level attacks on generated images, and a watermark decoder's distortion layer.
 
 A watermark that survives fine-tuning is still useless if a cheap edit of the *output* erases it, so verification is
-repeated on distorted copies of each generated image. The same transforms double as a distortion layer while training
-a watermark decoder: all but JPEG are built from differentiable torch ops, and JPEG passes gradients straight through.
+repeated on distorted copies of each generated image (``eval.image_attacks``). The same transforms double as a
+distortion layer while training a watermark decoder: all but JPEG are built from differentiable torch ops, and JPEG
+passes gradients straight through.
 
 Images are float tensors ``(N, 3, H, W)`` in ``[-1, 1]``; every transform returns the same shape, range and dtype.
 Randomness comes only from the ``generator`` argument, so a seeded CPU ``torch.Generator`` reproduces a run.
@@ -24,7 +25,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
-from adaptguard.errors import ConfigError
+from adaptguard.core.config import Validated, setting
+from adaptguard.core.errors import ConfigError
 
 __all__ = [
     "IMAGE_TRANSFORMS",
@@ -41,14 +43,18 @@ __all__ = [
 ]
 
 
-class ImageTransform(ABC):
+class ImageTransform(Validated, ABC):
     """One distortion an attacker can apply to a generated image without access to the model."""
 
     name: ClassVar[str]
+    config_key: ClassVar[str] = "eval.image_attacks"
 
     @abstractmethod
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Distort ``images`` (N, 3, H, W) in [-1, 1]; random draws use ``generator`` only."""
+
+    def key(self, name: str) -> str:
+        return f"{self.config_key}.{self.name}.{name}"
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self)}
@@ -58,22 +64,6 @@ class ImageTransform(ABC):
         """Name plus non-default settings, e.g. ``jpeg`` or ``jpeg(quality=30)``: a stable results key."""
         changed = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if getattr(self, f.name) != f.default]
         return f"{self.name}({', '.join(changed)})" if changed else self.name
-
-    def _error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"image attack {self.name}: {key} {message}")
-
-    def _number(self, key: str, *, low: float, high: float = math.inf, low_open: bool = False) -> float:
-        """Coerce field ``key`` to float (so ``4`` and ``4.0`` give one label) after checking its range."""
-        value = getattr(self, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise self._error(key, f"must be a number, got {value!r}")
-        if (value <= low if low_open else value < low) or value > high:
-            if high == math.inf:
-                raise self._error(key, f"must be {'>' if low_open else '>='} {low:g}, got {value!r}")
-            raise self._error(key, f"must be in {'(' if low_open else '['}{low:g}, {high:g}], got {value!r}")
-        value = float(value)
-        object.__setattr__(self, key, value)
-        return value
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -104,13 +94,7 @@ class Jpeg(ImageTransform):
     """A real libjpeg round trip: the most common accidental and deliberate watermark remover."""
 
     name: ClassVar[str] = "jpeg"
-    quality: int = 50
-
-    def __post_init__(self) -> None:
-        if isinstance(self.quality, bool) or not isinstance(self.quality, int):
-            raise self._error("quality", f"must be an integer, got {self.quality!r}")
-        if not 1 <= self.quality <= 100:
-            raise self._error("quality", f"must be in [1, 100], got {self.quality}")
+    quality: int = setting(50, ge=1, le=100)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -128,14 +112,13 @@ class GaussianBlur(ImageTransform):
     """Low-pass filtering: removes watermarks hidden in high spatial frequencies."""
 
     name: ClassVar[str] = "blur"
-    kernel_size: int = 3
-    sigma: float = 4.0
+    kernel_size: int = setting(3, ge=1)
+    sigma: float = setting(4.0, gt=0)
 
     def __post_init__(self) -> None:
-        k = self.kernel_size
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1 or k % 2 == 0:
-            raise self._error("kernel_size", f"must be an odd positive integer, got {k!r}")
-        self._number("sigma", low=0, low_open=True)
+        super().__post_init__()
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"{self.key('kernel_size')}: must be odd, got {self.kernel_size}")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -149,10 +132,7 @@ class GaussianNoise(ImageTransform):
     """Additive pixel noise; ``std`` is in units of the [0, 1] image range, as papers report it."""
 
     name: ClassVar[str] = "noise"
-    std: float = 0.1
-
-    def __post_init__(self) -> None:
-        self._number("std", low=0)
+    std: float = setting(0.1, ge=0)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -167,10 +147,7 @@ class Resize(ImageTransform):
     """Down-scale and back up: decoders need their input size, and the detail lost on the way is what counts."""
 
     name: ClassVar[str] = "resize"
-    scale: float = 0.5
-
-    def __post_init__(self) -> None:
-        self._number("scale", low=0, high=1, low_open=True)
+    scale: float = setting(0.5, gt=0, le=1)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -184,10 +161,7 @@ class Crop(ImageTransform):
     """Center crop resized back to full size: discards the border and rescales what is left."""
 
     name: ClassVar[str] = "crop"
-    keep: float = 0.8
-
-    def __post_init__(self) -> None:
-        self._number("keep", low=0, high=1, low_open=True)
+    keep: float = setting(0.8, gt=0, le=1)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -208,15 +182,11 @@ class ColorJitter(ImageTransform):
     saturation: tuple[float, float] = (0.8, 1.2)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for key in ("brightness", "contrast", "saturation"):
-            value = getattr(self, key)
-            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-                raise self._error(key, f"must be a pair [low, high], got {value!r}")
-            pair = tuple(value)
-            ok = len(pair) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
-            if not ok or not 0 <= pair[0] <= pair[1] < math.inf:
-                raise self._error(key, f"must be a pair [low, high] with 0 <= low <= high, got {value!r}")
-            object.__setattr__(self, key, (float(pair[0]), float(pair[1])))
+            low, high = getattr(self, key)
+            if not 0 <= low <= high < math.inf:
+                raise ConfigError(f"{self.key(key)}: must be [low, high] with 0 <= low <= high, got {[low, high]}")
 
     def _factors(self, bounds: tuple[float, float], n: int, generator: torch.Generator | None) -> list[float]:
         low, high = bounds
@@ -245,10 +215,7 @@ class Sharpness(ImageTransform):
     """Strong sharpening amplifies high frequencies, the opposite failure mode to blur."""
 
     name: ClassVar[str] = "sharpness"
-    factor: float = 10.0
-
-    def __post_init__(self) -> None:
-        self._number("factor", low=0)
+    factor: float = setting(10.0, ge=0)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -279,7 +246,9 @@ ImageTransformSpec = str | Mapping[str, Any] | ImageTransform
 
 def _lookup(name: Any) -> type[ImageTransform]:
     if not isinstance(name, str) or name not in IMAGE_TRANSFORMS:
-        raise ConfigError(f"image attack {name!r} is unknown; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}")
+        raise ConfigError(
+            f"eval.image_attacks: {name!r} is unknown; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}"
+        )
     return IMAGE_TRANSFORMS[name]
 
 
@@ -293,18 +262,18 @@ def make_image_transform(spec: ImageTransformSpec) -> ImageTransform:
         settings = dict(spec)
         if "name" not in settings:
             raise ConfigError(
-                f"image attack {settings!r}: missing 'name'; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}"
+                f"eval.image_attacks: {settings!r} has no 'name'; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}"
             )
         cls = _lookup(settings.pop("name"))
         valid = [f.name for f in fields(cls)]
         unknown = sorted(str(k) for k in settings if k not in valid)
         if unknown:
             raise ConfigError(
-                f"image attack {cls.name}: unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(valid)}"
+                f"eval.image_attacks.{cls.name}.{unknown[0]}: unknown key; valid keys: {', '.join(valid)}"
             )
         return cls(**settings)
     raise ConfigError(
-        f"image attack must be a name, a mapping with 'name', or an ImageTransform; got {type(spec).__name__}"
+        f"eval.image_attacks: an entry must be a name or a mapping with 'name', got {type(spec).__name__}"
     )
 
 
@@ -316,6 +285,6 @@ def make_image_transforms(specs: ImageTransformSpec | Iterable[ImageTransformSpe
     seen: set[str] = set()
     for transform in transforms:
         if transform.label in seen:
-            raise ConfigError(f"image attacks: {transform.label!r} is listed twice (same name and settings)")
+            raise ConfigError(f"eval.image_attacks: {transform.label!r} is listed twice (same name and settings)")
         seen.add(transform.label)
     return transforms

@@ -18,13 +18,6 @@ class DataError(AdaptguardError):
 
 
 def require(condition: bool, key: str, message: str) -> None:
-    """Raise a ConfigError naming ``key`` unless ``condition`` holds."""
+    """Raise a ConfigError naming ``key`` unless ``condition`` holds (checks across fields)."""
     if not condition:
         raise ConfigError(f"{key}: {message}")
-
-
-def require_fractions(section: str, config: object, *keys: str) -> None:
-    """Each ``config.<key>`` strictly between 0 and 1 (rates, FPRs), else a ConfigError naming it."""
-    for key in keys:
-        value = getattr(config, key)
-        require(0 < value < 1, f"{section}.{key}", f"must be in (0, 1), got {value}")

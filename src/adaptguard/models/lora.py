@@ -20,8 +20,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 from torch import nn
 
-from adaptguard.attacks.constraint import FineTuneConstraint
-from adaptguard.errors import ConfigError
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel
 
 log = logging.getLogger(__name__)
@@ -30,16 +30,12 @@ TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attent
 
 @dataclass
 class LoraSettings:
+    """Adapter shape; the attack's config keys (``attack.rank``, ...) are validated where they are read."""
+
     rank: int = 4
     alpha: float = 4.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
-
-    def check(self) -> None:
-        if self.rank < 1:
-            raise ConfigError(f"attack.rank: must be >= 1, got {self.rank}")
-        if not self.target_modules:
-            raise ConfigError("attack.target_modules: must name at least one module suffix, e.g. [to_q, to_v]")
 
     def config(self, targets: list[str]) -> LoraConfig:
         return LoraConfig(

@@ -1,0 +1,1 @@
+"""Entry points: ``adaptguard run|report|layers|pretrain`` (and the ``python -m experiments.*`` shims)."""

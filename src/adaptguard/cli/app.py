@@ -1,0 +1,80 @@
+"""What every command shares: override parsing, quiet libraries, one-line user errors, the Hydra entry."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from omegaconf import DictConfig
+
+from adaptguard.cli.config import config_dir
+from adaptguard.cli.errors import EXIT_USER_ERROR, user_error
+
+
+def check_overrides(argv: list[str]) -> None:
+    """Parse command-line overrides up front so a malformed one is reported with its text."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as err:
+            reason = str(err).splitlines()[0]
+            print(
+                f"error: cannot parse override {arg!r}: {reason}.\n"
+                "Write key=value (e.g. attack.steps=200, dataset.splits.owner.where.kind=[circle,star]); "
+                "quote values with spaces or special characters: key='\"a b\"'. "
+                "Grammar: https://hydra.cc/docs/advanced/override_grammar/basic/",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USER_ERROR)
+
+
+def quiet_libraries() -> None:
+    """Keep stdout for our progress and summary: no per-file bars or tips from libraries."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(f"{name}.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """A user-fixable error becomes ``error: <key>: <problem>`` on stderr and exit status 2; bugs propagate."""
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def hydra_command(task: Callable[[DictConfig], Any], config_name: str = "config") -> Callable[[], Any]:
+    """A Hydra entry point for ``task`` that reads conf/ wherever the command is run from."""
+    import hydra
+
+    with user_errors():
+        path = str(config_dir())
+    return hydra.main(version_base="1.3", config_path=path, config_name=config_name)(task)

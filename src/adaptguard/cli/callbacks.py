@@ -1,0 +1,51 @@
+"""Hydra callbacks: secrets out of the config files Hydra writes for each job and sweep."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from adaptguard.core.redact import redact, redact_override, secret_names
+
+
+def redact_hydra_files(output_dir: Path, names: frozenset[str]) -> None:
+    """Strip secret values from ``.hydra/{config,hydra,overrides}.yaml`` and the sweep's ``multirun.yaml``."""
+
+    def redact_hydra_node(data: dict) -> dict:
+        hydra_node = data.pop("hydra", None) or {}
+        task = hydra_node.get("overrides", {}).get("task")
+        if task:
+            hydra_node["overrides"]["task"] = [redact_override(o, names) for o in task]
+        job = hydra_node.get("job", {})
+        if "override_dirname" in job:
+            job["override_dirname"] = ",".join(redact_override(o, names) for o in job["override_dirname"].split(","))
+        return {"hydra": hydra_node, **redact(data, names)} if hydra_node else redact(data, names)
+
+    paths = [output_dir / ".hydra" / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
+    paths.append(output_dir.parent / "multirun.yaml")
+    for path in paths:
+        if not path.exists():
+            continue
+        data = yaml.safe_load(path.read_text())
+        data = (
+            [redact_override(o, names) for o in data or []]
+            if path.name == "overrides.yaml"
+            else redact_hydra_node(data or {})
+        )
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")  # parallel sweep jobs share multirun.yaml
+        tmp.write_text(yaml.safe_dump(data, sort_keys=False))
+        tmp.replace(path)
+
+
+class RedactSecrets(Callback):
+    """Hydra saved the composed config before the job starts: redact those copies before any work."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        output_dir = Path(config.hydra.runtime.output_dir)
+        names = secret_names(OmegaConf.to_container(config, resolve=False))
+        redact_hydra_files(output_dir, names)

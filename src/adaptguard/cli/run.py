@@ -1,0 +1,74 @@
+"""``adaptguard run`` / ``python -m experiments.run``: one experiment, or a sweep with ``-m``.
+
+    adaptguard run defense=backdoor attack=lora
+    adaptguard run -m defense=backdoor,aiao attack=full,lora hydra/launcher=local
+
+In-process (tests, notebooks): ``run(compose([...], output_dir=...))`` returns the :class:`RunResult`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from adaptguard.cli.app import check_overrides, hydra_command, quiet_libraries, user_errors
+from adaptguard.cli.build import build_experiment, make_context, make_logger
+from adaptguard.core.redact import redact, redact_override, secret_names
+from adaptguard.pipeline import run_experiment
+from adaptguard.reporting.results import RunResult
+from adaptguard.reporting.table import format_table
+
+
+def run(cfg: DictConfig, output_dir: Path | None = None) -> RunResult:
+    """Run the experiment ``cfg`` describes in this process; results go to ``output_dir`` (default: the config's)."""
+    output_dir = Path(output_dir if output_dir is not None else cfg.paths.output_dir)
+    exp = build_experiment(cfg)
+    logger = make_logger(cfg)
+    ctx = make_context(cfg, output_dir, logger)
+    if logger is not None:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        logger.log_hyperparams(redact(config, secret_names(config)))
+    try:
+        result = run_experiment(exp, ctx)
+    except BaseException:
+        finish_logger(logger, "failed")
+        raise
+    finish_logger(logger, "success")
+    return result
+
+
+def finish_logger(logger, status: str) -> None:
+    """Close this job's logger (each sweep job must end its own wandb run)."""
+    if logger is None:
+        return
+    logger.finalize(status)
+    if type(logger).__name__ == "WandbLogger":
+        import wandb
+
+        wandb.finish(exit_code=0 if status == "success" else 1)
+
+
+def task(cfg: DictConfig) -> float | None:
+    """The Hydra job: run, print the table; the return value is what a sweeper optimises."""
+    from hydra.core.hydra_config import HydraConfig
+
+    quiet_libraries()
+    names = secret_names(OmegaConf.to_container(cfg, resolve=False))
+    sys.argv[1:] = [redact_override(a, names) for a in sys.argv[1:]]  # wandb records the command line
+    with user_errors():
+        result = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    print(format_table(result))
+    attacked = next(iter(result.attacks.values()), None)
+    final = attacked.model.verification if attacked else result.protected.verification
+    return None if final is None else float(final.rate)
+
+
+def main() -> None:
+    check_overrides(sys.argv[1:])
+    hydra_command(task, "config")()
+
+
+if __name__ == "__main__":
+    main()

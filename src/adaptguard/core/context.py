@@ -1,0 +1,47 @@
+"""What every stage gets besides the model and data: cache, trainer factory, logger, seed, device."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
+
+from adaptguard.core.artifacts import ArtifactCache
+
+TrainerFactory = Callable[..., L.Trainer]
+
+
+def default_trainer_factory() -> TrainerFactory:
+    """A plain single-device Trainer; Hydra's ``trainer`` group replaces this."""
+    return functools.partial(L.Trainer, accelerator="auto", devices=1, log_every_n_steps=10, enable_model_summary=False)
+
+
+@dataclass
+class RunContext:
+    cache: ArtifactCache = field(default_factory=ArtifactCache)
+    make_trainer: TrainerFactory = field(default_factory=default_trainer_factory)
+    logger: Logger | None = None
+    out_dir: Path = field(default_factory=lambda: Path("outputs"))
+    seed: int = 0
+    progress: bool = True
+    device: str = "auto"  # where sampling and evaluation run
+    callbacks: Sequence[Callback] = ()  # added to every fit under this context (config callbacks, step probes)
+
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        """A CPU generator for sampling, reproducible per run seed and use."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
+
+    def with_callbacks(self, *callbacks: Callback) -> RunContext:
+        """The same context with ``callbacks`` added to every fit."""
+        return replace(self, callbacks=[*self.callbacks, *callbacks])

@@ -1,0 +1,74 @@
+"""What an experiment is: the model source, the data, a defense, an attack, and what to measure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from adaptguard.attacks.base import Attack
+from adaptguard.attacks.none import NoAttack
+from adaptguard.core.config import Validated, setting
+from adaptguard.core.errors import ConfigError
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.data.distortions import make_image_transforms
+from adaptguard.defenses.base import Defense
+from adaptguard.defenses.none import NoDefense
+from adaptguard.metrics.curve import parse_steps
+from adaptguard.metrics.quality import QualityEvaluator
+from adaptguard.sources import ModelSource
+
+
+@dataclass(frozen=True)
+class AdaptationDomain:
+    """Attack on ``train`` and score FID/KID on ``eval``: did the adaptation to this domain work?"""
+
+    train: str
+    eval: str
+
+    @classmethod
+    def parse(cls, name: str, value: Any) -> AdaptationDomain:
+        if isinstance(value, AdaptationDomain):
+            return value
+        value = dict(value or {})
+        if set(value) != {"train", "eval"}:
+            raise ConfigError(
+                f"eval.adaptation.{name}: needs exactly the keys train and eval (dataset split names), got {sorted(value)}"
+            )
+        return cls(train=str(value["train"]), eval=str(value["eval"]))
+
+
+@dataclass
+class EvalConfig(Validated):
+    """What is measured around the attack."""
+
+    config_key = "eval"
+
+    fid: QualityEvaluator | None = field(default_factory=QualityEvaluator)  # None: skip FID/KID
+    clean_split: str | None = "eval"  # real images of the domain the owner cares about (None: skip)
+    attacker_split: str | None = "attacker"  # the attacker's domain (did the adaptation work?)
+    fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])  # TPR reported at these FPRs
+    grid_samples: int = setting(16, ge=0)  # images per sample grid (from the FID samples)
+    quality_of_base: bool = True  # also score the unprotected base model (cost of embedding)
+    image_attacks: list[Any] = field(default_factory=list)  # names / {name: .., settings}: verify after each
+    # {domain: {train: split, eval: split}}: run the attack once per domain instead of once on its own split
+    adaptation: dict[str, Any] = field(default_factory=dict)
+    # fine-tuning steps at which to verify and score the attacker's domain during the attack (curves)
+    at_steps: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for fpr in self.fprs:
+            if not 0 < fpr < 1:
+                raise ConfigError(f"eval.fprs: each FPR must be in (0, 1), got {fpr}")
+        self.image_attacks = make_image_transforms(self.image_attacks)
+        self.at_steps = parse_steps(self.at_steps)
+        self.adaptation = {name: AdaptationDomain.parse(name, v) for name, v in dict(self.adaptation or {}).items()}
+
+
+@dataclass
+class Experiment:
+    model: ModelSource
+    data: CaptionedImageDataModule
+    defense: Defense = field(default_factory=NoDefense)
+    attack: Attack = field(default_factory=NoAttack)
+    eval: EvalConfig = field(default_factory=EvalConfig)

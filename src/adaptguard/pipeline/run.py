@@ -1,0 +1,187 @@
+"""Running one experiment: base -> protect -> verify -> attack -> verify -> report, as a few stage functions.
+
+Usable without Hydra: build the pieces as plain objects and call :func:`run_experiment`.
+A plain experiment attacks once; with ``eval.adaptation`` the attack runs once per named domain.
+Either way each attack run is an :class:`AttackPlan` and goes through the same attack -> verify ->
+score path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+from adaptguard.attacks.base import Attack
+from adaptguard.core.context import RunContext
+from adaptguard.core.domains import EvalDomain
+from adaptguard.core.errors import ConfigError
+from adaptguard.core.keys import Protected
+from adaptguard.metrics.cost import CostTracker
+from adaptguard.metrics.curve import StepProbe
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.pipeline.evaluator import Evaluator
+from adaptguard.pipeline.experiment import Experiment
+from adaptguard.reporting.logger import log_results
+from adaptguard.reporting.plots import plot_curves
+from adaptguard.reporting.results import AttackReport, CurvePoint, ModelReport, RunInfo, RunResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """One run of the attack: trained on its split, scored on ``domain`` (and on the clean domain)."""
+
+    name: str  # the domain's name: results are keyed by it
+    attack: Attack
+    domain: EvalDomain | None
+    label: str  # model label in stage names and sample grids: "attacked" or "attacked_<name>"
+
+
+def plan_attacks(exp: Experiment, resolution: int) -> list[AttackPlan]:
+    """The attack runs of this experiment: one per ``eval.adaptation`` domain, else one."""
+    ev = exp.eval
+    if not exp.attack.adapts:
+        return []
+    if ev.adaptation:
+        return [
+            AttackPlan(name, exp.attack.on_split(d.train), EvalDomain(name, exp.data, d.eval), f"attacked_{name}")
+            for name, d in ev.adaptation.items()
+        ]
+    target = exp.attack.eval_domain(exp.data, resolution)
+    if target is None and ev.attacker_split:
+        target = EvalDomain("attacker", exp.data, ev.attacker_split)
+    return [AttackPlan(target.name if target else "attacker", exp.attack, target, "attacked")]
+
+
+def check_before_work(exp: Experiment) -> list[str]:
+    """Config and data errors (a missing split, an empty instance folder, FID weights not on disk, a curve
+    past the end of training) as a ConfigError / DataError before any long work; returns notes on
+    settings that will not apply."""
+    ev, notes = exp.eval, []
+    exp.data.check()
+    exp.defense.check_data(exp.data)
+    for d in ev.adaptation.values():
+        exp.data.spec(d.train)
+        exp.data.spec(d.eval)
+    if exp.attack.adapts:
+        for attack in [exp.attack.on_split(d.train) for d in ev.adaptation.values()] or [exp.attack]:
+            attack.check_data(exp.data)
+        check_at_steps(exp.attack, ev.at_steps)
+    elif ev.at_steps:
+        notes.append("eval.at_steps: ignored, this run has no attack")
+    if ev.image_attacks and exp.defense.verification == "weights":
+        notes.append(f"eval.image_attacks: not applicable, defense {exp.defense.name} verifies from weights")
+    if ev.fid is not None:
+        ev.fid.check(exp.data)
+    for note in notes:
+        log.warning(note)
+    return notes
+
+
+def check_at_steps(attack: Attack, at_steps: list[int]) -> None:
+    if not at_steps:
+        return
+    steps = attack.training_steps
+    if steps is None:
+        raise ConfigError(
+            f"eval.at_steps: attack={attack.name} does not train; curves need a fine-tuning attack "
+            "(full, lora, dreambooth)"
+        )
+    if max(at_steps) > steps:
+        raise ConfigError(f"eval.at_steps: step {max(at_steps)} is past the end of training (attack.steps={steps})")
+
+
+def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext) -> Protected:
+    """defense.protect, cached by (base model, defense, owner data, seed) so sweeps protect once."""
+    spec = {
+        "base": exp.model.describe(),
+        "defense": exp.defense.describe(),
+        "data": exp.data.describe(),
+        "seed": ctx.seed,
+    }
+
+    def build(work: Path) -> None:
+        exp.defense.save_protected(exp.defense.protect(base, exp.data, ctx), work)
+
+    folder = ctx.cache.get_or_build("protected", spec, build, private=True)
+    return exp.defense.load_protected(folder, like=base)
+
+
+def run_attack(exp: Experiment, plan: AttackPlan, protected: Protected, ev: Evaluator, ctx: RunContext) -> AttackReport:
+    """attack.run from the protected model (probed at ``eval.at_steps``), then verify and score the result."""
+    probe = None
+    if exp.eval.at_steps:
+        probe = StepProbe(exp.eval.at_steps, lambda step, m: ev.curve_point(step, m, plan.domain), plan.attack.snapshot)
+    with ev.tracker.stage("attack" if plan.label == "attacked" else f"attack_{plan.name}"):
+        run_ctx = ctx.with_callbacks(probe) if probe else ctx
+        attacked = plan.attack.run(protected.model, exp.data, exp.defense.constraint(protected.key), run_ctx)
+    if probe and probe.missing():  # a step past the end of training (e.g. an epoch-limited loader): say so
+        log.warning("eval.at_steps: steps %s were never reached by the attack", probe.missing())
+    model = ev.evaluate(plan.label, attacked, [plan.domain] if plan.domain else [])
+    curve = [CurvePoint(**p) for p in probe.points] if probe else []
+    eval_split = plan.domain.split if plan.domain else None
+    return AttackReport(plan.name, plan.attack.train_split, eval_split, model, plan.attack.cost(), curve)
+
+
+def run_experiment(exp: Experiment, ctx: RunContext) -> RunResult:
+    """Run every stage, write ``results.json`` and grids into ``ctx.out_dir``; return the results."""
+    notes = check_before_work(exp)
+    out = Path(ctx.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ev = Evaluator(exp.defense, exp.eval, exp.data, ctx, CostTracker(), out)
+    with ev.tracker.stage("base"):
+        base = exp.model.load(ctx)
+    plans = plan_attacks(exp, base.resolution)
+    domains = [p.domain for p in plans if p.domain is not None]
+    base_quality = ev.quality("base", base, domains) if exp.eval.quality_of_base else {}
+    with ev.tracker.stage("protect"):
+        protected = protect_cached(exp, base, ctx)
+    ev.key = protected.key
+    base_report = ModelReport(verification=ev.verify_null(base), quality=base_quality)
+    reuse = base_quality if not exp.defense.modifies_weights else None  # same weights: same scores
+    protected_report = ev.evaluate("protected", protected.model, domains, quality=reuse)
+    attacks = {p.name: run_attack(exp, p, protected, ev, ctx) for p in plans}
+    result = build_result(exp, ctx, protected, base_report, protected_report, attacks, notes, ev)
+    if rank_zero_only.rank == 0:  # under DDP every rank runs the pipeline; one writes
+        result.write(out)
+        log_results(ctx.logger, result, out)
+    return result
+
+
+def build_result(
+    exp: Experiment,
+    ctx: RunContext,
+    protected: Protected,
+    base: ModelReport,
+    protected_report: ModelReport,
+    attacks: dict[str, AttackReport],
+    notes: list[str],
+    ev: Evaluator,
+) -> RunResult:
+    curves = {name: a.curve for name, a in attacks.items() if a.curve}
+    if curves and rank_zero_only.rank == 0:
+        ev.files["curves"] = plot_curves(curves, ev.out / "curves.png").name
+    info = RunInfo(
+        model=exp.model.name, dataset=exp.data.name, defense=exp.defense.name, attack=exp.attack.name, seed=ctx.seed,
+        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), out_dir=str(ev.out),
+        device=str(ctx.torch_device()), torch_threads=torch.get_num_threads(),
+    )  # fmt: skip
+    return RunResult(
+        run=info,
+        config={"defense": exp.defense.public_config(), "attack": exp.attack.public_config()},
+        summary=exp.defense.summary(protected),
+        protect=protected.info or {},
+        base=base,
+        protected=protected_report,
+        attacks=attacks,
+        notes=notes,
+        data=exp.data.data_report(),
+        stages=ev.tracker.to_dict(),
+        files=ev.files,
+    )

@@ -1,0 +1,133 @@
+"""Where the base model comes from: the tiny models (pretrained by our code, cached) or a local folder."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+from adaptguard.core.config import Validated, from_mapping, setting
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
+from adaptguard.data.shapes import ShapesDataModule
+from adaptguard.models.bundle import DiffusionModel, SamplerConfig
+from adaptguard.models.tiny import TinySchedulerSpec, TinyTextSpec, TinyUNetSpec, build_tiny_model
+from adaptguard.training.pretraining import PRETRAIN_SPLIT, PretrainConfig, pretrain
+
+log = logging.getLogger(__name__)
+
+
+class ModelSource(Protocol):
+    name: str
+
+    def describe(self) -> dict[str, Any]:
+        """What determines the weights (a cache key)."""
+
+    def load(self, ctx: RunContext) -> DiffusionModel: ...
+
+
+@dataclass
+class TinyModelSource(Validated):
+    """``model=tiny`` / ``micro``: built from config and pretrained on ``shapes`` by our own code.
+
+    The pretrained weights are cached by the hash of this config (``ADAPTGUARD_CACHE``);
+    the package ships the weights for the default configs (``make pretrain`` remakes them),
+    so the defaults need no pretraining. Any other config pretrains on first use, with a
+    progress bar, resuming from its last checkpoint if interrupted.
+    """
+
+    config_key = "model"
+
+    resolution: int = setting(32, ge=8)
+    unet: dict[str, Any] = field(default_factory=dict)
+    text_encoder: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    sampler: dict[str, Any] = field(default_factory=dict)
+    pretrain: dict[str, Any] = field(default_factory=dict)
+    init_seed: int = 0
+    gradient_checkpointing: bool = False  # training stages (protect, attacks) recompute activations
+
+    name: str = "tiny"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for cls, value in ((TinyUNetSpec, self.unet), (TinyTextSpec, self.text_encoder),
+                           (TinySchedulerSpec, self.scheduler), (SamplerConfig, self.sampler),
+                           (PretrainConfig, self.pretrain)):  # fmt: skip
+            from_mapping(cls, value)  # a bad nested value fails now, naming its key
+
+    def describe(self) -> dict[str, Any]:
+        """What determines the pretrained weights (not the sampler, not checkpointing)."""
+        d = asdict(self)
+        for key in ("sampler", "gradient_checkpointing"):
+            d.pop(key)
+        # defaults filled in, so a config that spells them out hashes like one that omits them
+        d["unet"] = asdict(from_mapping(TinyUNetSpec, self.unet))
+        d["text_encoder"] = asdict(from_mapping(TinyTextSpec, self.text_encoder))
+        d["scheduler"] = asdict(from_mapping(TinySchedulerSpec, self.scheduler))
+        d["pretrain"] = asdict(from_mapping(PretrainConfig, self.pretrain))
+        d["pretrain"].pop("checkpoint_every")  # affects resumability, not the weights
+        return d
+
+    def build(self) -> DiffusionModel:
+        return build_tiny_model(
+            self.resolution, self.unet, self.text_encoder, self.scheduler, self.sampler, self.init_seed
+        )
+
+    def _pretrain(self, work: Path, ctx: RunContext) -> None:
+        cfg = from_mapping(PretrainConfig, self.pretrain)
+        data = ShapesDataModule(resolution=self.resolution, splits={PRETRAIN_SPLIT: {"size": cfg.dataset_size}})
+        pretrain(self.build().to(ctx.torch_device()), data, cfg, ctx, work)
+
+    def load(self, ctx: RunContext) -> DiffusionModel:
+        folder = ctx.cache.get_or_build("base", self.describe(), lambda work: self._pretrain(work, ctx))
+        model = DiffusionModel.load(folder / "model", sampler=from_mapping(SamplerConfig, self.sampler))
+        model.gradient_checkpointing = self.gradient_checkpointing
+        return model.to(ctx.torch_device())
+
+
+@dataclass
+class PretrainedSource(Validated):
+    """``model=sd15`` / ``sd21``: a local Stable Diffusion folder in diffusers' layout."""
+
+    config_key = "model"
+
+    path: str | None = None
+    resolution: int = setting(512, ge=8)
+    sampler: dict[str, Any] = field(default_factory=dict)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # weights at load; mixed precision: the trainer's
+    gradient_checkpointing: bool = False  # training stages (protect, attacks) recompute activations
+    name: str = "pretrained"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from_mapping(SamplerConfig, self.sampler)
+
+    def describe(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("sampler", "gradient_checkpointing"):
+            d.pop(key)
+        d["path"] = str(Path(self.path).expanduser().resolve()) if self.path else None
+        return d
+
+    def load(self, ctx: RunContext) -> DiffusionModel:
+        if not self.path:
+            raise ConfigError(
+                f"model.path: model={self.name} needs a local Stable Diffusion folder; run with "
+                f"model.path=/path/to/{self.name} (diffusers layout: unet/ text_encoder/ tokenizer/ vae/ scheduler/). "
+                "Nothing is downloaded."
+            )
+        path = Path(self.path).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"model.path: {path} does not exist or is not a folder")
+        model = DiffusionModel.load(
+            path,
+            resolution=self.resolution,
+            sampler=from_mapping(SamplerConfig, self.sampler),
+            torch_dtype=getattr(torch, self.dtype),
+        )
+        model.gradient_checkpointing = self.gradient_checkpointing
+        return model.to(ctx.torch_device())

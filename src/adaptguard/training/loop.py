@@ -1,0 +1,110 @@
+"""Running a Lightning fit for a stage: seeding, checkpoints, a step-counting progress bar, timing."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
+
+from adaptguard.core.context import RunContext
+
+
+class StepProgressBar(TQDMProgressBar):
+    """One bar per stage that counts optimizer steps (``protect 120/400``); Lightning's counts
+    epochs, which a ``max_steps`` run does not have (it shows ``Epoch 1/-2``)."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def on_train_start(self, trainer: L.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        self.train_progress_bar.reset(total=trainer.max_steps)
+        self.train_progress_bar.initial = trainer.global_step  # a resumed run starts where it stopped
+        self.train_progress_bar.set_description(self.label)
+
+    def on_train_epoch_start(self, *args: Any) -> None:
+        return None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(trainer.global_step, bar.total):
+            _update_n(bar, trainer.global_step)
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_train_epoch_end(self, *args: Any) -> None:
+        return None
+
+
+class StepTimer(Callback):
+    """Mean wall time of a training batch (optimizer step included), skipping warm-up batches."""
+
+    def __init__(self, skip: int = 2) -> None:
+        self.skip = skip
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+    @property
+    def mean_step_s(self) -> float | None:
+        t = self.times[self.skip :] or self.times
+        return sum(t) / len(t) if t else None
+
+
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total}
+
+
+def final_terms(trainer: L.Trainer, prefix: str) -> dict[str, float]:
+    """The last logged value of every ``<prefix>/<term>`` metric, keyed by term."""
+    return {k.split("/", 1)[1]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{prefix}/")}
+
+
+def fit(
+    module: L.LightningModule,
+    dataloader: Any,
+    max_steps: int,
+    ctx: RunContext,
+    *,
+    label: str = "train",
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 200,
+    callbacks: Sequence[Callback] = (),
+    **trainer_kwargs: Any,
+) -> L.Trainer:
+    """Train for ``max_steps`` optimizer steps with a Trainer from ``ctx``; resumable with ``checkpoint_dir``."""
+    L.seed_everything(ctx.seed, verbose=False)
+    cbs = [*ctx.callbacks, *callbacks]
+    if ctx.progress:
+        cbs.append(StepProgressBar(label))
+    ckpt_path = None
+    if checkpoint_dir is not None:
+        cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, every_n_train_steps=checkpoint_every, save_last=True))
+        last = Path(checkpoint_dir) / "last.ckpt"
+        ckpt_path = str(last) if last.exists() else None
+    trainer = ctx.make_trainer(
+        max_steps=max_steps,
+        logger=ctx.logger if ctx.logger is not None else False,
+        enable_checkpointing=checkpoint_dir is not None,
+        enable_progress_bar=ctx.progress,
+        callbacks=cbs,
+        default_root_dir=str(ctx.out_dir),
+        **trainer_kwargs,
+    )
+    module.train()  # bundles come back from load()/sampling in eval mode; Lightning keeps the mode it finds
+    trainer.fit(module, train_dataloaders=dataloader, ckpt_path=ckpt_path)
+    module.eval()
+    return trainer

@@ -1,0 +1,17 @@
+"""Helpers the tests share: the micro model and data, contexts, in-process runs, miniature model folders."""
+
+from tests.helpers.models import micro_source, model_source, params_equal, write_tiny_sd_folder
+from tests.helpers.runs import REPO, cli, compose, make_ctx, make_micro_data, run_config
+
+__all__ = [
+    "REPO",
+    "cli",
+    "compose",
+    "make_ctx",
+    "make_micro_data",
+    "micro_source",
+    "model_source",
+    "params_equal",
+    "run_config",
+    "write_tiny_sd_folder",
+]

@@ -1,0 +1,73 @@
+"""Contexts, data and in-process runs of the command line for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+
+from adaptguard.cli.config import compose
+from adaptguard.cli.run import run
+from adaptguard.core.artifacts import ArtifactCache
+from adaptguard.core.context import RunContext
+from adaptguard.data.shapes import ShapesDataModule
+from adaptguard.reporting.results import RunResult
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_micro_data() -> ShapesDataModule:
+    return ShapesDataModule(
+        resolution=16,
+        splits={
+            "owner": {"size": 256},
+            "attacker": {"offset": 5000, "size": 256},
+            "eval": {"offset": 9000, "size": 64},
+        },
+    )
+
+
+def make_ctx(tmp_path: Path) -> RunContext:
+    trainer = functools.partial(
+        L.Trainer, accelerator="cpu", devices=1, enable_model_summary=False, log_every_n_steps=1
+    )
+    return RunContext(
+        cache=ArtifactCache(tmp_path / "cache"), make_trainer=trainer, out_dir=tmp_path / "out", progress=False
+    )
+
+
+def run_config(overrides: Sequence[str], out: Path) -> RunResult:
+    """``adaptguard run <overrides>`` in this process, results in ``out``."""
+    return run(compose([*overrides, "progress=false"], output_dir=out), out)
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def cli(args: Sequence[str]) -> CliResult:
+    """``adaptguard <args>`` in this process (the console script's code path), with its exit code and output."""
+    from adaptguard.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv = sys.argv
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    finally:
+        sys.argv = argv
+        logging.getLogger().handlers.clear()  # Hydra's job logging wrote to the captured streams
+    return CliResult(code, out.getvalue(), err.getvalue())
