@@ -39,6 +39,7 @@ class FineTuning(Attack):
     steps: int = setting(300, ge=1)  # optimizer steps
     batch_size: int = setting(32, ge=1)
     lr: float = setting(1e-4, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
     warmup_steps: int = setting(0, ge=0)
     weight_decay: float = setting(1e-2, ge=0)
@@ -86,7 +87,8 @@ class FineTuning(Attack):
     # the recipe
     def settings(self) -> TrainSettings:
         optim = OptimConfig(
-            lr=self.lr, weight_decay=self.weight_decay, lr_scheduler=self.lr_scheduler, warmup_steps=self.warmup_steps
+            lr=self.lr, weight_decay=self.weight_decay, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
+            warmup_steps=self.warmup_steps,
         )
         return TrainSettings(
             self.steps, optim, max_grad_norm=self.max_grad_norm,
