@@ -87,7 +87,10 @@ class FineTuning(Attack):
     # the recipe
     def settings(self) -> TrainSettings:
         optim = OptimConfig(
-            lr=self.lr, weight_decay=self.weight_decay, optimizer=self.optimizer, lr_scheduler=self.lr_scheduler,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            optimizer=self.optimizer,
+            lr_scheduler=self.lr_scheduler,
             warmup_steps=self.warmup_steps,
         )
         return TrainSettings(
