@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-ARGS   ?=
+ARGS   ?= experiment=quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench lint format pretrain clean
+.PHONY: install run test test-fast bench gpu-check lint format pretrain clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install  ## the default experiment on the tiny model (ARGS="defense=backdoor attack=lora" for others)
+run: install  ## AIAO x LoRA on the latent tiny model in ~5 min (ARGS="defense=backdoor attack=lora" for others)
 	$(BIN)/python -m experiments.run $(ARGS)
 
 test: install  ## every test, the end-to-end tiny-model experiments included
@@ -30,6 +30,9 @@ test-fast: install  ## skip the slow end-to-end tests
 bench: install  ## speed and memory targets -> bench/results.json
 	$(BIN)/python -m benchmarks.bench --out bench/results.json
 
+gpu-check: install  ## the SD code path at SD 1.5's size on a CUDA GPU, timed -> bench/gpu_check.json
+	$(BIN)/python -m benchmarks.gpu_check --out bench/gpu_check.json
+
 lint: install  ## ruff, and import-linter's layer contracts (pyproject.toml)
 	$(BIN)/ruff check src experiments tests benchmarks
 	$(BIN)/ruff format --check src experiments tests benchmarks
@@ -39,11 +42,13 @@ format: install
 	$(BIN)/ruff check --fix src experiments tests benchmarks
 	$(BIN)/ruff format src experiments tests benchmarks
 
-pretrain: install  ## (re)make the shipped tiny/micro base weights and shapes feature extractor
+pretrain: install  ## (re)make the shipped base weights (latent tiny/micro, pixel) and shapes feature extractors
 	$(BIN)/adaptguard pretrain model=tiny
 	$(BIN)/adaptguard pretrain model=micro
-	$(BIN)/adaptguard pretrain model=tiny experiment=freeze +features_only=true
+	$(BIN)/adaptguard pretrain model=pixel
+	$(BIN)/adaptguard pretrain model=pixel_micro
 	$(BIN)/adaptguard pretrain model=micro experiment=freeze +features_only=true
+	$(BIN)/adaptguard pretrain model=pixel_micro experiment=freeze +features_only=true
 
 clean:
 	rm -rf outputs multirun .pytest_cache

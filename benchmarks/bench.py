@@ -3,7 +3,10 @@
 Entries:
 - ``train_step``: tiny-model training step through our Lightning module vs a plain torch
   loop on the same UNet and batch (target: ratio <= 1.05).
-- ``sampling``: images/s with the tiny model's default sampler (DDIM, CFG).
+- ``sampling``: images/s with the pixel model's default sampler (DDIM, CFG).
+- ``latent_train_step``: the latent tiny model (VAE encode + UNet on 16x16x4 latents) through our
+  Lightning module vs a plain diffusers-style loop written from the components (target: ratio <= 1.05).
+- ``latent_sampling``: images/s of the latent tiny model, VAE decode included.
 - ``aiao``: white-box verification wall time for K = 64 subpaths (one batched forward with
   the trigger, one without as the stealth control), and an embedding step's time relative
   to a plain fine-tuning step on the same batch (it runs the frozen teacher and two
@@ -11,8 +14,8 @@ Entries:
 - ``freezeasguard``: a mask-learning step vs a plain fine-tuning step, and fine-tuning under a mask.
 - ``lora_vs_full``: a LoRA step (ranks 4, 16) vs a full fine-tuning step: time, peak memory, trainable size.
 - ``data_loading``: on-disk loader images/s (AFHQ layout, 2 workers) vs a training step's consumption.
-- ``default_experiment``: wall time of ``python -m experiments.run`` with the shipped base
-  model (target <= 300 s on 2 cores).
+- ``default_experiment``: wall time of ``make run``'s experiment (``experiment=quickstart``: AIAO x LoRA
+  on the latent tiny model) with the shipped base model (target <= 300 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from adaptguard.cli.build import instantiate
+from adaptguard.cli.config import compose
 from adaptguard.data.shapes import ShapesDataModule
-from adaptguard.models.tiny import build_tiny_model
 from adaptguard.training import DenoisingModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,9 +57,28 @@ class _StepClock(L.Callback):
         self.marks.append(time.perf_counter())
 
 
-def bench_train_step(steps: int, warmup: int, batch_size: int, repeats: int) -> dict[str, Any]:
-    model = build_tiny_model()
-    batch = next(iter(ShapesDataModule(splits={"s": {"size": batch_size}}).dataloader("s", batch_size)))
+def build_model(name: str):
+    """``model=<name>`` built from its config, random weights (step times do not depend on the values)."""
+    return instantiate(compose([f"model={name}"]).model).build()
+
+
+def diffusers_loss(m, batch) -> torch.Tensor:
+    """The loss of diffusers' train_text_to_image.py, written from the components (the baseline)."""
+    with torch.no_grad():
+        latents = m.vae.encode(batch["image"]).latent_dist.sample() * m.vae.config.scaling_factor
+        ids = m.tokenizer(list(batch["caption"]), padding="max_length", truncation=True,
+                          max_length=m.tokenizer.model_max_length, return_tensors="pt").input_ids  # fmt: skip
+        emb = m.text_encoder(ids)[0]
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, m.noise_scheduler.config.num_train_timesteps, (latents.shape[0],))
+    pred = m.unet(m.noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=emb).sample
+    return torch.nn.functional.mse_loss(pred.float(), noise.float())
+
+
+def bench_train_step(steps: int, warmup: int, batch_size: int, repeats: int, name: str = "pixel") -> dict[str, Any]:
+    model = build_model(name)
+    data = ShapesDataModule(resolution=model.resolution, splits={"s": {"size": batch_size}})
+    batch = next(iter(data.dataloader("s", batch_size)))
     batches = DataLoader([batch] * (steps + warmup), batch_size=None)
 
     def lightning_run() -> float:
@@ -77,7 +100,7 @@ def bench_train_step(steps: int, warmup: int, batch_size: int, repeats: int) -> 
         opt = DenoisingModule(m).configure_optimizers()["optimizer"]
         marks = []
         for b in batches:
-            loss = m.training_loss(b["image"], b["caption"])
+            loss = diffusers_loss(m, b) if m.is_latent else m.training_loss(b["image"], b["caption"])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -91,6 +114,7 @@ def bench_train_step(steps: int, warmup: int, batch_size: int, repeats: int) -> 
         lit.append(lightning_run())
     lit_s, plain_s = min(lit), min(plain)
     return {
+        "model": name,
         "batch_size": batch_size,
         "steps_timed": steps,
         "lightning_step_s": round(lit_s, 4),
@@ -101,8 +125,8 @@ def bench_train_step(steps: int, warmup: int, batch_size: int, repeats: int) -> 
     }
 
 
-def bench_sampling(n: int) -> dict[str, Any]:
-    model = build_tiny_model()
+def bench_sampling(n: int, name: str = "pixel") -> dict[str, Any]:
+    model = build_model(name)
     prompts = ShapesDataModule(splits={"s": {"size": n}}).captions("s", n)
     model.sample(prompts[:8], steps=2)  # warm-up
     start = time.perf_counter()
@@ -110,6 +134,9 @@ def bench_sampling(n: int) -> dict[str, Any]:
     wall = time.perf_counter() - start
     s = model.sampler
     return {
+        "model": name,
+        "resolution": model.resolution,
+        "vae_decode": model.is_latent,
         "images": n,
         "sampler": s.name,
         "steps": s.steps,
@@ -151,7 +178,7 @@ def bench_aiao(steps: int, batch_size: int) -> dict[str, Any]:
     from adaptguard.core.context import RunContext
     from adaptguard.defenses.aiao import AIAODefense, _EmbeddingObjective
 
-    model = build_tiny_model()
+    model = build_model("pixel")
     blocks = unet_blocks(model.unet, model.latent_shape)
     defense = AIAODefense(num_subpaths=64)
     key = defense.make_key(list(range(len(blocks))), [1.0] * len(blocks), seed=1)
@@ -186,7 +213,7 @@ def bench_sleepermark(steps: int, batch_size: int, samples: int) -> dict[str, An
     from adaptguard.defenses.message_codec import Codec, CodecConfig, MessageDecoder, MessageEncoder
     from adaptguard.defenses.sleepermark import SleeperMarkDefense, SleeperMarkKey, TriggerDistillation
 
-    model = build_tiny_model()
+    model = build_model("pixel")
     cfg = CodecConfig()
     shape = model.latent_shape
     codec = Codec(
@@ -250,7 +277,7 @@ def _freeze_child(kind: str, rho: float, steps: int, batch_size: int, queue) -> 
     from adaptguard.defenses.freezing import candidate_sizes, project_to_ratio, random_scores
 
     torch.manual_seed(0)
-    model = build_tiny_model()
+    model = build_model("pixel")
     data = ShapesDataModule(splits={"a": {"size": batch_size}, "b": {"offset": 100, "size": batch_size}})
     a, b = (next(iter(data.dataloader(s, batch_size))) for s in ("a", "b"))
     cuda = torch.cuda.is_available()
@@ -327,7 +354,7 @@ def _finetune_child(rank: int, steps: int, batch_size: int, queue) -> None:
     from adaptguard.models.lora import LoraSettings, add_lora
 
     torch.manual_seed(0)
-    model = build_tiny_model()
+    model = build_model("pixel")
     batch = next(iter(ShapesDataModule(splits={"a": {"size": batch_size}}).dataloader("a", batch_size)))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -460,12 +487,14 @@ def main() -> None:
     entries = {
         "train_step": lambda: bench_train_step(opts.steps, 3, opts.batch_size, opts.repeats),
         "sampling": lambda: bench_sampling(opts.samples),
+        "latent_train_step": lambda: bench_train_step(opts.steps, 3, 16, opts.repeats, "tiny"),
+        "latent_sampling": lambda: bench_sampling(opts.samples, "tiny"),
         "aiao": lambda: bench_aiao(opts.steps, opts.batch_size),
         "sleepermark": lambda: bench_sleepermark(opts.steps, 16, 64),
         "freezeasguard": lambda: bench_freezeasguard(opts.steps, 16),
         "lora_vs_full": lambda: bench_lora_vs_full(opts.steps, opts.batch_size),
         "data_loading": lambda: bench_data_loading(512, opts.batch_size, opts.steps),
-        "default_experiment": lambda: bench_default_experiment(["logger=none"]),
+        "default_experiment": lambda: bench_default_experiment(["experiment=quickstart", "logger=none"]),
     }
     if opts.skip_experiment:
         entries.pop("default_experiment")

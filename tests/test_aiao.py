@@ -145,7 +145,7 @@ def test_aiao_runs_on_a_stable_diffusion_format_unet(tmp_path):
 def test_layers_tool_writes_table_plot_and_json(cli_env, tmp_path):
     import json
 
-    proc = cli(["layers", "model=micro", "attack.steps=3", "attack.batch_size=8", "progress=false",
+    proc = cli(["layers", "model=pixel_micro", "attack.steps=3", "attack.batch_size=8", "progress=false",
                 f"hydra.run.dir={tmp_path}/run"])  # fmt: skip
     assert proc.code == 0, proc.stderr[-3000:]
     assert "BUSY" in proc.stdout and "busy blocks:" in proc.stdout
@@ -153,5 +153,5 @@ def test_layers_tool_writes_table_plot_and_json(cli_env, tmp_path):
     assert len(report["blocks"]) == 12 and all(b["activity"] > 0 for b in report["blocks"])
     assert len(report["busy"]) == 3 and set(report["busy"]).isdisjoint(report["lazy"])  # 0.2 of 12 blocks, rounded up
     assert (tmp_path / "run" / "layer_activity.png").stat().st_size > 1000
-    bad = cli(["layers", "model=micro", f"tuned={tmp_path}/nope", f"hydra.run.dir={tmp_path}/run2"])
+    bad = cli(["layers", "model=pixel_micro", f"tuned={tmp_path}/nope", f"hydra.run.dir={tmp_path}/run2"])
     assert bad.code == 2 and "Traceback" not in bad.stderr and "tuned:" in bad.stderr, bad.stderr[-2000:]

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from adaptguard.attacks.base import Attack
 from adaptguard.cli.build import instantiate
 from adaptguard.cli.config import compose, config_dir
+from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import Defense
 from adaptguard.pipeline import EvalConfig
@@ -52,6 +53,15 @@ def test_every_model_config_describes_its_weights(option, tmp_path):
     cfg = compose([f"model={option}"], output_dir=tmp_path)
     source = instantiate(cfg.model)
     assert source.name == option and source.describe()["resolution"] == cfg.model.resolution
+
+
+@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro"])
+def test_every_built_in_model_ships_its_weights(option, tmp_path):
+    """A fresh clone pretrains nothing for the built-in configs: their weights are in the package."""
+    source = instantiate(compose([f"model={option}"], output_dir=tmp_path).model)
+    shipped = ArtifactCache(tmp_path).shipped("base", source.describe())
+    assert shipped is not None and (shipped / "model" / "unet" / "config.json").is_file()
+    assert (shipped / "model" / "vae").is_dir() == (source.vae is not None)
 
 
 @pytest.mark.parametrize("option", _options("trainer"))

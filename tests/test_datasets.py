@@ -216,7 +216,8 @@ def test_cli_runs_a_real_experiment_on_each_dataset(name, cli_env, tmp_path):
     # the DreamBooth subject is learnt by attack=dreambooth, with the prompts the dataset names
     attack = ["attack=dreambooth", "attack.num_class_images=2"] if name == "dreambooth" else ["attack=full"]
     splits = [] if name == "dreambooth" else TINY_SPLITS
-    args = ["model=micro", f"dataset={name}", f"dataset.root={root}", "dataset.num_workers=0", *splits, *attack,
+    args = ["model=pixel_micro", "defense=none", f"dataset={name}", f"dataset.root={root}", "dataset.num_workers=0",
+            *splits, *attack,
             "attack.steps=2", "attack.batch_size=2", "eval.fid=null", "logger=none", "progress=false"]  # fmt: skip
     proc = cli(["run", *args, f"hydra.run.dir={tmp_path}/run"])
     assert proc.code == 0, proc.stderr[-3000:]
@@ -238,7 +239,7 @@ def test_cli_data_problems_are_one_message_before_any_work(extra, needles, cli_e
     root = write_afhq(tmp_path / "afhq")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no InceptionV3 weights in this hub cache
     args = [
-        "model=micro",
+        "model=pixel_micro",
         "dataset=afhq",
         "defense=backdoor",
         "logger=none",

@@ -27,7 +27,7 @@ from adaptguard.defenses import (
 from adaptguard.defenses.message_codec import CodecConfig
 from adaptguard.metrics.quality import QualityEvaluator
 from adaptguard.models.bundle import SamplerConfig
-from adaptguard.models.tiny import TinySchedulerSpec, TinyTextSpec, TinyUNetSpec
+from adaptguard.models.tiny import TinySchedulerSpec, TinyTextSpec, TinyUNetSpec, TinyVAESpec
 from adaptguard.pipeline import EvalConfig
 from adaptguard.sources import PretrainedSource, TinyModelSource
 from adaptguard.training.pretraining import PretrainConfig
@@ -49,6 +49,7 @@ PAGES = {
         (SamplerConfig, "model.sampler"),
         (PretrainConfig, "model.pretrain"),
         (TinyUNetSpec, "model.unet"),
+        (TinyVAESpec, "model.vae"),
         (TinyTextSpec, "model.text_encoder"),
         (TinySchedulerSpec, "model.scheduler"),
     ],  # fmt: skip

@@ -20,7 +20,7 @@ KEY_SEED = "918273645"
 
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
-    """experiment=smoke (backdoor x LoRA on the tiny model) with wandb offline and explicit secrets."""
+    """experiment=smoke (backdoor x LoRA on the pixel model) with wandb offline and explicit secrets."""
     tmp = tmp_path_factory.mktemp("smoke")
     with pytest.MonkeyPatch.context() as m:
         m.setenv("ADAPTGUARD_CACHE", str(tmp / "cache"))
@@ -35,7 +35,7 @@ def test_smoke_experiment_reports_verification_quality_and_costs(smoke_run):
     run_dir, proc = smoke_run
     result = RunResult.read(run_dir / "results.json")
     assert (result.run.model, result.run.defense, result.run.attack, result.status) == (
-        "tiny",
+        "pixel",
         "backdoor",
         "lora",
         "ok",
@@ -82,7 +82,7 @@ def test_secrets_never_reach_logs_configs_or_stdout(smoke_run):
 
 def test_sweep_with_parallel_launcher_runs_every_job(cli_env, tmp_path):
     args = [
-        "run", "-m", "model=micro", "defense=backdoor", "defense.steps=20", "defense.num_samples=8", "seed=0,1",
+        "run", "-m", "model=pixel_micro", "defense=backdoor", "defense.steps=20", "defense.num_samples=8", "seed=0,1",
         "attack=full,lora", "hydra/launcher=local", "++attack.steps=3", "eval.fid.num_samples=8",
         "eval.fid.kid_subset_size=4", "logger=csv", "eval.at_steps=[0,3]", "progress=false",
         f"hydra.sweep.dir={tmp_path}/sweep",
@@ -110,11 +110,11 @@ def test_sweep_with_parallel_launcher_runs_every_job(cli_env, tmp_path):
 def test_console_script_runs_from_outside_the_checkout(cli_env, tmp_path):
     script = Path(sys.executable).parent / "adaptguard"
     assert script.is_file(), "the adaptguard console script is installed with the package"
-    args = [str(script), "run", "model=micro", "defense=backdoor", "attack=lora", "defense.steps=5",
+    args = [str(script), "run", "model=pixel_micro", "defense=backdoor", "attack=lora", "defense.steps=5",
             "defense.num_samples=4", "attack.steps=2", "eval.fid=null", "logger=none", "progress=false"]  # fmt: skip
     proc = subprocess.run(args, cwd=tmp_path, env=cli_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results,) = (tmp_path / "outputs").rglob("results.json")  # the run directory is under the working directory
     result = json.loads(results.read_text())
     assert result["run"]["defense"] == "backdoor" and result["attacks"]["attacker"]["model"]["verification"]
-    assert "adaptguard | model=micro" in proc.stdout
+    assert "adaptguard | model=pixel_micro" in proc.stdout

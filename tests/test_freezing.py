@@ -226,7 +226,7 @@ def test_cli_freeze_experiment_attacks_each_domain(cli_env, tmp_path):
     """`experiment=freeze` end to end on the micro model: both domains attacked and scored, LoRA skips frozen modules."""
     small = [f"dataset.splits.{s}.size=48" for s in ("illegal", "legal", "attacker_illegal", "attacker_legal")]
     args = [
-        "run", "experiment=freeze", "model=micro", "attack=lora", "logger=none", "progress=false", "defense.rho=0.7",
+        "run", "experiment=freeze", "model=pixel_micro", "attack=lora", "logger=none", "progress=false", "defense.rho=0.7",
         "defense.user_steps=10", "defense.steps=10", "defense.batch_size=8", "defense.user_batch_size=16",
         "attack.steps=4", "attack.batch_size=8", "eval.fid.num_samples=16", "eval.fid.kid_subset_size=8", *small,
         f"hydra.run.dir={tmp_path}/run",

@@ -9,10 +9,12 @@ from adaptguard.metrics.quality import QualityEvaluator
 from tests.helpers import model_source
 
 
-def test_domain_fid_ranks_the_pretrained_tiny_model_above_random_init(ctx):
-    """The shipped tiny model (32 px) draws the shapes; its random init draws noise."""
-    source = model_source("tiny")
-    data = ShapesDataModule(resolution=32, splits={"eval": {"offset": 9000, "size": 32}})
+@pytest.mark.parametrize("name", ["pixel", "tiny"])
+def test_domain_fid_ranks_the_pretrained_model_above_random_init(name, ctx):
+    """The shipped models (pixel: 32 px; tiny: latent, 64 px) draw the shapes; their random inits draw noise."""
+    source = model_source(name)
+    res = source.resolution
+    data = ShapesDataModule(resolution=res, splits={"eval": {"offset": 9000, "size": 32}})
     ev = QualityEvaluator(num_samples=32, kid_subset_size=16, kid_subsets=20)
     pretrained, random_init = source.load(ctx), source.build()
     pretrained.sampler.steps = random_init.sampler.steps = 10  # the ranking, not the best FID
@@ -20,7 +22,7 @@ def test_domain_fid_ranks_the_pretrained_tiny_model_above_random_init(ctx):
     bad, _ = ev.evaluate(random_init, data, "eval", ctx)
     assert set(good.metrics()) == {"fid_shapesnet", "kid_shapesnet_mean", "kid_shapesnet_std"}
     assert good.extractor == "shapesnet" and good.num_samples == 32 and good.split == "eval"
-    assert images.shape == (32, 3, 32, 32)
+    assert images.shape == (32, 3, res, res)
     assert good.fid < 0.5 * bad.fid, (good, bad)
     assert good.kid_mean < 0.5 * bad.kid_mean, (good, bad)
 

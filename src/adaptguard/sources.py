@@ -14,7 +14,7 @@ from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.shapes import ShapesDataModule
 from adaptguard.models.bundle import DiffusionModel, SamplerConfig
-from adaptguard.models.tiny import TinySchedulerSpec, TinyTextSpec, TinyUNetSpec, build_tiny_model
+from adaptguard.models.tiny import TinySchedulerSpec, TinyTextSpec, TinyUNetSpec, TinyVAESpec, build_tiny_model
 from adaptguard.training.pretraining import PRETRAIN_SPLIT, PretrainConfig, pretrain
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class TinyModelSource(Validated):
 
     resolution: int = setting(32, ge=8)
     unet: dict[str, Any] = field(default_factory=dict)
+    vae: dict[str, Any] | None = None  # null: a pixel-space model (no VAE)
     text_encoder: dict[str, Any] = field(default_factory=dict)
     scheduler: dict[str, Any] = field(default_factory=dict)
     sampler: dict[str, Any] = field(default_factory=dict)
@@ -56,25 +57,32 @@ class TinyModelSource(Validated):
         super().__post_init__()
         for cls, value in ((TinyUNetSpec, self.unet), (TinyTextSpec, self.text_encoder),
                            (TinySchedulerSpec, self.scheduler), (SamplerConfig, self.sampler),
-                           (PretrainConfig, self.pretrain)):  # fmt: skip
+                           (PretrainConfig, self.pretrain), (TinyVAESpec, self.vae or {})):  # fmt: skip
             from_mapping(cls, value)  # a bad nested value fails now, naming its key
 
     def describe(self) -> dict[str, Any]:
-        """What determines the pretrained weights (not the sampler, not checkpointing)."""
+        """What determines the pretrained weights (not the name, the sampler or checkpointing)."""
         d = asdict(self)
-        for key in ("sampler", "gradient_checkpointing"):
+        for key in ("name", "sampler", "gradient_checkpointing"):
             d.pop(key)
+        if self.vae is None:
+            d.pop("vae")  # pixel models hash as they did before VAEs existed
+        else:
+            d["vae"] = asdict(from_mapping(TinyVAESpec, self.vae))
         # defaults filled in, so a config that spells them out hashes like one that omits them
         d["unet"] = asdict(from_mapping(TinyUNetSpec, self.unet))
         d["text_encoder"] = asdict(from_mapping(TinyTextSpec, self.text_encoder))
         d["scheduler"] = asdict(from_mapping(TinySchedulerSpec, self.scheduler))
         d["pretrain"] = asdict(from_mapping(PretrainConfig, self.pretrain))
         d["pretrain"].pop("checkpoint_every")  # affects resumability, not the weights
+        if self.vae is None:
+            for key in ("vae_steps", "vae_batch_size", "vae_lr", "kl_weight", "vae_crop"):
+                d["pretrain"].pop(key)
         return d
 
     def build(self) -> DiffusionModel:
         return build_tiny_model(
-            self.resolution, self.unet, self.text_encoder, self.scheduler, self.sampler, self.init_seed
+            self.resolution, self.unet, self.text_encoder, self.scheduler, self.sampler, self.init_seed, self.vae
         )
 
     def _pretrain(self, work: Path, ctx: RunContext) -> None:

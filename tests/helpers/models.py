@@ -13,13 +13,13 @@ from adaptguard.cli.build import instantiate
 from adaptguard.cli.config import compose
 
 
-def model_source(name: str = "micro"):
-    """A ``model=<name>`` config as a TinyModelSource (micro: 16 px, tiny: 32 px; both ship pretrained weights)."""
+def model_source(name: str = "pixel_micro"):
+    """A ``model=<name>`` config as a TinyModelSource (every model config ships pretrained weights)."""
     return instantiate(compose([f"model={name}"]).model)
 
 
 def micro_source():
-    return model_source("micro")
+    return model_source("pixel_micro")
 
 
 def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> dict[str, bool]:

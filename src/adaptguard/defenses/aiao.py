@@ -174,10 +174,13 @@ class AIAODefense(Defense):
         settings = TrainSettings(
             self.steps, OptimConfig(lr=self.lr, weight_decay=self.weight_decay), log_prefix="protect"
         )
-        tuned = finetune(
-            model, loader, settings, ctx, objective=objective,
-            trainable=lambda m: _trainable_params(m, blocks, candidates, self.trainable),
-        )  # fmt: skip
+        try:
+            tuned = finetune(
+                model, loader, settings, ctx, objective=objective,
+                trainable=lambda m: _trainable_params(m, blocks, candidates, self.trainable),
+            )  # fmt: skip
+        finally:
+            objective.close()
         info = {
             "steps": self.steps,
             "final_losses": tuned.losses,
@@ -272,7 +275,12 @@ def _trainable_params(model: DiffusionModel, blocks: list[Block], candidates: li
 
 
 class _EmbeddingObjective:
-    """L = L_keep + lambda_wm * L_wm + lambda_null * L_null on one batch of the owner's data."""
+    """L = L_keep + lambda_wm * L_wm + lambda_null * L_null on one batch of the owner's data.
+
+    The untriggered and triggered passes are one forward (per-sample triggers), and the hooks
+    stay on the UNet until training ends: with gradient checkpointing the backward pass
+    re-runs each block's forward, hooks included, and must find them as the forward did.
+    """
 
     def __init__(self, cfg: AIAODefense, key: AIAOKey, blocks: list[Block], teacher: torch.nn.Module, seed: int):
         self.cfg = cfg
@@ -282,6 +290,18 @@ class _EmbeddingObjective:
         self.secrets = cfg.secrets_for(key, blocks)
         self.scales = torch.tensor(key.scales)
         self.generator = torch.Generator().manual_seed(seed + 1)
+        self.hooks: SubpathHooks | None = None
+
+    def _hooks_on(self, unet: torch.nn.Module) -> SubpathHooks:
+        if self.hooks is None or self.hooks.unet is not unet:
+            self.close()
+            self.hooks = SubpathHooks(unet, self.blocks, self.secrets, read=self.key.candidates).__enter__()
+        return self.hooks
+
+    def close(self) -> None:
+        if self.hooks is not None:
+            self.hooks.__exit__(None, None, None)
+            self.hooks = None
 
     def __call__(self, model: DiffusionModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         cfg, g = self.cfg, self.generator
@@ -300,17 +320,16 @@ class _EmbeddingObjective:
         pairs = self.cfg.sample_pairs(self.key, cfg.subpaths_per_step, g)
         pairs = pairs[torch.arange(bsz) % pairs.shape[0]]  # each sample takes one of the S subpaths
         scale = self.scales.to(model.device)[pairs[:, 1].to(model.device)].unsqueeze(1)
-        with SubpathHooks(model.unet, self.blocks, self.secrets, read=self.key.candidates) as hooks:
-            eps = model.predict(noisy, t, emb)  # untriggered
-            keep = F.mse_loss(eps.float(), teacher_eps.float())
-            resp = hooks.responses(pairs[:, 1]).float() / scale
-            signs = hooks.signs(pairs[:, 1], resp)
-            null = (signs * torch.tanh(resp)).mean(1).pow(2).mean()
-            hooks.trigger_at = pairs[:, 0]
-            model.predict(noisy, t, emb)
-            resp_t = hooks.responses(pairs[:, 1]).float() / scale
-            wm = F.relu(cfg.margin - signs * resp_t).mean()
-            with torch.no_grad():
-                bit_acc = (torch.sign(resp_t) == signs).float().mean()
+        hooks = self._hooks_on(model.unet)
+        hooks.trigger_at = torch.cat([torch.full((bsz,), -1), pairs[:, 0]])  # first half untriggered
+        eps = model.predict(torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([emb, emb]))[:bsz]
+        keep = F.mse_loss(eps.float(), teacher_eps.float())
+        both = hooks.responses(torch.cat([pairs[:, 1], pairs[:, 1]])).float() / scale.repeat(2, 1)
+        resp, resp_t = both[:bsz], both[bsz:]
+        signs = hooks.signs(pairs[:, 1], resp)
+        null = (signs * torch.tanh(resp)).mean(1).pow(2).mean()
+        wm = F.relu(cfg.margin - signs * resp_t).mean()
+        with torch.no_grad():
+            bit_acc = (torch.sign(resp_t) == signs).float().mean()
         loss = keep + cfg.lambda_wm * wm + cfg.lambda_null * null
         return {"loss": loss, "keep": keep.detach(), "wm": wm.detach(), "null": null.detach(), "bit_acc": bit_acc}

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -131,7 +131,18 @@ class DiffusionModel(nn.Module):
         self, images: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(noisy latents, timesteps, prompt embeddings, regression target) for one batch."""
-        latents = self.encode_images(images)
+        return self.noisy_latents(self.encode_images(images), prompts, timesteps)
+
+    def batch_latents(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """A batch's latents: drawn from cached VAE posteriors (``latent_mean``/``latent_std``) or encoded now."""
+        if "latent_mean" in batch:
+            mean, std = batch["latent_mean"].to(self.device), batch["latent_std"].to(self.device)
+            return (mean + std * torch.randn_like(std)) * self.vae.config.scaling_factor
+        return self.encode_images(batch["image"].to(self.device))
+
+    def noisy_latents(
+        self, latents: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         noise = torch.randn_like(latents)
         if timesteps is None:
             timesteps = torch.randint(
@@ -152,7 +163,10 @@ class DiffusionModel(nn.Module):
 
     def training_loss(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Denoising MSE (epsilon or v target, as the scheduler was trained)."""
-        noisy, t, emb, target = self.noisy_inputs(images, prompts)
+        return self.latent_loss(self.encode_images(images), prompts)
+
+    def latent_loss(self, latents: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        noisy, t, emb, target = self.noisy_latents(latents, prompts)
         return F.mse_loss(self.predict(noisy, t, emb).float(), target.float())
 
     # ----------------------------------------------------------------- sampling

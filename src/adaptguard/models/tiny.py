@@ -1,7 +1,10 @@
-"""The tiny pixel-space text-to-image model, built from config with random weights.
+"""The tiny text-to-image models, built from config with random weights.
 
-Sized for 2 CPU cores: attention only at the lowest resolution (8x8 for 32 px), where
-it is cheap; convolutions elsewhere. See benchmarks/bench.py for its step time.
+With a ``vae`` spec the model has Stable Diffusion's structure - an ``AutoencoderKL``
+(images -> 4-channel latents), a ``UNet2DConditionModel`` denoising those latents, a CLIP
+text encoder - so every defense and attack runs the SD code path (VAE encode/decode,
+latents, checkpointing) at a size 2 CPU cores can train. Without one it is the older
+pixel-space model. See benchmarks/bench.py for step times.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from adaptguard.core.config import Validated, from_mapping, setting
@@ -29,6 +32,31 @@ class TinyUNetSpec(Validated):
     layers_per_block: int = setting(1, ge=1)
     attention_head_dim: int = setting(8, ge=1)
     norm_num_groups: int = setting(8, ge=1)
+
+
+@dataclass
+class TinyVAESpec(Validated):
+    """An ``AutoencoderKL``; each level after the first halves the resolution (64 px, 3 levels -> 16x16)."""
+
+    config_key = "model.vae"
+
+    block_out_channels: list[int] = setting(default_factory=lambda: [32, 64, 64], nonempty=True)
+    layers_per_block: int = setting(1, ge=1)
+    latent_channels: int = setting(4, ge=1)
+    norm_num_groups: int = setting(8, ge=1)
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.block_out_channels) - 1)
+
+    def build(self, resolution: int) -> AutoencoderKL:
+        levels = len(self.block_out_channels)
+        return AutoencoderKL(
+            in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
+            up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=tuple(self.block_out_channels),
+            layers_per_block=self.layers_per_block, latent_channels=self.latent_channels,
+            norm_num_groups=self.norm_num_groups, sample_size=resolution,
+        )  # fmt: skip
 
 
 @dataclass
@@ -60,9 +88,11 @@ def build_tiny_model(
     scheduler: TinySchedulerSpec | dict | None = None,
     sampler: SamplerConfig | dict | None = None,
     seed: int = 0,
+    vae: TinyVAESpec | dict | None = None,
 ) -> DiffusionModel:
-    """Random-init tiny model; the same arguments always give the same weights."""
+    """Random-init tiny model (latent when ``vae`` is given); the same arguments always give the same weights."""
     u = from_mapping(TinyUNetSpec, unet)
+    v = None if vae is None else from_mapping(TinyVAESpec, vae)
     t = from_mapping(TinyTextSpec, text_encoder)
     s = from_mapping(TinySchedulerSpec, scheduler)
     levels = len(u.block_out_channels)
@@ -70,14 +100,21 @@ def build_tiny_model(
         raise ConfigError(
             "model.unet: block_out_channels, down_block_types and up_block_types must have the same length"
         )
-    if resolution % (2 ** (levels - 1)):
-        raise ConfigError(f"model.resolution: {resolution} must be divisible by {2 ** (levels - 1)}")
+    down = v.downsampling if v else 1
+    if resolution % down or (resolution // down) % (2 ** (levels - 1)):
+        raise ConfigError(
+            f"model.resolution: {resolution} must be divisible by {down * 2 ** (levels - 1)} "
+            "(the VAE's and the UNet's downsampling)"
+        )
+    channels = v.latent_channels if v else 3
     tokenizer = build_tokenizer(DEFAULT_WORDS, vocab_size=t.vocab_size, max_length=t.max_length)
     with torch.random.fork_rng(devices=[]):  # the init draws from its own seed, not the caller's stream
         torch.manual_seed(seed)
         text_model = _text_encoder(t, tokenizer)
+        vae_model = v.build(resolution) if v else None
         unet_model = UNet2DConditionModel(
-            sample_size=resolution, in_channels=3, out_channels=3, block_out_channels=tuple(u.block_out_channels),
+            sample_size=resolution // down, in_channels=channels, out_channels=channels,
+            block_out_channels=tuple(u.block_out_channels),
             down_block_types=tuple(u.down_block_types), up_block_types=tuple(u.up_block_types),
             layers_per_block=u.layers_per_block, cross_attention_dim=t.hidden_size,
             attention_head_dim=u.attention_head_dim, norm_num_groups=u.norm_num_groups,
@@ -89,7 +126,7 @@ def build_tiny_model(
         clip_sample=s.clip_sample,
     )
     return DiffusionModel(
-        unet_model, text_model, tokenizer, noise_scheduler, resolution=resolution,
+        unet_model, text_model, tokenizer, noise_scheduler, vae=vae_model, resolution=resolution,
         sampler=from_mapping(SamplerConfig, sampler),
     )  # fmt: skip
 

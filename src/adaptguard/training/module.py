@@ -79,11 +79,11 @@ class DenoisingModule(L.LightningModule):
             batch = dict(batch)
             batch["caption"] = ["" if random.random() < self.caption_dropout else c for c in batch["caption"]]
         if self.objective is None:
-            out: Any = self.model.training_loss(batch["image"], batch["caption"])
+            out: Any = self.model.latent_loss(self.model.batch_latents(batch), batch["caption"])
         else:
             out = self.objective(self.model, batch)
         terms = out if isinstance(out, dict) else {"loss": out}
-        bs = batch["image"].shape[0]
+        bs = len(batch["caption"])
         self.log_dict({f"{self.log_prefix}/{k}": v.detach() for k, v in terms.items()}, prog_bar=True, batch_size=bs)
         return terms["loss"]
 

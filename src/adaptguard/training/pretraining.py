@@ -1,4 +1,8 @@
-"""Pretraining a base model from scratch (the tiny and micro models, on the built-in shapes world)."""
+"""Pretraining a base model from scratch (the tiny and micro models, on the built-in shapes world).
+
+Latent models train in Stable Diffusion's order: the VAE first, its latent scale measured on
+the data, then the UNet and text encoder on cached latents with the VAE frozen.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torchvision
+from diffusers import AutoencoderKL
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch.utils.data import DataLoader
 
 from adaptguard.core.config import Validated, setting
 from adaptguard.core.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.models.bundle import DiffusionModel
+from adaptguard.training.autoencoder import AutoencoderModule, cache_latents, latent_scale
 from adaptguard.training.loop import fit
 from adaptguard.training.module import DenoisingModule, OptimConfig
 
@@ -36,6 +43,12 @@ class PretrainConfig(Validated):
     dataset_size: int = setting(16384, ge=1)
     checkpoint_every: int = setting(250, ge=1)
     ema_decay: float | None = setting(0.999, gt=0, lt=1)  # null: no EMA
+    # latent models only: the VAE stage that runs first
+    vae_steps: int = setting(1500, ge=1)
+    vae_batch_size: int = setting(16, ge=1)
+    vae_lr: float = setting(1e-3, gt=0)
+    kl_weight: float = setting(1e-4, ge=0)  # per latent element, relative to the per-pixel reconstruction
+    vae_crop: int | None = setting(None, ge=8)  # train the VAE on random crops of this size (null: whole images)
 
 
 def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: PretrainConfig, ctx: RunContext, work: Path):
@@ -44,14 +57,18 @@ def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: Pretrai
     Checkpoints go to ``work/checkpoints`` so an interrupted run resumes where it stopped.
     """
     log.info("pretraining the base model: %d steps (cached afterwards; resumable)", cfg.steps)
+    loader = data.dataloader(PRETRAIN_SPLIT, cfg.batch_size)
+    if model.is_latent:
+        loader = _latent_loader(model, data, cfg, ctx, work)
     model.requires_grad_(True)
+    if model.vae is not None:
+        model.vae.requires_grad_(False)
     optim = OptimConfig(lr=cfg.lr, lr_scheduler=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps)
     module = DenoisingModule(
         model, optim, caption_dropout=cfg.caption_dropout, log_prefix="pretrain", max_steps=cfg.steps
     )
     ckpt = work / "checkpoints"
     callbacks = [EMAWeightAveraging(decay=cfg.ema_decay)] if cfg.ema_decay else []
-    loader = data.dataloader(PRETRAIN_SPLIT, cfg.batch_size)
     fit(module, loader, cfg.steps, ctx, label="pretrain", checkpoint_dir=ckpt,
         checkpoint_every=cfg.checkpoint_every, callbacks=callbacks)  # fmt: skip
     model.requires_grad_(False)
@@ -61,3 +78,26 @@ def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: Pretrai
     torchvision.utils.save_image(images * 0.5 + 0.5, work / "model" / "samples.png", nrow=8)
     (work / "model" / "samples.txt").write_text("\n".join(prompts) + "\n")
     shutil.rmtree(ckpt, ignore_errors=True)
+    shutil.rmtree(work / "vae", ignore_errors=True)  # the VAE stage's resume point; the VAE is in work/model
+
+
+def _latent_loader(model: DiffusionModel, data: CaptionedImageDataModule, cfg: PretrainConfig, ctx: RunContext,
+                   work: Path) -> DataLoader:  # fmt: skip
+    """Train the VAE (once: ``work/vae`` survives an interruption), set its scale, cache the split's latents."""
+    vae_dir = work / "vae"
+    if (vae_dir / "config.json").is_file():
+        model.vae = AutoencoderKL.from_pretrained(vae_dir).to(model.device)
+    else:
+        log.info("pretraining the VAE: %d steps", cfg.vae_steps)
+        model.vae.requires_grad_(True)
+        module = AutoencoderModule(model.vae, cfg.vae_lr, cfg.kl_weight, cfg.vae_steps, cfg.warmup_steps, cfg.vae_crop)
+        fit(module, data.dataloader(PRETRAIN_SPLIT, cfg.vae_batch_size), cfg.vae_steps, ctx, label="pretrain vae",
+            checkpoint_dir=work / "vae_checkpoints", checkpoint_every=cfg.checkpoint_every)  # fmt: skip
+    model.vae.requires_grad_(False).eval()
+    latents = cache_latents(model.vae, data.dataset(PRETRAIN_SPLIT), progress=ctx.progress)
+    if not (vae_dir / "config.json").is_file():
+        model.vae.register_to_config(scaling_factor=latent_scale(latents, ctx.generator(0)))
+        model.vae.save_pretrained(vae_dir)
+        shutil.rmtree(work / "vae_checkpoints", ignore_errors=True)
+    log.info("VAE latent scale: %.4f", model.vae.config.scaling_factor)
+    return DataLoader(latents, batch_size=cfg.batch_size, shuffle=True, drop_last=True)

@@ -1,0 +1,155 @@
+"""The Stable Diffusion code path on the latent micro model: every defense and every attack at least
+once (a diagonal of the product, at reduced steps), AIAO under gradient checkpointing, and
+diffusers as the client of every folder the framework writes."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from adaptguard.analysis.blocks import unet_blocks
+from adaptguard.defenses.aiao import AIAODefense, _EmbeddingObjective
+from tests.helpers import model_source, run_config, write_tiny_sd_folder
+
+pytestmark = pytest.mark.slow
+
+# reduced steps and samples: each run is a real protect -> verify -> attack -> verify -> score
+FAST = ["model=micro", "logger=none", "model.sampler.steps=3", "eval.fid.num_samples=8",
+        "eval.fid.kid_subset_size=4", "eval.fid.kid_subsets=2", "eval.grid_samples=4", "eval.quality_of_base=false"]  # fmt: skip
+WATERMARK = ["defense.steps=8", "defense.batch_size=4"]
+TRAIN = ["attack.steps=3", "attack.batch_size=4"]
+DIAGONAL = {
+    "aiao-lora": ["defense=aiao", "attack=lora", *WATERMARK, "defense.probe_steps=3", "defense.calibration_keys=2",
+                  "defense.num_subpaths=8", "model.gradient_checkpointing=true", *TRAIN, "attack.save=adapter"],
+    "sleepermark-full": ["defense=sleepermark", "attack=full", *WATERMARK, "defense.codec.steps=20",
+                         "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
+                         "defense.null_messages=7", *TRAIN, "attack.save=merged"],
+    "backdoor-dreambooth": ["defense=backdoor", "attack=dreambooth", *WATERMARK, "defense.num_samples=4",
+                            "defense.null_keys=7", *TRAIN, "attack.num_class_images=2"],
+    "freezeasguard-quantize": ["experiment=freeze", "defense=freezeasguard", "attack=quantize", "defense.steps=3",
+                               "defense.batch_size=4", "defense.user_steps=2", "defense.user_batch_size=4"],
+    "random_freeze-prune": ["defense=random_freeze", "attack=prune"],
+    "none-weight_noise": ["defense=none", "attack=weight_noise"],
+    "aiao_busy-none": ["defense=aiao_busy", "attack=none", *WATERMARK, "defense.probe_steps=3",
+                       "defense.calibration_keys=2", "defense.num_subpaths=8"],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def diagonal(tmp_path_factory):
+    """Every defense and every attack once on the latent micro model, results by run name."""
+    tmp = tmp_path_factory.mktemp("diagonal")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("ADAPTGUARD_CACHE", str(tmp / "cache"))
+        runs = {name: run_config([*FAST, *args], tmp / name) for name, args in DIAGONAL.items()}
+    return tmp, runs
+
+
+def test_every_defense_and_attack_runs_on_the_latent_model(diagonal):
+    _, runs = diagonal
+    assert {r.run.defense for r in runs.values()} >= {"aiao", "sleepermark", "backdoor", "freezeasguard",
+                                                     "random_freeze", "none"}  # fmt: skip
+    assert {r.run.attack for r in runs.values()} >= {"lora", "full", "dreambooth", "quantize", "prune",
+                                                    "weight_noise", "none"}  # fmt: skip
+    for name, result in runs.items():
+        assert result.status == "ok", name
+        assert result.run.model == "micro"
+        verified = result.protected.verification
+        if result.run.defense in ("aiao", "aiao_busy", "sleepermark", "backdoor"):
+            attacked = [a.model.verification for a in result.attacks.values()]
+            assert verified.trials > 0 and all(v is not None and v.trials == verified.trials for v in attacked), name
+        else:  # freezing and no defense: judged by quality after the attack
+            fids = [q.fid for a in result.attacks.values() for q in a.model.quality.values()]
+            assert fids and all(f > 0 for f in fids), name
+
+
+def test_latent_runs_encode_and_decode_through_the_vae(diagonal):
+    """The SleeperMark codec lives in the micro VAE's 8x8x4 latent space; grids are 32-px decoded images."""
+    tmp, runs = diagonal
+    assert runs["sleepermark-full"].protect["codec"]["latent_shape"] == [4, 8, 8]
+    grid = tmp / "aiao-lora" / runs["aiao-lora"].files["samples_protected"]
+    assert grid.stat().st_size > 1000
+
+
+def test_aiao_gradients_are_the_same_with_gradient_checkpointing():
+    """AIAO's hooks under checkpointing: the backward re-runs each block's forward and must find the
+    same triggers (this crashed with CheckpointError before the hooks outlived the forward)."""
+    model = model_source("micro").build()
+    blocks = unet_blocks(model.unet, model.latent_shape)
+    d = AIAODefense(key_seed=3)
+    key = d.make_key([1, 3, 5, 7], [1.0] * len(blocks))
+    batch = {"image": torch.rand(4, 3, 32, 32) * 2 - 1, "caption": ["a red circle"] * 4}
+    grads = []
+    for checkpointing in (False, True):
+        unet = model.clone()
+        unet.unet.train()
+        if checkpointing:
+            unet.unet.enable_gradient_checkpointing()
+        objective = _EmbeddingObjective(d, key, blocks, model.unet, seed=0)
+        torch.manual_seed(0)
+        objective(unet, batch)["loss"].backward()
+        objective.close()
+        grads.append(torch.cat([p.grad.flatten() for p in unet.unet.parameters() if p.grad is not None]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_aiao_on_a_stable_diffusion_folder_with_gradient_checkpointing(tmp_path, monkeypatch):
+    sd = write_tiny_sd_folder(tmp_path / "sd")
+    monkeypatch.setenv("ADAPTGUARD_CACHE", str(tmp_path / "cache"))
+    result = run_config(["model=sd15", f"model.path={sd}", "model.resolution=64", "model.gradient_checkpointing=true",
+                         "model.sampler.steps=2", "model.sampler.batch_size=8", "defense=aiao", "attack=lora",
+                         "defense.steps=3", "defense.batch_size=4", "defense.probe_steps=2",
+                         "defense.calibration_keys=2", "defense.num_subpaths=8", "defense.response_bits=16",
+                         "defense.busy_fraction=0.3", "attack.steps=2", "attack.batch_size=4", "logger=none",
+                         "eval.fid.feature=domain", "eval.fid.num_samples=8", "eval.fid.kid_subset_size=4",
+                         "eval.fid.kid_subsets=2", "eval.grid_samples=4", "eval.quality_of_base=false"],
+                        tmp_path / "run")  # fmt: skip
+    assert result.status == "ok"
+    assert result.protected.verification.trials == 8
+    (attack,) = result.attacks.values()
+    assert attack.model.verification.trials == 8
+
+
+CLIENT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import torch
+    from diffusers import StableDiffusionPipeline
+    base, protected, attacked, adapter = sys.argv[1:5]
+    out = {}
+    for name, folder, lora in (("base", base, None), ("protected", protected, None),
+                               ("attacked", attacked, None), ("adapter", protected, adapter)):
+        pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+        if lora:
+            pipe.load_lora_weights(lora)
+        images = pipe(["a red circle on a black background"] * 2, num_inference_steps=3, output_type="np",
+                      generator=torch.Generator().manual_seed(0)).images
+        out[name] = {"shape": list(images.shape), "std": float(np.std(images))}
+    out["adaptguard_imported"] = any(m.startswith("adaptguard") for m in sys.modules)
+    print(json.dumps(out))
+""")
+
+
+def test_diffusers_opens_every_folder_the_framework_writes(diagonal):
+    """A fresh process that never imports adaptguard: the shipped base model, a protected model, an attacked
+    model (attack.save=merged) and a LoRA adapter (attack.save=adapter) all generate with diffusers alone."""
+    tmp, runs = diagonal
+    base = model_source("micro").describe()
+    from adaptguard.core.artifacts import ArtifactCache
+
+    shipped = ArtifactCache(tmp / "cache").shipped("base", base)
+    assert shipped is not None, "the latent micro model's weights should ship with the package"
+    protected = next((tmp / "cache" / "protected").glob("*/model"))
+    attacked = runs["sleepermark-full"].attacks["attacker"].cost["saved_to"]
+    adapter = runs["aiao-lora"].attacks["attacker"].cost["saved_to"]
+    proc = subprocess.run([sys.executable, "-c", CLIENT, str(shipped / "model"), str(protected), attacked, adapter],
+                          capture_output=True, text=True, cwd=tmp)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out.pop("adaptguard_imported") is False
+    for name, facts in out.items():
+        assert facts["shape"] == [2, 32, 32, 3] and facts["std"] > 0.01, name
