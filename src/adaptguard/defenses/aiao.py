@@ -315,14 +315,15 @@ class _EmbeddingObjective:
         noisy = torch.where(pure, torch.randn_like(noisy), noisy)
         if self.teacher.device != model.device:
             self.teacher.to(model.device)
-        with torch.no_grad():
-            teacher_eps = self.teacher(noisy, t, encoder_hidden_states=emb).sample
+        noisy, t, emb = torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([emb, emb])
+        with torch.no_grad():  # the same batch shape as the student's: identical weights give identical outputs
+            teacher_eps = self.teacher(noisy, t, encoder_hidden_states=emb).sample[:bsz]
         pairs = self.cfg.sample_pairs(self.key, cfg.subpaths_per_step, g)
         pairs = pairs[torch.arange(bsz) % pairs.shape[0]]  # each sample takes one of the S subpaths
         scale = self.scales.to(model.device)[pairs[:, 1].to(model.device)].unsqueeze(1)
         hooks = self._hooks_on(model.unet)
-        hooks.trigger_at = torch.cat([torch.full((bsz,), -1), pairs[:, 0]])  # first half untriggered
-        eps = model.predict(torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([emb, emb]))[:bsz]
+        hooks.trigger_at = torch.cat([torch.full((bsz,), -1), pairs[:, 0]])  # first half untriggered, second triggered
+        eps = model.predict(noisy, t, emb)[:bsz]
         keep = F.mse_loss(eps.float(), teacher_eps.float())
         both = hooks.responses(torch.cat([pairs[:, 1], pairs[:, 1]])).float() / scale.repeat(2, 1)
         resp, resp_t = both[:bsz], both[bsz:]
