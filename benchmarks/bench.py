@@ -487,7 +487,7 @@ def main() -> None:
     entries = {
         "train_step": lambda: bench_train_step(opts.steps, 3, opts.batch_size, opts.repeats),
         "sampling": lambda: bench_sampling(opts.samples),
-        "latent_train_step": lambda: bench_train_step(opts.steps, 3, 16, opts.repeats, "tiny"),
+        "latent_train_step": lambda: bench_train_step(opts.steps, 3, opts.batch_size, opts.repeats, "tiny"),
         "latent_sampling": lambda: bench_sampling(opts.samples, "tiny"),
         "aiao": lambda: bench_aiao(opts.steps, opts.batch_size),
         "sleepermark": lambda: bench_sleepermark(opts.steps, 16, 64),
