@@ -170,7 +170,6 @@ class Checker:
         report["sampling"] = self.measure(lambda: m.sample(prompts, steps=20))
         report["sampling"]["images_per_s"] = round(len(prompts) / report["sampling"]["wall_s"], 3)
         plain = report["plain_diffusers_step"]["step_s"]
-        print(json.dumps(report), flush=True)
         for part in ("lora_step", "full_finetune_step", "aiao_protect", "sleepermark_protect"):
             if "step_s" in report[part]:
                 report[part]["ratio_to_plain_step"] = round(report[part]["step_s"] / plain, 3)
