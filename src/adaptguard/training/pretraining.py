@@ -57,9 +57,10 @@ def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: Pretrai
     Checkpoints go to ``work/checkpoints`` so an interrupted run resumes where it stopped.
     """
     log.info("pretraining the base model: %d steps (cached afterwards; resumable)", cfg.steps)
-    loader = data.dataloader(PRETRAIN_SPLIT, cfg.batch_size)
     if model.is_latent:
         loader = _latent_loader(model, data, cfg, ctx, work)
+    else:
+        loader = data.dataloader(PRETRAIN_SPLIT, cfg.batch_size)
     model.requires_grad_(True)
     if model.vae is not None:
         model.vae.requires_grad_(False)
