@@ -9,6 +9,9 @@ from adaptguard.cli.errors import EXIT_USER_ERROR
 
 COMMANDS = {
     "run": ("adaptguard.cli.run", "one experiment, or a sweep with -m"),
+    "protect": ("adaptguard.cli.protect", "protect a model: <out>/model/ to publish, <out>/owner.key to keep"),
+    "verify": ("adaptguard.cli.verify", "does a suspect checkpoint carry my watermark? (key=... suspect=...)"),
+    "calibrate": ("adaptguard.cli.calibrate", "a key's false-positive rate on never-watermarked models"),
     "report": ("adaptguard.cli.report", "the table (and curves) of a sweep directory"),
     "layers": ("adaptguard.cli.layers", "which UNet blocks fine-tuning moves (busy / lazy)"),
     "pretrain": ("adaptguard.cli.pretrain", "remake the shipped base weights and feature extractors"),

@@ -32,6 +32,8 @@ class Defense(Validated, ABC):
     modifies_weights: ClassVar[bool] = True
     # how ownership is checked: not at all, from the weights (white-box), or from generated images (black-box)
     verification: ClassVar[Literal["none", "weights", "images"]] = "none"
+    # bump when a change to verification makes keys written before it read differently (owner key files)
+    version: ClassVar[int] = 1
 
     @abstractmethod
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:

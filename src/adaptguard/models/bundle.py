@@ -266,15 +266,17 @@ class DiffusionModel(nn.Module):
         resolution: int | None = None,
         sampler: SamplerConfig | None = None,
         torch_dtype: torch.dtype | None = None,
+        key: str = "model.path",
     ) -> DiffusionModel:
-        """Load a folder written by :meth:`save` or a Stable Diffusion folder (diffusers layout)."""
+        """Load a folder written by :meth:`save` or a Stable Diffusion folder (diffusers layout);
+        ``key`` is the config key an error names."""
         path = Path(path)
         meta_path = path / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         missing = [d for d in ("unet", "text_encoder", "tokenizer", "scheduler") if not (path / d).is_dir()]
         if missing:
             raise ConfigError(
-                f"model.path: {path} is not a diffusers model folder (missing {', '.join(d + '/' for d in missing)}). "
+                f"{key}: {path} is not a diffusers model folder (missing {', '.join(d + '/' for d in missing)}). "
                 "Expected unet/, text_encoder/, tokenizer/, scheduler/ and, for latent models, vae/ "
                 "- e.g. a local copy of stable-diffusion-v1-5 saved with save_pretrained."
             )

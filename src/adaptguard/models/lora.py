@@ -123,8 +123,12 @@ def save_lora(model: DiffusionModel, path: Path) -> Path:
 
 
 def load_lora(model: DiffusionModel, path: Path) -> None:
-    """Load adapters saved by :func:`save_lora` (or diffusers' training scripts) into ``model``."""
-    state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(path, return_lora_metadata=True)
+    """Load adapters saved by :func:`save_lora` (or diffusers' training scripts; a folder or the file) into ``model``."""
+    path = Path(path)
+    where = {"weight_name": path.name} if path.is_file() else {}
+    state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
+        str(path.parent if path.is_file() else path), return_lora_metadata=True, **where
+    )
     StableDiffusionPipeline.load_lora_into_unet(state, network_alphas=alphas, unet=model.unet, metadata=metadata)
     if any(k.startswith("text_encoder.") for k in state):
         StableDiffusionPipeline.load_lora_into_text_encoder(

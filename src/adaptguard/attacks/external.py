@@ -1,0 +1,66 @@
+"""A model fine-tuned elsewhere (any script, any cluster) used as the attacked model: no training here.
+
+``attack=external attack.path=<folder or checkpoint>`` (or ``attack.lora_weights=<file>``, applied to the
+protected model unless ``attack.base`` names another folder) puts it through the same
+verify -> score path, table, sweep and report as the attacks adaptguard runs itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adaptguard.attacks.base import Attack
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.models.suspect import Suspect, architecture, architecture_mismatch, load_suspect
+
+
+@dataclass
+class ExternalModel(Attack):
+    path: str | None = None  # a pipeline folder, a bare unet/ folder or a single-file checkpoint
+    lora_weights: str | None = None  # a LoRA file; applied to ``base``, else to the protected model
+    base: str | None = None  # the folder a bare UNet, single file or LoRA completes (default: the protected model)
+    name: str = "external"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.path and not self.lora_weights:
+            raise ConfigError("attack.path: attack=external needs attack.path=<folder or checkpoint> "
+                              "(or attack.lora_weights=<file>)")  # fmt: skip
+        self._cost: dict[str, Any] = {}
+
+    def suspect(self) -> Suspect:
+        return Suspect(
+            self.path, self.lora_weights, self.base, key="attack", path_name="path", lora_name="lora_weights"
+        )
+
+    def check_data(self, data: CaptionedImageDataModule) -> None:
+        """The files must exist before the protect stage runs."""
+        for key in ("path", "lora_weights", "base"):
+            value = getattr(self, key)
+            if value and not Path(value).expanduser().exists():
+                raise ConfigError(f"attack.{key}: {Path(value).expanduser()} does not exist")
+
+    def run(
+        self,
+        model: DiffusionModel,
+        data: CaptionedImageDataModule,
+        constraint: FineTuneConstraint | None,
+        ctx: RunContext,
+    ) -> DiffusionModel:
+        external = load_suspect(self.suspect(), base_model=model, sampler=model.sampler).to(model.device)
+        if mismatch := architecture_mismatch(architecture(model), external):
+            raise ConfigError(f"attack.path: {self.suspect().describe()} is not a fine-tune of this model's "
+                              f"architecture: {'; '.join(mismatch)}")  # fmt: skip
+        external.resolution = model.resolution
+        external.gradient_checkpointing = model.gradient_checkpointing
+        self._cost = {"source": self.suspect().describe(), "trainable_params": 0}
+        return external
+
+    def cost(self) -> dict[str, Any]:
+        return dict(self._cost)

@@ -1,0 +1,65 @@
+"""``adaptguard protect`` / ``python -m experiments.protect``: protect a model for publishing.
+
+    adaptguard protect defense=backdoor model=tiny out=release/
+
+Writes ``<out>/model/`` (diffusers folder, publish this), ``<out>/owner.key`` (0600, keep it) and
+``<out>/protect.json``. Check any model later with ``adaptguard verify key=<out>/owner.key suspect=...``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from adaptguard.cli.app import check_overrides, hydra_command, quiet_libraries, user_errors
+from adaptguard.cli.build import build_experiment, make_context
+from adaptguard.pipeline.owner import protect_to
+
+
+def protect(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """In-process ``protect`` (tests, notebooks): ``output_dir`` (the command's ``out``) receives the files."""
+    out = Path(output_dir)
+    return protect_to(build_experiment(cfg), make_context(cfg, out), out)
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = [f"protected with {report['defense']} ({report['wall_s']:.0f} s)",
+             f"  model (publish this): {report['model_dir']}",
+             f"  key (keep private, mode 0600): {report['key_file']}"]  # fmt: skip
+    for name in ("protected", "base"):
+        v = report.get(name)
+        if v:
+            state = "detected" if v["detected"] else "not detected"
+            lines.append(f"  {name}: {state}, rate {v['rate']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}], "
+                         f"p {v['p_value']:.3g}")  # fmt: skip
+    if report.get("protected") and not report["protected"]["detected"]:
+        lines.append(
+            "  warning: the protected model does not verify as watermarked; strengthen the embedding "
+            "(defense.steps, defense.lr) before publishing"
+        )
+    if not report.get("protected"):
+        lines.append(f"  {report['decision']['rule']}")
+    else:
+        lines.append(f"  verify: adaptguard verify key={report['key_file']} suspect=<folder or checkpoint>")
+    return "\n".join(lines)
+
+
+def task(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    quiet_libraries()
+    with user_errors():
+        report = protect(cfg, Path(HydraConfig.get().runtime.output_dir))
+    print(summary(report))
+
+
+def main() -> None:
+    check_overrides(sys.argv[1:])
+    hydra_command(task, "protect")()
+
+
+if __name__ == "__main__":
+    main()

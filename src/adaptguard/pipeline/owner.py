@@ -1,0 +1,246 @@
+"""The owner's workflow: protect a model once, then check any suspect checkpoint with the key file.
+
+``protect_to`` writes ``<out>/model/`` (a diffusers folder, no secret inside), ``<out>/owner.key``
+(0600) and ``<out>/protect.json`` (what was protected and how well it verifies, no secret).
+``verify_suspect`` rebuilds the defense from the key, opens the suspect in whatever form it
+was published and returns a :class:`Verdict`; ``calibrate`` runs a key against models that
+never saw the watermark and measures the false-positive rate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from adaptguard import __version__
+from adaptguard.core.artifacts import weights_sha256
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
+from adaptguard.core.keys import Protected
+from adaptguard.core.owner_key import OwnerKey
+from adaptguard.core.verification import Verification
+from adaptguard.defenses.base import Defense
+from adaptguard.metrics.stats import clopper_pearson
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.models.suspect import Suspect, architecture, architecture_mismatch, load_suspect
+from adaptguard.pipeline.experiment import Experiment
+from adaptguard.pipeline.run import protect_cached
+
+log = logging.getLogger(__name__)
+KEY_FILE = "owner.key"
+MODEL_DIR = "model"
+REPORT_FILE = "protect.json"
+
+
+# ---------------------------------------------------------------------------------------------- protect
+def protect_to(exp: Experiment, ctx: RunContext, out: Path) -> dict[str, Any]:
+    """Protect ``exp.model`` with ``exp.defense`` (cached like an experiment's protect stage, so the same
+    seed gives the same protected model), write the model folder, the key and the report; return the report."""
+    if exp.defense.key_type is None:
+        raise ConfigError(f"defense: defense={exp.defense.name} has no key to protect with; pick a protection, "
+                          "e.g. defense=backdoor, aiao, sleepermark or freezeasguard")  # fmt: skip
+    exp.data.check()
+    exp.defense.check_data(exp.data)
+    out = Path(out)
+    if (out / KEY_FILE).exists():
+        raise ConfigError(f"out: {out / KEY_FILE} already exists; choose another out=<folder> (a key is never "
+                          "overwritten)")  # fmt: skip
+    start = time.perf_counter()
+    base = exp.model.load(ctx)
+    protected = protect_cached(exp, base, ctx)
+    model_dir = protected.model.save(out / MODEL_DIR)
+    verified = exp.defense.verify(protected.model, protected.key, ctx)
+    never = exp.defense.verify(base, protected.key, ctx) if verified is not None else None
+    key = owner_key(exp.defense, protected, verified, model_dir.resolve(), ctx.seed)
+    key.save(out / KEY_FILE)
+    report = {
+        "defense": exp.defense.name,
+        "model": exp.model.name,
+        "seed": ctx.seed,
+        "config": exp.defense.public_config(),
+        "model_dir": str(model_dir),
+        "key_file": str(out / KEY_FILE),
+        "protected_sha256": key.protected_sha256,
+        "decision": key.decision,
+        "protected": verified.summary() if verified else None,
+        "base": never.summary() if never else None,
+        "summary": exp.defense.summary(protected),
+        "wall_s": round(time.perf_counter() - start, 2),
+    }
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def owner_key(
+    defense: Defense, protected: Protected, verified: Verification | None, model_dir: Path, seed: int
+) -> OwnerKey:
+    assert protected.key is not None
+    secret = {f: getattr(protected.key, f) for f in protected.key.__dataclass_fields__}
+    return OwnerKey(
+        defense=defense.name,
+        target=f"{type(defense).__module__}.{type(defense).__qualname__}",
+        defense_version=defense.version,
+        config=defense.describe(),
+        secret=secret,
+        decision=decision_rule(defense, protected, verified),
+        protected_sha256=weights_sha256(protected.model.unet),
+        architecture={**architecture(protected.model), "resolution": protected.model.resolution},
+        model_path=str(model_dir),
+        seed=seed,
+        created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        adaptguard_version=__version__,
+    )
+
+
+def decision_rule(defense: Defense, protected: Protected, verified: Verification | None) -> dict[str, Any]:
+    """The threshold a verdict uses and how it was calibrated (non-secret; stored in the key and the report)."""
+    if verified is None:
+        return {"verification": "none", "rule": f"defense={defense.name} constrains fine-tuning; nothing to verify"}
+    d = verified.details
+    rule = {
+        "verification": defense.verification,
+        "statistic": verified.statistic,
+        "trials": verified.trials,
+        "trial_threshold": verified.trial_threshold,
+        "trial_fpr": d.get("fpr"),
+        "model_fpr": d.get("model_fpr"),
+    }
+    if "rate_threshold" in d:  # AIAO: a rate threshold calibrated on the base model with random keys
+        rule.update(
+            rate_threshold=d["rate_threshold"],
+            rule="detected when the rate of passing trials >= rate_threshold",
+            calibration={"method": "max(binomial bound, random keys on the unprotected base model)",
+                         **(protected.info or {}).get("calibration", {})},
+        )  # fmt: skip
+    else:
+        rule.update(
+            rule="detected when P(>= the passing trials | no watermark) <= model_fpr (binomial, exact)",
+            calibration={"method": "analytic: per-trial binomial tail at trial_fpr, model-level binomial tail"},
+        )
+    return rule
+
+
+# ---------------------------------------------------------------------------------------------- verify
+@dataclass
+class Verdict:
+    """One suspect against one key: what ``verify`` prints and writes as JSON."""
+
+    suspect: str
+    defense: str
+    detected: bool
+    rate: float
+    ci: tuple[float, float]
+    trials: int
+    successes: int
+    p_value: float
+    trial_threshold: float
+    statistic: str
+    target_fpr: float | None
+    rule: str
+    identical_to_protected: bool
+    seed: int
+    wall_s: float
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci"] = list(self.ci)
+        return d
+
+    def text(self) -> str:
+        verdict = "DETECTED" if self.detected else "not detected"
+        figures = ", ".join(f"{k} {v:.3f}" for k, v in self.figures.items())
+        lines = [
+            f"{verdict}: {self.defense} watermark in {self.suspect}",
+            f"  rate {self.rate:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] ({self.successes}/{self.trials} trials "
+            f"passed, each needs >= {self.trial_threshold:g} {self.statistic})",
+            f"  p-value {self.p_value:.3g}; target false-positive rate {self.target_fpr}",
+            f"  rule: {self.rule}",
+        ]
+        if figures:
+            lines.append(f"  {figures}")
+        if self.identical_to_protected:
+            lines.append("  the suspect's UNet is bit-identical to the protected model")
+        lines.append(f"  seed {self.seed}, {self.wall_s:.1f} s")
+        return "\n".join(lines)
+
+
+def defense_from_key(key: OwnerKey) -> Defense:
+    """The defense, rebuilt with the config the key was made with (its secret fields included)."""
+    module, _, name = key.target.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"key: made by defense class {key.target}, which this adaptguard does not have") from None
+    if key.defense_version != cls.version:
+        raise ConfigError(f"key: made with {key.defense} verification version {key.defense_version}; this adaptguard "
+                          f"reads version {cls.version} (use adaptguard {key.adaptguard_version})")  # fmt: skip
+    defense = cls(**key.config)
+    if defense.verification == "none" or defense.key_type is None:
+        raise ConfigError(f"key: defense={key.defense} has no verification (it constrains fine-tuning instead of "
+                          "marking the model); there is nothing to detect in a suspect")  # fmt: skip
+    return defense
+
+
+def open_suspect(key: OwnerKey, suspect: Suspect, ctx: RunContext, base_model: DiffusionModel | None = None):
+    """The suspect as a model on ``ctx``'s device, checked against the key's architecture."""
+    default_base = key.model_path if key.model_path and Path(key.model_path).is_dir() else None
+    model = load_suspect(suspect, base=default_base, base_model=base_model).to(ctx.torch_device())
+    expected = {k: v for k, v in key.architecture.items() if k != "resolution"}
+    if mismatch := architecture_mismatch(expected, model):
+        raise ConfigError(f"{suspect.key}: {suspect.describe()} does not have the architecture this key was made "
+                          f"for: {'; '.join(mismatch)}")  # fmt: skip
+    model.resolution = key.architecture.get("resolution", model.resolution)
+    return model
+
+
+def verify_suspect(key: OwnerKey, suspect: Suspect, ctx: RunContext) -> Verdict:
+    """Does ``suspect`` carry the watermark of ``key``? Sampling is seeded by ``ctx.seed``."""
+    start = time.perf_counter()
+    defense = defense_from_key(key)
+    secret = defense.key_type(**key.secret)
+    model = open_suspect(key, suspect, ctx)
+    v = defense.verify(model, secret, ctx)
+    return Verdict(
+        suspect=suspect.describe(), defense=key.defense, detected=bool(v.detected), rate=v.rate, ci=tuple(v.ci),
+        trials=v.trials, successes=v.successes, p_value=v.p_value, trial_threshold=v.trial_threshold,
+        statistic=v.statistic, target_fpr=key.decision.get("model_fpr"), rule=str(key.decision.get("rule", "")),
+        identical_to_protected=weights_sha256(model.unet) == key.protected_sha256, seed=ctx.seed,
+        wall_s=round(time.perf_counter() - start, 2), figures=dict(v.figures),
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- calibrate
+def calibrate(key: OwnerKey, suspects: list[Suspect], ctx: RunContext) -> dict[str, Any]:
+    """Run ``key`` against models that never saw its watermark: every detection is a false positive.
+
+    The empirical false-positive rate (with its Clopper-Pearson interval) sits next to the analytic
+    model-level FPR the decision rule targets; with few models the interval is wide, which is the point.
+    """
+    verdicts = [verify_suspect(key, s, ctx) for s in suspects]
+    false = sum(v.detected for v in verdicts)
+    trial_false, trials = sum(v.successes for v in verdicts), sum(v.trials for v in verdicts)
+    return {
+        "defense": key.defense,
+        "models": len(verdicts),
+        "false_positives": false,
+        "empirical_fpr": false / len(verdicts) if verdicts else None,
+        "empirical_fpr_ci": list(clopper_pearson(false, len(verdicts))),
+        "analytic_fpr": key.decision.get("model_fpr"),
+        "trial_fpr": key.decision.get("trial_fpr"),
+        "trial_false_positives": trial_false,
+        "trials": trials,
+        "empirical_trial_fpr": trial_false / trials if trials else None,
+        "empirical_trial_fpr_ci": list(clopper_pearson(trial_false, trials)),
+        "verdicts": [v.to_dict() for v in verdicts],
+    }
+
+
+def with_seed(ctx: RunContext, seed: int) -> RunContext:
+    return replace(ctx, seed=seed)
