@@ -6,7 +6,15 @@ import re
 
 import pytest
 
-from adaptguard.attacks import DreamBooth, FullFineTune, Int8Quantize, LoraFineTune, MagnitudePrune, WeightNoise
+from adaptguard.attacks import (
+    DreamBooth,
+    ExternalModel,
+    FullFineTune,
+    Int8Quantize,
+    LoraFineTune,
+    MagnitudePrune,
+    WeightNoise,
+)
 from adaptguard.data import (
     AfhqDataModule,
     CaptionedImageDataModule,
@@ -40,7 +48,8 @@ PAGES = {
     "docs/defenses/sleepermark.md": [(SleeperMarkDefense, "defense"), (CodecConfig, "defense.codec")],
     "docs/defenses/freezeasguard.md": [(FreezeAsGuardDefense, "defense"), (RandomFreezeDefense, "defense")],
     "docs/attacks.md": [
-        (c, "attack") for c in (FullFineTune, LoraFineTune, DreamBooth, MagnitudePrune, Int8Quantize, WeightNoise)
+        (c, "attack")
+        for c in (FullFineTune, LoraFineTune, DreamBooth, MagnitudePrune, Int8Quantize, WeightNoise, ExternalModel)
     ]
     + [(c, f"eval.image_attacks.{c.name}") for c in IMAGE_TRANSFORMS.values()],  # fmt: skip
     "docs/models.md": [

@@ -27,9 +27,9 @@ from tests.helpers import cli, compose, model_source, run_config
 pytestmark = pytest.mark.slow
 
 MICRO = ["model=micro", "progress=false"]
-# 300 steps at a raised lr and trigger share: the micro model carries the trigger (detected at 1e-3)
+# 300 steps at a raised lr and trigger share, a 4x4 grid (8-px cells: 2x2 latent pixels): detected at p < 1e-9
 BACKDOOR = ["defense=backdoor", "defense.steps=300", "defense.batch_size=16", "defense.lr=2e-3",
-            "defense.trigger_fraction=0.6", "defense.num_samples=32", "defense.key_seed=7"]  # fmt: skip
+            "defense.trigger_fraction=0.6", "defense.num_samples=32", "defense.key_seed=7", "defense.grid=4", "defense.fpr=1e-2"]  # fmt: skip
 RUN = [*MICRO, *BACKDOOR, "logger=none", "eval.fid=null"]
 ATTACK = ["attack.steps=5", "attack.batch_size=8", "attack.save=merged"]
 # an independently pretrained micro base: another init seed, a short pretraining of its own
@@ -99,7 +99,11 @@ def test_verify_detects_the_protected_folder_with_the_numbers_protect_measured(o
     assert verdict["detected"] and verdict["identical_to_protected"]
     same_numbers(verdict, json.loads((owner.release / "protect.json").read_text())["protected"])
     text = cli(["verify", f"key={owner.key}", f"suspect={owner.release / 'model'}"])
-    assert text.code == 0 and text.stdout.startswith("DETECTED: backdoor watermark in")
+    assert (
+        text.code == 0
+        and text.stdout.startswith("DETECTED: ")
+        and "carries this key's backdoor watermark" in text.stdout
+    )
     assert "target false-positive rate 0.001" in text.stdout
 
 
@@ -163,7 +167,7 @@ def test_a_lora_file_saved_by_diffusers_is_verified_on_its_base(owner):
     protected = owner.release / "model"
     lora = _diffusers_script_lora(protected, owner.tmp / "script_lora")
     verdict = verify(f"key={owner.key}", f"suspect.lora={lora}", f"suspect.base={protected}")
-    assert not verdict["identical_to_protected"] and verdict["trials"] == 32
+    assert verdict["detected"] and not verdict["identical_to_protected"] and verdict["trials"] == 32
     # diffusers' own loading and fusing of the same file, saved as a folder, verifies identically
     pipe = StableDiffusionPipeline.from_pretrained(protected, safety_checker=None)
     pipe.load_lora_weights(lora.parent)

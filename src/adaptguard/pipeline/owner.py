@@ -154,10 +154,14 @@ class Verdict:
         return d
 
     def text(self) -> str:
-        verdict = "DETECTED" if self.detected else "not detected"
+        verdict = (
+            f"DETECTED: {self.suspect} carries this key's {self.defense} watermark"
+            if self.detected
+            else f"not detected: {self.suspect} shows no sign of this key's {self.defense} watermark"
+        )
         figures = ", ".join(f"{k} {v:.3f}" for k, v in self.figures.items())
         lines = [
-            f"{verdict}: {self.defense} watermark in {self.suspect}",
+            verdict,
             f"  rate {self.rate:.3f} [{self.ci[0]:.3f}, {self.ci[1]:.3f}] ({self.successes}/{self.trials} trials "
             f"passed, each needs >= {self.trial_threshold:g} {self.statistic})",
             f"  p-value {self.p_value:.3g}; target false-positive rate {self.target_fpr}",
