@@ -16,11 +16,13 @@ from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from adaptguard.cli.build import instantiate
 from adaptguard.core.artifacts import ArtifactCache, shipped_dir
 from adaptguard.core.owner_key import OwnerKey
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.models.single_file import save_single_file
 from adaptguard.reporting.results import RunResult
 from tests.helpers import cli, compose, model_source, run_config
 
@@ -59,7 +61,7 @@ def owner(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("owner")
     with pytest.MonkeyPatch.context() as m:
         m.setenv("ADAPTGUARD_CACHE", str(tmp / "cache"))
-        protect = cli(["protect", *MICRO, *BACKDOOR, f"out={tmp / 'release'}"])
+        protect = cli(["protect", *MICRO, *BACKDOOR, "single_file=true", f"out={tmp / 'release'}"])
         assert protect.code == 0, protect.stderr
         full = run_config([*RUN, "attack=full", *ATTACK], tmp / "full")
         lora = run_config([*RUN, "attack=lora", *ATTACK], tmp / "lora")
@@ -97,7 +99,11 @@ def test_protect_writes_a_diffusers_folder_and_an_owner_only_key(owner):
 def test_verify_detects_the_protected_folder_with_the_numbers_protect_measured(owner):
     verdict = verify(f"key={owner.key}", f"suspect={owner.release / 'model'}")
     assert verdict["detected"] and verdict["identical_to_protected"]
-    same_numbers(verdict, json.loads((owner.release / "protect.json").read_text())["protected"])
+    protected = json.loads((owner.release / "protect.json").read_text())["protected"]
+    same_numbers(verdict, protected)
+    one_file = verify(f"key={owner.key}", f"suspect={owner.release / 'model.safetensors'}")  # protect single_file=true
+    same_numbers(one_file, protected)
+    assert one_file["identical_to_protected"]
     text = cli(["verify", f"key={owner.key}", f"suspect={owner.release / 'model'}"])
     assert (
         text.code == 0
@@ -117,14 +123,20 @@ def test_attacked_models_verified_from_disk_match_the_in_run_verification(owner,
     assert json.loads(out.read_text()) == verdict
 
 
-def test_a_bare_unet_folder_and_a_single_file_checkpoint_verify_like_the_folder(owner):
+def test_a_bare_unet_folder_and_single_file_checkpoints_verify_like_the_folder(owner):
     folder = owner.saved(owner.full)
     expected = owner.full.attacks["attacker"].model.verification
     same_numbers(verify(f"key={owner.key}", f"suspect={folder / 'unet'}"), expected)  # base: the protected folder
-    unet = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None).unet
-    single = owner.tmp / "finetuned_unet.safetensors"
-    save_file(unet.state_dict(), single)
-    same_numbers(verify(f"key={owner.key}", f"suspect={single}", f"suspect.base={owner.release / 'model'}"), expected)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    unet_file = owner.tmp / "finetuned_unet.safetensors"  # a UNet state dict in diffusers' key names
+    save_file(pipe.unet.state_dict(), unet_file)
+    same_numbers(
+        verify(f"key={owner.key}", f"suspect={unet_file}", f"suspect.base={owner.release / 'model'}"), expected
+    )
+    # the original Stable Diffusion layout, as model hubs distribute it: read by diffusers' from_single_file
+    original = save_single_file(DiffusionModel.load(folder), owner.tmp / "finetuned_sd.safetensors")
+    assert any(k.startswith("model.diffusion_model.input_blocks.") for k in load_file(original))
+    same_numbers(verify(f"key={owner.key}", f"suspect={original}"), expected)
 
 
 def test_attack_external_puts_a_saved_model_through_the_experiment(owner):

@@ -22,12 +22,13 @@ from adaptguard.pipeline.owner import protect_to
 def protect(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """In-process ``protect`` (tests, notebooks): ``output_dir`` (the command's ``out``) receives the files."""
     out = Path(output_dir)
-    return protect_to(build_experiment(cfg), make_context(cfg, out), out)
+    return protect_to(build_experiment(cfg), make_context(cfg, out), out, single_file=bool(cfg.single_file))
 
 
 def summary(report: dict[str, Any]) -> str:
     lines = [f"protected with {report['defense']} ({report['wall_s']:.0f} s)",
-             f"  model (publish this): {report['model_dir']}",
+             f"  model (publish this): {report['model_dir']}"
+             + (f" (one file: {report['single_file']})" if report.get("single_file") else ""),
              f"  key (keep private, mode 0600): {report['key_file']}"]  # fmt: skip
     for name in ("protected", "base"):
         v = report.get(name)

@@ -28,6 +28,7 @@ from adaptguard.core.verification import Verification
 from adaptguard.defenses.base import Defense
 from adaptguard.metrics.stats import clopper_pearson
 from adaptguard.models.bundle import DiffusionModel
+from adaptguard.models.single_file import save_single_file
 from adaptguard.models.suspect import Suspect, architecture, architecture_mismatch, load_suspect
 from adaptguard.pipeline.experiment import Experiment
 from adaptguard.pipeline.run import protect_cached
@@ -36,45 +37,50 @@ log = logging.getLogger(__name__)
 KEY_FILE = "owner.key"
 MODEL_DIR = "model"
 REPORT_FILE = "protect.json"
+SINGLE_FILE = "model.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------- protect
-def protect_to(exp: Experiment, ctx: RunContext, out: Path) -> dict[str, Any]:
+def protect_to(exp: Experiment, ctx: RunContext, out: Path, single_file: bool = False) -> dict[str, Any]:
     """Protect ``exp.model`` with ``exp.defense`` (cached like an experiment's protect stage, so the same
-    seed gives the same protected model), write the model folder, the key and the report; return the report."""
+    seed gives the same protected model), write the model folder, the key and the report; return the report.
+    ``single_file``: also write ``<out>/model.safetensors`` in the original Stable Diffusion layout."""
+    out = Path(out)
+    check_protect(exp, out)
+    start = time.perf_counter()
+    base = exp.model.load(ctx)
+    if single_file and not base.is_latent:
+        raise ConfigError(
+            "single_file: the original Stable Diffusion layout needs a latent model (model=tiny, micro, sd15)"
+        )
+    protected = protect_cached(exp, base, ctx)
+    files = {"model_dir": str(protected.model.save(out / MODEL_DIR))}
+    if single_file:
+        files["single_file"] = str(save_single_file(protected.model, out / SINGLE_FILE))
+    verified = exp.defense.verify(protected.model, protected.key, ctx)
+    never = exp.defense.verify(base, protected.key, ctx) if verified is not None else None
+    key = owner_key(exp.defense, protected, verified, (out / MODEL_DIR).resolve(), ctx.seed)
+    key.save(out / KEY_FILE)
+    report = {
+        "defense": exp.defense.name, "model": exp.model.name, "seed": ctx.seed, "config": exp.defense.public_config(),
+        **files, "key_file": str(out / KEY_FILE), "protected_sha256": key.protected_sha256, "decision": key.decision,
+        "protected": verified.summary() if verified else None, "base": never.summary() if never else None,
+        "summary": exp.defense.summary(protected), "wall_s": round(time.perf_counter() - start, 2),
+    }  # fmt: skip
+    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def check_protect(exp: Experiment, out: Path) -> None:
+    """Config and data errors before the (long) protection."""
     if exp.defense.key_type is None:
         raise ConfigError(f"defense: defense={exp.defense.name} has no key to protect with; pick a protection, "
                           "e.g. defense=backdoor, aiao, sleepermark or freezeasguard")  # fmt: skip
-    exp.data.check()
-    exp.defense.check_data(exp.data)
-    out = Path(out)
     if (out / KEY_FILE).exists():
         raise ConfigError(f"out: {out / KEY_FILE} already exists; choose another out=<folder> (a key is never "
                           "overwritten)")  # fmt: skip
-    start = time.perf_counter()
-    base = exp.model.load(ctx)
-    protected = protect_cached(exp, base, ctx)
-    model_dir = protected.model.save(out / MODEL_DIR)
-    verified = exp.defense.verify(protected.model, protected.key, ctx)
-    never = exp.defense.verify(base, protected.key, ctx) if verified is not None else None
-    key = owner_key(exp.defense, protected, verified, model_dir.resolve(), ctx.seed)
-    key.save(out / KEY_FILE)
-    report = {
-        "defense": exp.defense.name,
-        "model": exp.model.name,
-        "seed": ctx.seed,
-        "config": exp.defense.public_config(),
-        "model_dir": str(model_dir),
-        "key_file": str(out / KEY_FILE),
-        "protected_sha256": key.protected_sha256,
-        "decision": key.decision,
-        "protected": verified.summary() if verified else None,
-        "base": never.summary() if never else None,
-        "summary": exp.defense.summary(protected),
-        "wall_s": round(time.perf_counter() - start, 2),
-    }
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
-    return report
+    exp.data.check()
+    exp.defense.check_data(exp.data)
 
 
 def owner_key(
