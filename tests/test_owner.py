@@ -35,7 +35,7 @@ BACKDOOR = ["defense=backdoor", "defense.steps=300", "defense.batch_size=16", "d
 RUN = [*MICRO, *BACKDOOR, "logger=none", "eval.fid=null"]
 ATTACK = ["attack.steps=5", "attack.batch_size=8", "attack.save=merged"]
 # an independently pretrained micro base: another init seed, a short pretraining of its own
-OTHER_BASE = ["model=micro", "model.init_seed=1", "model.pretrain.steps=40", "model.pretrain.vae_steps=40"]
+OTHER_BASE = ["model=micro", "model.init_seed=1", "model.pretrain.steps=15", "model.pretrain.vae_steps=15"]
 NUMBERS = ("rate", "successes", "trials", "p_value", "detected")
 
 
