@@ -228,8 +228,12 @@ def test_bad_input_is_one_line_with_exit_status_2(owner, monkeypatch):
     pixel = next(p.parent for p in shipped_dir().glob("base-*/model/unet") if not (p.parent / "vae").exists())
     assert "architecture" in error(f"key={owner.key}", f"suspect={pixel}")
     assert "suspect.lroa: not an option" in error(f"key={owner.key}", "suspect.lroa=x")
-    freeze = cli(["protect", *MICRO, "defense=random_freeze", f"out={owner.tmp / 'freeze'}"])
+    lora = _diffusers_script_lora(owner.release / "model", owner.tmp / "untrained_lora", steps=0)
+    assert "suspect" in error(f"key={owner.key}", f"suspect.lora={lora}", f"suspect.base={pixel}")  # another UNet
+    cached = set((owner.tmp / "cache" / "protected").iterdir())
+    freeze = cli(["protect", *MICRO, "defense=random_freeze", "use_cache=false", f"out={owner.tmp / 'freeze'}"])
     assert freeze.code == 0 and "nothing to verify" in freeze.stdout
+    assert set((owner.tmp / "cache" / "protected").iterdir()) == cached  # the key file is the only copy
     assert "has no verification" in error(f"key={owner.tmp / 'freeze' / 'owner.key'}", f"suspect={owner.release}")
 
 
@@ -256,3 +260,11 @@ def test_every_watermark_defense_verifies_from_its_key_file(tmp_path, monkeypatc
     same_numbers(verify(key, f"suspect={base}"), report["base"])
     decision = OwnerKey.load(tmp_path / "release" / "owner.key").decision
     assert ("rate_threshold" in decision) == (defense == "aiao")
+
+
+def test_attack_external_names_its_missing_path_before_any_work(tmp_path):
+    result = cli(["run", "model=micro", "defense=none", "attack=external", "logger=none", f"hydra.run.dir={tmp_path}"])
+    assert result.code == 2 and "attack.path: attack=external needs attack.path=" in result.stderr
+    missing = cli(["run", "model=micro", "defense=none", "attack=external", f"attack.path={tmp_path / 'nope'}",
+                   "logger=none", f"hydra.run.dir={tmp_path}"])  # fmt: skip
+    assert missing.code == 2 and f"attack.path: {tmp_path / 'nope'} does not exist" in missing.stderr

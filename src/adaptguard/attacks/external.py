@@ -29,9 +29,6 @@ class ExternalModel(Attack):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.path and not self.lora_weights:
-            raise ConfigError("attack.path: attack=external needs attack.path=<folder or checkpoint> "
-                              "(or attack.lora_weights=<file>)")  # fmt: skip
         self._cost: dict[str, Any] = {}
 
     def suspect(self) -> Suspect:
@@ -41,6 +38,9 @@ class ExternalModel(Attack):
 
     def check_data(self, data: CaptionedImageDataModule) -> None:
         """The files must exist before the protect stage runs."""
+        if not self.path and not self.lora_weights:
+            raise ConfigError("attack.path: attack=external needs attack.path=<folder or checkpoint> "
+                              "(or attack.lora_weights=<file>)")  # fmt: skip
         for key in ("path", "lora_weights", "base"):
             value = getattr(self, key)
             if value and not Path(value).expanduser().exists():

@@ -22,7 +22,13 @@ from adaptguard.pipeline.owner import protect_to
 def protect(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """In-process ``protect`` (tests, notebooks): ``output_dir`` (the command's ``out``) receives the files."""
     out = Path(output_dir)
-    return protect_to(build_experiment(cfg), make_context(cfg, out), out, single_file=bool(cfg.single_file))
+    return protect_to(
+        build_experiment(cfg),
+        make_context(cfg, out),
+        out,
+        single_file=bool(cfg.single_file),
+        use_cache=bool(cfg.use_cache),
+    )
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel, SamplerConfig
-from adaptguard.models.lora import load_lora, merge_lora
+from adaptguard.models.lora import has_lora_in, load_lora, merge_lora
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 ARCHITECTURE_KEYS = (
@@ -89,6 +89,9 @@ def load_suspect(
             raise ConfigError(
                 f"{suspect.lora_key}: {lora} does not apply to the base model ({_first_line(err)})"
             ) from None
+        if not has_lora_in(model.unet) and not has_lora_in(model.text_encoder):
+            raise ConfigError(f"{suspect.lora_key}: no layer of {lora} matches a module of the base model; "
+                              "is it a LoRA for another architecture?")  # fmt: skip
         merge_lora(model)
         return model
     if not suspect.path:

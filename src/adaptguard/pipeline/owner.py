@@ -41,10 +41,13 @@ SINGLE_FILE = "model.safetensors"
 
 
 # ---------------------------------------------------------------------------------------------- protect
-def protect_to(exp: Experiment, ctx: RunContext, out: Path, single_file: bool = False) -> dict[str, Any]:
+def protect_to(
+    exp: Experiment, ctx: RunContext, out: Path, single_file: bool = False, use_cache: bool = True
+) -> dict[str, Any]:
     """Protect ``exp.model`` with ``exp.defense`` (cached like an experiment's protect stage, so the same
     seed gives the same protected model), write the model folder, the key and the report; return the report.
-    ``single_file``: also write ``<out>/model.safetensors`` in the original Stable Diffusion layout."""
+    ``single_file``: also write ``<out>/model.safetensors`` in the original Stable Diffusion layout.
+    ``use_cache=False``: protect without the artifact cache, so the key file is the secret's only copy."""
     out = Path(out)
     check_protect(exp, out)
     start = time.perf_counter()
@@ -53,7 +56,7 @@ def protect_to(exp: Experiment, ctx: RunContext, out: Path, single_file: bool = 
         raise ConfigError(
             "single_file: the original Stable Diffusion layout needs a latent model (model=tiny, micro, sd15)"
         )
-    protected = protect_cached(exp, base, ctx)
+    protected = protect_cached(exp, base, ctx) if use_cache else exp.defense.protect(base, exp.data, ctx)
     files = {"model_dir": str(protected.model.save(out / MODEL_DIR))}
     if single_file:
         files["single_file"] = str(save_single_file(protected.model, out / SINGLE_FILE))
