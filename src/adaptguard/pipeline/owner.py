@@ -14,7 +14,7 @@ import importlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,7 @@ class Verdict:
         verdict = (
             f"DETECTED: {self.suspect} carries this key's {self.defense} watermark"
             if self.detected
-            else f"not detected: {self.suspect} shows no sign of this key's {self.defense} watermark"
+            else f"not detected: {self.suspect} does not carry this key's {self.defense} watermark at the target FPR"
         )
         figures = ", ".join(f"{k} {v:.3f}" for k, v in self.figures.items())
         lines = [
@@ -253,7 +253,3 @@ def calibrate(key: OwnerKey, suspects: list[Suspect], ctx: RunContext) -> dict[s
         "empirical_trial_fpr_ci": list(clopper_pearson(trial_false, trials)),
         "verdicts": [v.to_dict() for v in verdicts],
     }
-
-
-def with_seed(ctx: RunContext, seed: int) -> RunContext:
-    return replace(ctx, seed=seed)
