@@ -19,7 +19,7 @@ def parse_options(
 ) -> dict[str, Any]:
     """``{key: converted value}`` for every ``key=value`` in ``argv``, and ``{flag: True}`` for each flag."""
     if any(a in ("-h", "--help") for a in argv):
-        print(usage)
+        print(usage.replace("``", "`"))
         sys.exit(0)
     out: dict[str, Any] = {f: False for f in flags}
     for arg in argv:
