@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from adaptguard.core.artifacts import ArtifactCache, spec_hash
+from adaptguard.defenses.backdoor import BackdoorDefense, BackdoorKey
 from adaptguard.training import DenoisingModule, fit
 
 
@@ -37,6 +38,25 @@ def test_get_or_build_builds_once_and_keeps_partial_work_on_failure(tmp_path):
 def test_private_artifacts_are_owner_only(tmp_path):
     folder = ArtifactCache(tmp_path, use_shipped=False).get_or_build("k", {"s": 1}, lambda w: None, private=True)
     assert folder.stat().st_mode & 0o077 == 0
+
+
+def test_keys_and_everything_in_a_private_artifact_are_0600_and_its_spec_hides_secrets(tmp_path):
+    defense = BackdoorDefense(key_seed=123456, trigger="zq#secret")
+    spec = {"defense": defense.describe(), "seed": 0}
+
+    def build(work):
+        defense.make_key().save(work)
+        (work / "model").mkdir()
+        (work / "model" / "weights.bin").write_bytes(b"w")
+
+    cache = ArtifactCache(tmp_path, use_shipped=False)
+    folder = cache.get_or_build("protected", spec, build, private=True)
+    assert folder == cache.path("protected", spec)  # the hash is still of the full spec
+    for path in [folder, *folder.rglob("*")]:
+        assert path.stat().st_mode & 0o077 == 0, path
+    shown = (folder / "spec.json").read_text()
+    assert "123456" not in shown and "zq#secret" not in shown and "<redacted>" in shown
+    assert BackdoorKey.load(folder).trigger == "zq#secret"
 
 
 def test_fit_resumes_from_the_last_checkpoint(micro_model, micro_data, ctx, tmp_path):

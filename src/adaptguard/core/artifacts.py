@@ -20,6 +20,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from adaptguard.core.private import make_private
+from adaptguard.core.redact import redact
+
 # Bump when a change to the code would make old artifacts wrong for the same config.
 CACHE_VERSION = 1
 SPEC_FILE = "spec.json"
@@ -86,7 +89,8 @@ class ArtifactCache:
     ) -> Path:
         """Return the artifact folder for ``spec``, calling ``build(workdir)`` if absent.
 
-        ``private`` folders (keys, masks) are created readable by the owner only.
+        ``private`` folders (keys, masks) are readable by the owner only, every file in them included,
+        and their ``spec.json`` has secret config values (key seeds, triggers) redacted.
         """
         if shipped := self.shipped(kind, spec):
             return shipped
@@ -102,7 +106,10 @@ class ArtifactCache:
             if private:
                 os.chmod(work, 0o700)
             build(work)
-            (work / SPEC_FILE).write_text(json.dumps(spec, indent=2, sort_keys=True, default=str))
+            shown = redact(spec) if private else spec  # the hash is of the full spec; the file need not show it
+            (work / SPEC_FILE).write_text(json.dumps(shown, indent=2, sort_keys=True, default=str))
+            if private:
+                make_private(work)
             os.replace(work, final)
         return final
 

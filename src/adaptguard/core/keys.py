@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from adaptguard.core.private import private_file
+
 if TYPE_CHECKING:
     from adaptguard.models.bundle import DiffusionModel
 
@@ -22,7 +24,9 @@ class SecretKey:
     FILE: ClassVar[str] = "key.pt"
 
     def save(self, folder: Path) -> None:
-        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, Path(folder) / self.FILE)
+        """Owner-only (0600) from the first byte."""
+        with private_file(Path(folder) / self.FILE) as handle:
+            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, handle)
 
     @classmethod
     def load(cls, folder: Path) -> SecretKey:

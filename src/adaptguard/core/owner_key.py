@@ -8,7 +8,6 @@ the protected weights. ``repr`` is redacted, so printing or logging a key shows 
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import torch
 
 from adaptguard.core.errors import ConfigError
+from adaptguard.core.private import private_file
 
 FORMAT = 1
 
@@ -41,9 +41,7 @@ class OwnerKey:
         """Write owner-only (0600) from the first byte: the file is never readable by others."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)  # an existing file keeps its old mode through O_CREAT
-        with os.fdopen(fd, "wb") as handle:
+        with private_file(path) as handle:
             torch.save(asdict(self), handle)
         return path
 
