@@ -90,3 +90,11 @@ def test_sweep_files_are_redacted(tmp_path):
 def test_secret_fields_are_declared_on_the_classes():
     names = secret_names({"defense": {"_target_": "adaptguard.defenses.aiao.AIAODefense"}})
     assert {"key_seed", "trigger", "mask_seed"} <= names and "steps" not in names
+
+
+def test_the_sweep_launcher_log_shows_no_secret_override(cli_env, tmp_path):
+    """Hydra's launcher logs every job's overrides before it runs: secret values are redacted there too."""
+    result = cli(["run", "-m", "model=micro", "defense=backdoor", "defense.key_seed=987654", "attack.lr=-1",
+                  "logger=none", f"hydra.sweep.dir={tmp_path}"])  # fmt: skip
+    output = result.stdout + result.stderr
+    assert "#0 : " in output and "defense.key_seed=<redacted>" in output and "987654" not in output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,30 @@ def redact_hydra_files(output_dir: Path, names: frozenset[str]) -> None:
         tmp.replace(path)
 
 
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core")
+
+
+class RedactOverrides(logging.Filter):
+    """Launchers log each job's overrides (``#0 : defense.key_seed=1234 ...``): redact secret values."""
+
+    def __init__(self, names: frozenset[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        record.msg, record.args = " ".join(redact_override(t, self.names) for t in message.split(" ")), None
+        return True
+
+
 class RedactSecrets(Callback):
-    """Hydra saved the composed config before the job starts: redact those copies before any work."""
+    """Hydra saved the composed config before the job starts: redact those copies before any work; and the
+    launcher's log of each sweep job's overrides."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        names = secret_names(OmegaConf.to_container(config, resolve=False))
+        for name in LAUNCHER_LOGGERS:
+            logging.getLogger(name).addFilter(RedactOverrides(names))
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         output_dir = Path(config.hydra.runtime.output_dir)
