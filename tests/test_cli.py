@@ -1,6 +1,7 @@
 """Bad input gives one clear message naming the key and the fix: exit status 2, no traceback."""
 
 import pytest
+import torch
 import yaml
 
 from adaptguard.cli.callbacks import redact_hydra_files
@@ -98,3 +99,19 @@ def test_the_sweep_launcher_log_shows_no_secret_override(cli_env, tmp_path):
                   "logger=none", f"hydra.sweep.dir={tmp_path}"])  # fmt: skip
     output = result.stdout + result.stderr
     assert "#0 : " in output and "defense.key_seed=<redacted>" in output and "987654" not in output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_a_gpu_trainer_without_a_gpu_is_one_line_before_any_work(cli_env, tmp_path):
+    result = cli(["run", "model=micro", "trainer=gpu", "logger=none", f"hydra.run.dir={tmp_path}"])
+    assert result.code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("error: trainer.accelerator: gpu needs a CUDA GPU")
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_an_unwritable_cache_is_one_line_naming_the_variable(cli_env, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("ADAPTGUARD_CACHE", str(tmp_path / "file" / "cache"))
+    result = cli(["run", "model=micro", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert result.code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: ADAPTGUARD_CACHE: {tmp_path / 'file' / 'cache'} is not writable")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from omegaconf import DictConfig
 
 from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
 from adaptguard.pipeline import Experiment
 
 
@@ -27,11 +29,35 @@ def make_logger(cfg: DictConfig) -> Any:
     return instantiate(cfg.logger, **kwargs)
 
 
+def check_environment(cfg: DictConfig, output_dir: Path, cache: ArtifactCache) -> None:
+    """What the machine must provide, checked before any work: one line naming the key instead of a late traceback."""
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator: {accelerator} needs a CUDA GPU and none is visible "
+                          "(torch.cuda.is_available() is False); run with trainer=cpu or trainer=default")  # fmt: skip
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {cfg.device} but no CUDA GPU is visible; use device=auto or device=cpu")
+    cache_key = "paths.cache" if cfg.paths.get("cache") else "ADAPTGUARD_CACHE"
+    for key, folder in ((cache_key, cache.root), ("hydra.run.dir", Path(output_dir))):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as err:
+            raise ConfigError(
+                f"{key}: {folder} is not writable ({err.strerror}); point it at a writable folder"
+            ) from None
+
+
 def make_context(cfg: DictConfig, output_dir: Path, logger: Any = None) -> RunContext:
     """The RunContext every command shares: cache, trainer factory, callbacks, seed, device."""
+    cache = ArtifactCache(cfg.paths.cache)
+    check_environment(cfg, output_dir, cache)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
     return RunContext(
-        cache=ArtifactCache(cfg.paths.cache),
+        cache=cache,
         make_trainer=instantiate(cfg.trainer),
         logger=logger,
         out_dir=output_dir,
