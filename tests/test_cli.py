@@ -115,3 +115,15 @@ def test_an_unwritable_cache_is_one_line_naming_the_variable(cli_env, tmp_path, 
     result = cli(["run", "model=micro", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"])
     assert result.code == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"error: ADAPTGUARD_CACHE: {tmp_path / 'file' / 'cache'} is not writable")
+
+
+@pytest.mark.parametrize(
+    ("override", "hint"),
+    [("attack.stepz=3", "did you mean attack.steps?"), ("defense.fpr=1e-3", "did you mean defense.model_fpr?")],
+)
+def test_a_misspelt_key_names_the_nearest_real_one(cli_env, tmp_path, override, hint):
+    """Not Hydra's advice to append it with '+', which would add a key nothing reads."""
+    result = cli(["run", "defense=aiao", override, "logger=none", f"hydra.run.dir={tmp_path}"])
+    assert result.code == 2 and result.stderr.count("\n") == 1 and hint in result.stderr and "+" not in result.stderr
+    protect = cli(["protect", "defense=aiao", override, f"out={tmp_path / 'p'}"])  # protect's attack is none
+    assert protect.code == 2 and (hint if override.startswith("defense") else "its keys: name") in protect.stderr

@@ -39,6 +39,39 @@ def check_overrides(argv: list[str]) -> None:
             sys.exit(EXIT_USER_ERROR)
 
 
+def check_keys(argv: list[str], config_name: str) -> None:
+    """Compose once before Hydra: a misspelt key is one line with the nearest real key, not Hydra's advice to
+    append it with ``+`` (which would silently add a key nothing reads). Sweeps (``-m``) are left to Hydra."""
+    import difflib
+
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+
+    from adaptguard.cli.config import compose
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    if len(overrides) != len(argv) or not overrides:
+        return
+    try:
+        compose(overrides, config_name=config_name)
+    except ConfigCompositionException as err:
+        text = str(err) + str(err.__cause__ or "")
+        if "is not in struct" not in text or not (
+            bad := next((o for o in overrides if f"'{o.split('=')[0]}'" in text), None)
+        ):
+            return  # Hydra's own message says it
+        key = bad.split("=")[0]
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(compose([o for o in overrides if o != bad], config_name=config_name), parent or "")
+        keys = [str(k) for k in node.keys() if k != "_target_"] if OmegaConf.is_dict(node) else []
+        near = difflib.get_close_matches(name, keys, n=1, cutoff=0.5)
+        hint = f"did you mean {parent + '.' if parent else ''}{near[0]}?" if near else f"its keys: {', '.join(keys)}"
+        print(f"error: {key}: no such key in this config ({hint}); docs list every key", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except Exception:  # noqa: BLE001 - anything else: Hydra reports it as usual
+        return
+
+
 def quiet_libraries() -> None:
     """Keep stdout for our progress and summary: no per-file bars or tips from libraries."""
     import diffusers

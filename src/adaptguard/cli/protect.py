@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from adaptguard.cli.app import check_overrides, hydra_command, quiet_libraries, user_errors
+from adaptguard.cli.app import check_keys, check_overrides, hydra_command, quiet_libraries, user_errors
 from adaptguard.cli.build import build_experiment, make_context
 from adaptguard.pipeline.owner import protect_to
 
@@ -65,6 +65,7 @@ def task(cfg: DictConfig) -> None:
 
 def main() -> None:
     check_overrides(sys.argv[1:])
+    check_keys(sys.argv[1:], "protect")
     hydra_command(task, "protect")()
 
 

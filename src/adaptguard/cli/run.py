@@ -13,7 +13,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from adaptguard.cli.app import check_overrides, hydra_command, quiet_libraries, user_errors
+from adaptguard.cli.app import check_keys, check_overrides, hydra_command, quiet_libraries, user_errors
 from adaptguard.cli.build import build_experiment, make_context, make_logger
 from adaptguard.core.redact import redact, redact_override, secret_names
 from adaptguard.pipeline import run_experiment
@@ -67,6 +67,7 @@ def task(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     check_overrides(sys.argv[1:])
+    check_keys(sys.argv[1:], "config")
     hydra_command(task, "config")()
 
 
