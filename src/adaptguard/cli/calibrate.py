@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptguard.cli.app import quiet_libraries, user_errors
-from adaptguard.cli.options import parse_options, paths
-from adaptguard.core.artifacts import ArtifactCache
-from adaptguard.core.context import RunContext
+from adaptguard.cli.options import key_context, parse_options, paths
 from adaptguard.core.errors import ConfigError
 from adaptguard.core.owner_key import OwnerKey
 from adaptguard.models.suspect import Suspect
@@ -34,9 +32,7 @@ def run_calibration(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
         raise ConfigError("models: required; key=<owner.key> models=[<folder or checkpoint>,...] (never-watermarked)")
     key = OwnerKey.load(opts["key"])
     suspects = [Suspect(p, base=opts.get("base"), key=f"models[{i}]") for i, p in enumerate(opts["models"])]
-    seed = opts.get("seed")
-    ctx = RunContext(cache=ArtifactCache(), seed=key.seed if seed is None else seed, progress=False,
-                     device=opts.get("device") or "auto")  # fmt: skip
+    ctx = key_context(key, opts)
     report = calibrate(key, suspects, ctx)
     if out := opts.get("out"):
         Path(out).expanduser().write_text(json.dumps(report, indent=2))

@@ -10,8 +10,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from adaptguard.cli.errors import EXIT_USER_ERROR
+from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
+from adaptguard.core.owner_key import OwnerKey
 
 
 def parse_options(
@@ -46,6 +47,7 @@ def paths(value: str) -> list[str]:
     return [p.strip().strip("'\"") for p in value.split(",") if p.strip()]
 
 
-def fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(EXIT_USER_ERROR)
+def key_context(key: OwnerKey, opts: dict[str, Any]) -> RunContext:
+    """What verify and calibrate run under: the key's seed unless ``seed=`` overrides it, ``device=``."""
+    seed = opts.get("seed")
+    return RunContext(seed=key.seed if seed is None else seed, progress=False, device=opts.get("device") or "auto")

@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptguard.cli.app import quiet_libraries, user_errors
-from adaptguard.cli.options import parse_options
-from adaptguard.core.artifacts import ArtifactCache
-from adaptguard.core.context import RunContext
+from adaptguard.cli.options import key_context, parse_options
 from adaptguard.core.errors import ConfigError
 from adaptguard.core.owner_key import OwnerKey
 from adaptguard.models.suspect import Suspect
@@ -39,9 +37,7 @@ def verify(argv: list[str]) -> tuple[Verdict, dict[str, Any]]:
     suspect = Suspect(
         opts.get("suspect") or opts.get("suspect.path"), opts.get("suspect.lora"), opts.get("suspect.base")
     )
-    seed = opts.get("seed")
-    ctx = RunContext(cache=ArtifactCache(), seed=key.seed if seed is None else seed, progress=False,
-                     device=opts.get("device") or "auto")  # fmt: skip
+    ctx = key_context(key, opts)
     verdict = verify_suspect(key, suspect, ctx)
     if out := opts.get("verify.out"):
         Path(out).expanduser().write_text(json.dumps(verdict.to_dict(), indent=2))
