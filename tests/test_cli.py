@@ -1,5 +1,7 @@
 """Bad input gives one clear message naming the key and the fix: exit status 2, no traceback."""
 
+import json
+
 import pytest
 import torch
 import yaml
@@ -106,7 +108,8 @@ def test_a_gpu_trainer_without_a_gpu_is_one_line_before_any_work(cli_env, tmp_pa
     result = cli(["run", "model=micro", "trainer=gpu", "logger=none", f"hydra.run.dir={tmp_path}"])
     assert result.code == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: trainer.accelerator: gpu needs a CUDA GPU")
-    assert not (tmp_path / "results.json").exists()
+    record = json.loads((tmp_path / "results.json").read_text())  # the run says why it did not run
+    assert record["status"] == "failed" and record["error"]["stage"] == "config" and record["error"]["exit_code"] == 2
 
 
 def test_an_unwritable_cache_is_one_line_naming_the_variable(cli_env, tmp_path, monkeypatch):

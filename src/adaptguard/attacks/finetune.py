@@ -96,7 +96,7 @@ class FineTuning(Attack):
         return TrainSettings(
             self.steps, optim, max_grad_norm=self.max_grad_norm,
             gradient_accumulation_steps=self.gradient_accumulation_steps, precision=self.precision(),
-            log_prefix="attack",
+            log_prefix="attack", lr_key="attack.lr",
         )  # fmt: skip
 
     def precision(self) -> str | None:

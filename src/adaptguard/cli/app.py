@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +16,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from adaptguard.cli.config import config_dir
-from adaptguard.cli.errors import EXIT_USER_ERROR, user_error
+from adaptguard.cli.errors import EXIT_USER_ERROR, command_exit_code, user_error
+from adaptguard.core.errors import RunInterrupted
 
 
 def check_overrides(argv: list[str]) -> None:
@@ -92,16 +96,44 @@ def quiet_libraries() -> None:
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """A user-fixable error becomes ``error: <key>: <problem>`` on stderr and exit status 2; bugs propagate."""
+def user_errors(keep_going: bool = False) -> Iterator[None]:
+    """A user-fixable error becomes ``error: <key>: <problem>`` on stderr and its exit status (docs/running.md);
+    bugs propagate with their traceback. ``keep_going`` (a sweep job): report and return, so the next job runs;
+    interrupts still stop everything with 130 / 143."""
     try:
-        yield
+        with interrupts():
+            yield
+    except RunInterrupted as err:
+        print(f"error: {err}; results.json records status: interrupted", file=sys.stderr)
+        sys.exit(command_exit_code(err))
     except Exception as err:  # noqa: BLE001 - user errors become one line, bugs keep their traceback
         message = user_error(err)
         if message is None:
-            raise
+            if not keep_going:
+                raise
+            traceback.print_exc()
+            return
         print(f"error: {message}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        if not keep_going:
+            sys.exit(command_exit_code(err))
+
+
+@contextmanager
+def interrupts() -> Iterator[None]:
+    """SIGTERM / SIGINT raise :class:`RunInterrupted` so the run records them (Lightning would exit 0 / 1)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise RunInterrupted(signum)
+
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def hydra_command(task: Callable[[DictConfig], Any], config_name: str = "config") -> Callable[[], Any]:

@@ -1,11 +1,13 @@
-"""Hydra callbacks: secrets out of the config files Hydra writes for each job and sweep."""
+"""Hydra callbacks: secrets out of the config files Hydra writes for each job and sweep; a sweep's failed jobs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from hydra.experimental.callback import Callback
@@ -72,3 +74,33 @@ class RedactSecrets(Callback):
         output_dir = Path(config.hydra.runtime.output_dir)
         names = secret_names(OmegaConf.to_container(config, resolve=False))
         redact_hydra_files(output_dir, names)
+
+
+class SweepStatus(Callback):
+    """At the end of a sweep, count the jobs whose results.json is missing or not ``ok`` and say which;
+    ``adaptguard run -m`` then exits with EXIT_SWEEP_FAILED (the launcher kept going past them)."""
+
+    failed: ClassVar[int] = 0
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        jobs = sorted({p.parent.parent for p in sweep.rglob(".hydra/config.yaml")})
+        failed = [(job, job_error(job)) for job in jobs if job_error(job) is not None]
+        type(self).failed = len(failed)
+        if failed:
+            print(f"sweep: {len(failed)} of {len(jobs)} jobs failed ({sweep}); "
+                  f"'adaptguard report {sweep}' lists them", file=sys.stderr)  # fmt: skip
+            for job, error in failed:
+                print(f"  {job.name}: {error}", file=sys.stderr)
+
+
+def job_error(job: Path) -> str | None:
+    """None for a job that finished ok; else why it did not (its results.json's error, or that it has none)."""
+    path = job / "results.json"
+    if not path.is_file():
+        return "no results.json (the job was killed before it could write one)"
+    data = json.loads(path.read_text())
+    if data.get("status", "ok") == "ok":
+        return None
+    error = data.get("error") or {}
+    return f"{data['status']} in {error.get('stage', '?')}: {error.get('message', '?')}"

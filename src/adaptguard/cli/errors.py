@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from adaptguard.core.errors import AdaptguardError
-
-EXIT_OK = 0
-EXIT_INTERNAL_ERROR = 1  # a bug: the traceback is printed
-EXIT_USER_ERROR = 2  # a config, data or environment problem the user can fix: one line on stderr
+from adaptguard.core.errors import (  # noqa: F401 - the exit codes are this module's API too
+    EXIT_DIVERGED,
+    EXIT_INTERNAL_ERROR,
+    EXIT_OK,
+    EXIT_SWEEP_FAILED,
+    EXIT_USER_ERROR,
+    AdaptguardError,
+    exit_code,
+)
 
 
 def user_error(err: BaseException) -> str | None:
@@ -32,3 +36,9 @@ def user_error(err: BaseException) -> str | None:
             return " ".join(str(seen).split())
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def command_exit_code(err: BaseException) -> int:
+    """The exit status of a command that stopped with ``err``: a user-fixable config error is 2 whatever raised it."""
+    code = exit_code(err)
+    return EXIT_USER_ERROR if code == EXIT_INTERNAL_ERROR and user_error(err) is not None else code

@@ -15,18 +15,24 @@ from omegaconf import DictConfig, OmegaConf
 
 from adaptguard.cli.app import check_keys, check_overrides, hydra_command, quiet_libraries, user_errors
 from adaptguard.cli.build import build_experiment, make_context, make_logger
+from adaptguard.cli.callbacks import SweepStatus
+from adaptguard.cli.errors import EXIT_SWEEP_FAILED, command_exit_code, user_error
 from adaptguard.core.redact import redact, redact_override, secret_names
 from adaptguard.pipeline import run_experiment
-from adaptguard.reporting.results import RunResult
+from adaptguard.reporting.results import RunInfo, RunResult
 from adaptguard.reporting.table import format_table
 
 
 def run(cfg: DictConfig, output_dir: Path | None = None) -> RunResult:
     """Run the experiment ``cfg`` describes in this process; results go to ``output_dir`` (default: the config's)."""
     output_dir = Path(output_dir if output_dir is not None else cfg.paths.output_dir)
-    exp = build_experiment(cfg)
-    logger = make_logger(cfg)
-    ctx = make_context(cfg, output_dir, logger)
+    try:
+        exp = build_experiment(cfg)
+        logger = make_logger(cfg)
+        ctx = make_context(cfg, output_dir, logger)
+    except BaseException as err:  # a sweep job with a bad value still leaves its results.json
+        record_config_failure(cfg, output_dir, err)
+        raise
     if logger is not None:
         config = OmegaConf.to_container(cfg, resolve=True)
         logger.log_hyperparams(redact(config, secret_names(config)))
@@ -37,6 +43,21 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> RunResult:
         raise
     finish_logger(logger, "success")
     return result
+
+
+def record_config_failure(cfg: DictConfig, output_dir: Path, err: BaseException) -> None:
+    """results.json for a job that failed before any stage ran (a bad value, a missing folder)."""
+
+    def name(group: str) -> str:
+        return str(OmegaConf.select(cfg, f"{group}.name", default=None) or "?")
+
+    info = RunInfo(model=name("model"), dataset=name("dataset"), defense=name("defense"), attack=name("attack"),
+                   seed=int(OmegaConf.select(cfg, "seed", default=0) or 0), out_dir=str(output_dir))  # fmt: skip
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        RunResult.failure(info, err, "config", user_error(err), code=command_exit_code(err)).write(output_dir)
+    except OSError:  # an unwritable run dir is itself the error being reported
+        pass
 
 
 def finish_logger(logger, status: str) -> None:
@@ -53,12 +74,16 @@ def finish_logger(logger, status: str) -> None:
 def task(cfg: DictConfig) -> float | None:
     """The Hydra job: run, print the table; the return value is what a sweeper optimises."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     quiet_libraries()
     names = secret_names(OmegaConf.to_container(cfg, resolve=False))
     sys.argv[1:] = [redact_override(a, names) for a in sys.argv[1:]]  # wandb records the command line
-    with user_errors():
+    result = None
+    with user_errors(keep_going=HydraConfig.get().mode == RunMode.MULTIRUN):  # one failed job: the others run
         result = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    if result is None:
+        return None
     print(format_table(result))
     attacked = next(iter(result.attacks.values()), None)
     final = attacked.model.verification if attacked else result.protected.verification
@@ -68,7 +93,10 @@ def task(cfg: DictConfig) -> float | None:
 def main() -> None:
     check_overrides(sys.argv[1:])
     check_keys(sys.argv[1:], "config")
+    SweepStatus.failed = 0
     hydra_command(task, "config")()
+    if SweepStatus.failed:
+        sys.exit(EXIT_SWEEP_FAILED)
 
 
 if __name__ == "__main__":

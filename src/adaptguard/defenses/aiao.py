@@ -148,7 +148,9 @@ class AIAODefense(Defense):
     # ------------------------------------------------------------------ protect
     def probe_activity(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> ActivityReport:
         """A short full fine-tune on the owner's (non-trigger) data; which blocks move?"""
-        settings = TrainSettings(self.probe_steps, OptimConfig(lr=self.probe_lr), log_prefix="probe")
+        settings = TrainSettings(
+            self.probe_steps, OptimConfig(lr=self.probe_lr), log_prefix="probe", lr_key="defense.probe_lr"
+        )
         tuned = finetune(model, data.dataloader(self.split, self.batch_size), settings, ctx)
         blocks = unet_blocks(model.unet, model.latent_shape)
         return layer_activity(model.unet, tuned.model.unet, blocks, self.busy_fraction)
@@ -172,7 +174,10 @@ class AIAODefense(Defense):
         objective = _EmbeddingObjective(self, key, blocks, teacher, seed=ctx.seed)
         loader = data.dataloader(self.split, self.batch_size)
         settings = TrainSettings(
-            self.steps, OptimConfig(lr=self.lr, weight_decay=self.weight_decay), log_prefix="protect"
+            self.steps,
+            OptimConfig(lr=self.lr, weight_decay=self.weight_decay),
+            log_prefix="protect",
+            lr_key="defense.lr",
         )
         try:
             tuned = finetune(

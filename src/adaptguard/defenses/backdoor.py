@@ -105,7 +105,7 @@ class BackdoorDefense(OutputWatermark):
         key = self.make_key()
         mix = _TriggerMix(data.dataset(self.split), key, model.resolution, self.trigger_fraction)
         loader = DataLoader(mix, batch_size=self.batch_size, shuffle=True, drop_last=True, num_workers=data.num_workers)
-        settings = TrainSettings(self.steps, OptimConfig(lr=self.lr), log_prefix="protect")
+        settings = TrainSettings(self.steps, OptimConfig(lr=self.lr), log_prefix="protect", lr_key="defense.lr")
         tuned = finetune(model, loader, settings, ctx)
         info = {"steps": self.steps, "final_losses": tuned.losses, "trainable_params": tuned.cost["trainable_params"]}
         return Protected(tuned.model, key, info)

@@ -203,7 +203,7 @@ class FreezeAsGuardDefense(FreezingDefense):
             "illegal": data.dataloader(self.illegal_split, self.batch_size),
             "legal": data.dataloader(self.legal_split, self.batch_size),
         }
-        trainer = fit(module, loaders, self.steps, ctx, label="mask")
+        trainer = fit(module, loaders, self.steps, ctx, label="mask", lr_key="defense.lr_mask")
         scores = module.scores()
         sizes = candidate_sizes(model)
         if self.projection == "topk":
@@ -247,7 +247,9 @@ def simulated_user(
         both = ConcatDataset([data.dataset(cfg.illegal_split), data.dataset(cfg.legal_split)])
         loader = DataLoader(both, batch_size=min(cfg.user_batch_size, len(both)), shuffle=True, drop_last=True,
                             num_workers=data.num_workers)  # fmt: skip
-        settings = TrainSettings(cfg.user_steps, OptimConfig(lr=cfg.user_lr), log_prefix="simulated_user")
+        settings = TrainSettings(
+            cfg.user_steps, OptimConfig(lr=cfg.user_lr), log_prefix="simulated_user", lr_key="defense.user_lr"
+        )
         user = finetune(model, loader, settings, ctx)
         torch.save({k: v.cpu() for k, v in user.model.unet.state_dict().items()}, work / "unet.pt")
         info = {"steps": cfg.user_steps, "images": len(both), **user.losses}

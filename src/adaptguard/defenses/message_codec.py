@@ -264,7 +264,9 @@ def train_codec(cfg: CodecConfig, model: DiffusionModel, data: CaptionedImageDat
         module = CodecModule(cfg, model, perceptual, ctx.seed)
         loader = data.dataloader(cfg.split, cfg.batch_size)
         model.requires_grad_(False)
-        trainer = fit(module, loader, cfg.steps, ctx, label="codec", gradient_clip_val=cfg.grad_clip)
+        trainer = fit(
+            module, loader, cfg.steps, ctx, label="codec", lr_key="defense.codec.lr", gradient_clip_val=cfg.grad_clip
+        )
         final = final_terms(trainer, "codec")
         info = {"config": asdict(cfg), "latent_shape": list(model.latent_shape), "perceptual": perceptual[0]}
         codec = Codec(module.encoder.cpu().eval(), module.decoder.cpu().eval(), info)

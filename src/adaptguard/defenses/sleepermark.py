@@ -141,7 +141,9 @@ class SleeperMarkDefense(OutputWatermark):
         )  # fmt: skip
         loader = data.dataloader(self.split, self.batch_size)
         optim = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, lr_scheduler=self.lr_scheduler)
-        settings = TrainSettings(self.steps, optim, max_grad_norm=self.max_grad_norm, log_prefix="protect")
+        settings = TrainSettings(
+            self.steps, optim, max_grad_norm=self.max_grad_norm, log_prefix="protect", lr_key="defense.lr"
+        )
         tuned = finetune(model, loader, settings, ctx, objective=objective, trainable=self.trainable_parameters)
         info = {
             "codec": {k: v for k, v in codec.info.items() if k != "config"},

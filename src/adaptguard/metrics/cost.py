@@ -26,6 +26,7 @@ class CostTracker:
 
     stages: dict[str, StageCost] = field(default_factory=dict)
     interval_s: float = 0.05
+    current: str | None = None  # the stage in progress; left set when a stage raises (results.json names it)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -43,8 +44,10 @@ class CostTracker:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
+        self.current = name
         try:
             yield
+            self.current = None
         finally:
             wall = time.perf_counter() - start
             stop.set()

@@ -8,6 +8,7 @@ from typing import Any
 
 from adaptguard.core.context import RunContext
 from adaptguard.core.domains import EvalDomain
+from adaptguard.core.errors import check_finite
 from adaptguard.core.keys import SecretKey
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
@@ -21,6 +22,16 @@ from adaptguard.reporting.results import ModelReport, VerificationReport
 
 log = logging.getLogger(__name__)
 QUALITY_SEED_OFFSET = 100  # every model samples its FID images from the same noise
+HINTS = {"attacked": "lower attack.lr or set attack.max_grad_norm", "protected": "lower defense.lr"}
+
+
+def refuse_non_finite(name: str, model: DiffusionModel) -> None:
+    """Sampling NaN weights crashes inside FID's linear algebra or scores as "watermark removed": refuse first."""
+    hint = next((h for label, h in HINTS.items() if name.startswith(label)), "check the stage that made it")
+    for part in ("unet", "text_encoder", "vae"):
+        module = getattr(model, part, None)
+        if module is not None:
+            check_finite(module, f"{name} model ({part}), before sampling", hint)
 
 
 class Evaluator:
@@ -47,6 +58,7 @@ class Evaluator:
 
     def verify_null(self, base: DiffusionModel) -> VerificationReport | None:
         """The base model never saw the watermark: its verification with the owner's key is the control."""
+        refuse_non_finite("base", base)
         with self.tracker.stage("verify_base"):
             self.null = self.defense.verify(base, self.key, self.ctx)
         return self.report(self.null)
@@ -65,6 +77,7 @@ class Evaluator:
         if fid is None:
             return {}
         out: dict[str, QualityReport] = {}
+        refuse_non_finite(name, model)
         with self.tracker.stage(f"quality_{name}"):
             for d in self.clean + domains:
                 out[d.name], images = fid.evaluate(model, d.data, d.split, self.ctx, offset=QUALITY_SEED_OFFSET)
@@ -84,12 +97,14 @@ class Evaluator:
         quality: dict[str, QualityReport] | None = None,
     ) -> ModelReport:
         """Verify and score ``model``; ``quality`` given: the model's weights are another's, reuse its scores."""
+        refuse_non_finite(name, model)
         verification, image_attacks = self.verify(name, model)
         scores = dict(quality) if quality is not None else self.quality(name, model, domains)
         return ModelReport(verification=verification, image_attacks=image_attacks, quality=scores)
 
     def curve_point(self, step: int, model: DiffusionModel, domain: EvalDomain | None) -> dict[str, Any]:
         """The model under attack at ``step``: verification and FID/KID on the attack's own domain."""
+        refuse_non_finite(f"attacked (step {step})", model)
         verification = self.report(self.defense.verify(model, self.key, self.ctx))
         quality: dict[str, QualityReport] = {}
         if self.config.fid is not None and domain is not None:

@@ -129,12 +129,35 @@ def run_attack(exp: Experiment, plan: AttackPlan, protected: Protected, ev: Eval
     return AttackReport(plan.name, plan.attack.train_split, eval_split, model, plan.attack.cost(), curve)
 
 
+def run_info(exp: Experiment, ctx: RunContext) -> RunInfo:
+    return RunInfo(
+        model=exp.model.name, dataset=exp.data.name, defense=exp.defense.name, attack=exp.attack.name, seed=ctx.seed,
+        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), out_dir=str(ctx.out_dir),
+        device=str(ctx.torch_device()), torch_threads=torch.get_num_threads(),
+    )  # fmt: skip
+
+
 def run_experiment(exp: Experiment, ctx: RunContext) -> RunResult:
-    """Run every stage, write ``results.json`` and grids into ``ctx.out_dir``; return the results."""
-    notes = check_before_work(exp)
+    """Run every stage, write ``results.json`` and grids into ``ctx.out_dir``; return the results.
+
+    A run that fails or is interrupted writes ``results.json`` with ``status`` failed / interrupted, the stage
+    it stopped in and the error, and re-raises.
+    """
     out = Path(ctx.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ev = Evaluator(exp.defense, exp.eval, exp.data, ctx, CostTracker(), out)
+    tracker = CostTracker()
+    try:
+        return _run_stages(exp, ctx, out, tracker)
+    except BaseException as err:
+        if rank_zero_only.rank == 0:
+            stage = tracker.current or (f"after {list(tracker.stages)[-1]}" if tracker.stages else "checks")
+            RunResult.failure(run_info(exp, ctx), err, stage, stages=tracker.to_dict()).write(out)
+        raise
+
+
+def _run_stages(exp: Experiment, ctx: RunContext, out: Path, tracker: CostTracker) -> RunResult:
+    notes = check_before_work(exp)
+    ev = Evaluator(exp.defense, exp.eval, exp.data, ctx, tracker, out)
     with ev.tracker.stage("base"):
         base = exp.model.load(ctx)
     plans = plan_attacks(exp, base.resolution)
@@ -167,13 +190,8 @@ def build_result(
     curves = {name: a.curve for name, a in attacks.items() if a.curve}
     if curves and rank_zero_only.rank == 0:
         ev.files["curves"] = plot_curves(curves, ev.out / "curves.png").name
-    info = RunInfo(
-        model=exp.model.name, dataset=exp.data.name, defense=exp.defense.name, attack=exp.attack.name, seed=ctx.seed,
-        finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), out_dir=str(ev.out),
-        device=str(ctx.torch_device()), torch_threads=torch.get_num_threads(),
-    )  # fmt: skip
     return RunResult(
-        run=info,
+        run=run_info(exp, ctx),
         config={"defense": exp.defense.public_config(), "attack": exp.attack.public_config()},
         summary=exp.defense.summary(protected),
         protect=protected.info or {},

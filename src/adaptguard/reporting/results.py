@@ -151,7 +151,8 @@ class RunInfo:
 @dataclass
 class RunResult:
     run: RunInfo
-    status: str = "ok"
+    status: str = "ok"  # ok | failed | interrupted
+    error: dict[str, Any] | None = None  # failed / interrupted: message, stage, type, exit_code
     config: dict[str, Any] = field(default_factory=dict)  # defense and attack configs, secrets redacted
     summary: dict[str, Any] = field(default_factory=dict)  # the defense's headline facts (Defense.summary)
     protect: dict[str, Any] = field(default_factory=dict)  # what protecting reported (losses, steps, ...)
@@ -186,6 +187,7 @@ class RunResult:
         return cls(
             run=RunInfo(**d["run"]),
             status=d.get("status", "ok"),
+            error=d.get("error"),
             config=dict(d.get("config") or {}),
             summary=dict(d.get("summary") or {}),
             protect=dict(d.get("protect") or {}),
@@ -201,6 +203,21 @@ class RunResult:
     @classmethod
     def read(cls, path: Path) -> RunResult:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def failure(cls, run: RunInfo, err: BaseException, stage: str, message: str | None = None,
+                stages: dict[str, Any] | None = None, code: int | None = None) -> RunResult:  # fmt: skip
+        """What a run that stopped early writes: why, where, with which exit code; never metrics."""
+        import datetime as dt
+
+        from adaptguard.core.errors import RunInterrupted, exit_code
+
+        status = "interrupted" if isinstance(err, RunInterrupted | KeyboardInterrupt) else "failed"
+        code = code if code is not None else 130 if type(err) is KeyboardInterrupt else exit_code(err)
+        error = {"message": message or str(err) or type(err).__name__, "stage": stage, "type": type(err).__name__,
+                 "exit_code": code}  # fmt: skip
+        run.finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        return cls(run=run, status=status, error=error, stages=dict(stages or {}))
 
 
 # ---------------------------------------------------------------------------------------- schema 1

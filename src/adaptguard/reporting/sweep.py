@@ -13,10 +13,23 @@ from adaptguard.reporting.results import AttackReport, CurvePoint, RunResult, Ve
 from adaptguard.reporting.table import fmt, label
 
 
-def collect(folder: Path) -> list[RunResult]:
-    """Every results.json under ``folder`` (schema 1 or 2), sorted by defense, attack and seed."""
+def collect(folder: Path, failed: bool = False) -> list[RunResult]:
+    """Every finished results.json under ``folder`` (schema 1 or 2), sorted by defense, attack and seed;
+    ``failed``: instead, the runs that failed or were interrupted."""
     runs = [RunResult.read(p) for p in sorted(Path(folder).rglob("results.json"))]
+    runs = [r for r in runs if (r.status != "ok") == failed]
     return sorted(runs, key=lambda r: (r.run.defense, str(r.summary), r.run.attack, r.run.seed))
+
+
+def failed_table(runs: list[RunResult]) -> str:
+    """One row per job that did not finish: where it stopped and why (its results.json's error)."""
+    lines = ["| job | defense | attack | seed | status | stage | error |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        error = r.error or {}
+        message = str(error.get("message", "?")).replace("|", "\\|")
+        lines.append(f"| {r.run.out_dir} | {r.run.defense} | {r.run.attack} | {r.run.seed} | {r.status} | "
+                     f"{error.get('stage', '?')} | {message} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def _rate(v: VerificationReport | None) -> str:
@@ -52,8 +65,8 @@ def _change(q: QualityReport | None, ref: QualityReport | None) -> str:
 
 def sweep_table(folder: Path) -> str:
     """Verification before / after the attack, the never-watermarked control, FID/KID per model and domain."""
-    runs = collect(folder)
-    if not runs:
+    runs, failed = collect(folder), collect(folder, failed=True)
+    if not runs and not failed:
         raise FileNotFoundError(f"no results.json under {folder}")
     summary_keys = list(dict.fromkeys(k for r in runs for k in r.summary))
     figure_keys = list(dict.fromkeys(k for r in runs for a in r.attacks.values() if a.model.verification
@@ -79,6 +92,8 @@ def sweep_table(folder: Path) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if any(a.curve for r in runs for a in r.attacks.values()):
         lines += ["", curve_table(runs)]
+    if failed:
+        lines += ["", f"{len(failed)} of {len(runs) + len(failed)} jobs did not finish:", "", failed_table(failed)]
     return "\n".join(lines)
 
 

@@ -34,6 +34,7 @@ class TrainSettings:
     gradient_accumulation_steps: int = 1
     precision: str | None = None  # a Lightning precision ("bf16-mixed"); None: the trainer config's
     log_prefix: str = "train"
+    lr_key: str | None = None  # the config key of ``optim.lr``, named when training diverges
 
     def trainer_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"accumulate_grad_batches": self.gradient_accumulation_steps}
@@ -91,7 +92,7 @@ def finetune(
     )
     timer = StepTimer()
     trainer = fit(
-        module, loader, settings.steps, ctx, label=settings.log_prefix, callbacks=[timer, *callbacks],
+        module, loader, settings.steps, ctx, label=settings.log_prefix, lr_key=settings.lr_key, callbacks=[timer, *callbacks],
         **settings.trainer_kwargs(),
     )  # fmt: skip
     if checkpointing:

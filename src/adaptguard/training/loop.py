@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 
 from adaptguard.core.context import RunContext
+from adaptguard.core.errors import DivergedError
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -62,6 +63,34 @@ class StepTimer(Callback):
         return sum(t) / len(t) if t else None
 
 
+class FiniteGuard(Callback):
+    """Stop a stage at the first non-finite loss or gradient, naming the stage, the step and the key to change.
+
+    A diverged model otherwise trains on, samples NaN images and is scored as "watermark removed".
+    Gradients are not checked under fp16 mixed precision, whose loss scaler skips such steps by design.
+    """
+
+    def __init__(self, stage: str, lr_key: str | None = None) -> None:
+        self.stage = stage
+        self.hint = f"lower {lr_key} or clip gradients" if lr_key else "lower the stage's learning rate"
+
+    def fail(self, trainer: L.Trainer, what: str) -> None:
+        raise DivergedError(f"{self.stage}: {what} is not finite (NaN/inf) at step {trainer.global_step + 1}; "
+                            f"training diverged - {self.hint}")  # fmt: skip
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not torch.isfinite(loss.detach()).all():
+            self.fail(trainer, "the loss")
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if "16-mixed" in str(trainer.precision) and not str(trainer.precision).startswith("bf"):
+            return
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads))).all():
+            self.fail(trainer, "a gradient")
+
+
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -80,14 +109,18 @@ def fit(
     ctx: RunContext,
     *,
     label: str = "train",
+    lr_key: str | None = None,
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 200,
     callbacks: Sequence[Callback] = (),
     **trainer_kwargs: Any,
 ) -> L.Trainer:
-    """Train for ``max_steps`` optimizer steps with a Trainer from ``ctx``; resumable with ``checkpoint_dir``."""
+    """Train for ``max_steps`` optimizer steps with a Trainer from ``ctx``; resumable with ``checkpoint_dir``.
+
+    ``lr_key``: the config key of this stage's learning rate, named when training diverges.
+    """
     L.seed_everything(ctx.seed, verbose=False)
-    cbs = [*ctx.callbacks, *callbacks]
+    cbs = [*ctx.callbacks, *callbacks, FiniteGuard(label, lr_key)]
     if ctx.progress:
         cbs.append(StepProgressBar(label))
     ckpt_path = None

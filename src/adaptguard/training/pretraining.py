@@ -70,7 +70,7 @@ def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: Pretrai
     )
     ckpt = work / "checkpoints"
     callbacks = [EMAWeightAveraging(decay=cfg.ema_decay)] if cfg.ema_decay else []
-    fit(module, loader, cfg.steps, ctx, label="pretrain", checkpoint_dir=ckpt,
+    fit(module, loader, cfg.steps, ctx, label="pretrain", lr_key="model.pretrain.lr", checkpoint_dir=ckpt,
         checkpoint_every=cfg.checkpoint_every, callbacks=callbacks)  # fmt: skip
     model.requires_grad_(False)
     model.save(work / "model")
@@ -93,6 +93,7 @@ def _latent_loader(model: DiffusionModel, data: CaptionedImageDataModule, cfg: P
         model.vae.requires_grad_(True)
         module = AutoencoderModule(model.vae, cfg.vae_lr, cfg.kl_weight, cfg.vae_steps, cfg.warmup_steps, cfg.vae_crop)
         fit(module, data.dataloader(PRETRAIN_SPLIT, cfg.vae_batch_size), cfg.vae_steps, ctx, label="pretrain vae",
+            lr_key="model.pretrain.vae_lr",
             checkpoint_dir=work / "vae_checkpoints", checkpoint_every=cfg.checkpoint_every)  # fmt: skip
     model.vae.requires_grad_(False).eval()
     latents = cache_latents(model.vae, data.dataset(PRETRAIN_SPLIT), progress=ctx.progress)

@@ -1,0 +1,82 @@
+"""Runs that fail say so: diverged training, failing sweep jobs, interrupts; exit codes follow docs/running.md."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from adaptguard.core.errors import DivergedError
+from adaptguard.pipeline.evaluator import refuse_non_finite
+from tests.helpers import REPO, cli, micro_source, make_ctx
+
+MICRO = ["model=micro", "defense=none", "attack=full", "eval.fid=null", "logger=none", "progress=false"]
+
+
+def results(folder):
+    return json.loads((folder / "results.json").read_text())
+
+
+@pytest.mark.parametrize("launcher", ["basic", "local"])
+def test_a_sweep_runs_past_a_failed_job_and_says_so(cli_env, tmp_path, launcher):
+    """One job with a bad value: the other still runs; the sweep exits 4; the report lists the failed row."""
+    sweep = tmp_path / "sweep"
+    args = ["run", "-m", *MICRO, "attack.steps=2", "attack.lr=-1,1e-3", f"hydra.sweep.dir={sweep}"]
+    result = cli(args + (["hydra/launcher=local"] if launcher == "local" else []))
+    assert result.code == 4, result.stderr
+    assert "sweep: 1 of 2 jobs failed" in result.stderr
+    failed, ok = results(sweep / "0"), results(sweep / "1")
+    assert failed["status"] == "failed" and failed["error"]["stage"] == "config"
+    assert failed["error"]["message"] == "attack.lr: must be > 0, got -1.0" and failed["error"]["exit_code"] == 2
+    assert ok["status"] == "ok" and ok["attacks"]["attacker"]["cost"]["trainable_params"] > 0
+    report = cli(["report", str(sweep)])
+    assert report.code == 4 and "1 of 2 jobs did not finish" in report.stdout
+    row = next(line for line in report.stdout.splitlines() if "must be > 0" in line)
+    assert "| failed | config |" in row and str(sweep / "0") in row
+    assert cli(["report", str(sweep), "--allow-failed"]).code == 0
+
+
+def test_diverged_training_stops_the_run_with_status_failed(cli_env, tmp_path):
+    result = cli(["run", *MICRO, "attack.steps=10", "attack.lr=1e3", f"hydra.run.dir={tmp_path}"])
+    assert result.code == 3 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: attack: ") and "not finite" in result.stderr
+    assert "lower attack.lr" in result.stderr
+    record = results(tmp_path)
+    assert record["status"] == "failed" and record["error"]["stage"] == "attack" and record["error"]["exit_code"] == 3
+    assert record["attacks"] == {} and "attack" in record["stages"]  # no metrics of a diverged model
+
+
+def test_sampling_refuses_non_finite_weights(tmp_path):
+    model = micro_source().load(make_ctx(tmp_path))
+    refuse_non_finite("attacked", model)  # finite: no error
+    with torch.no_grad():
+        next(model.unet.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(DivergedError, match=r"attacked model \(unet\), before sampling: weight .* lower attack.lr"):
+        refuse_non_finite("attacked", model)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_an_interrupted_run_exits_128_plus_the_signal_and_says_interrupted(cli_env, tmp_path, signum, code):
+    args = [*MICRO, "attack.steps=100000", "progress=true", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=REPO, env={**os.environ},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    seen: list[str] = []  # the attack's progress bar shows when training has started
+    reader = threading.Thread(target=lambda: seen.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while "attack:" not in "".join(seen) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "".join(seen)
+    time.sleep(1.0)  # some optimizer steps in
+    proc.send_signal(signum)
+    assert proc.wait(timeout=60) == code
+    reader.join(timeout=5)
+    assert "results.json records status: interrupted" in "".join(seen)
+    record = results(tmp_path)
+    assert record["status"] == "interrupted" and record["error"]["stage"] == "attack"
+    assert record["error"]["exit_code"] == code
