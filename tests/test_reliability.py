@@ -13,7 +13,7 @@ import torch
 
 from adaptguard.core.errors import DivergedError
 from adaptguard.pipeline.evaluator import refuse_non_finite
-from tests.helpers import REPO, cli, micro_source, make_ctx
+from tests.helpers import REPO, cli, make_ctx, micro_source
 
 MICRO = ["model=micro", "defense=none", "attack=full", "eval.fid=null", "logger=none", "progress=false"]
 
