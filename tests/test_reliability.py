@@ -80,3 +80,49 @@ def test_an_interrupted_run_exits_128_plus_the_signal_and_says_interrupted(cli_e
     record = results(tmp_path)
     assert record["status"] == "interrupted" and record["error"]["stage"] == "attack"
     assert record["error"]["exit_code"] == code
+
+
+RESUME = ["model=micro", "defense=backdoor", "defense.steps=20", "defense.num_samples=8", "attack=full",
+          "attack.steps=40", "attack.batch_size=8", "checkpoint_every=10", "eval.fid.num_samples=16",
+          "eval.at_steps=[0,20,40]", "logger=none"]  # fmt: skip
+
+
+def test_a_killed_attack_resumes_and_ends_with_the_uninterrupted_metrics(cli_env, tmp_path):
+    assert cli(["run", *RESUME, "progress=false", f"hydra.run.dir={tmp_path / 'whole'}"]).code == 0
+    resume_root = tmp_path / "cache" / "resume" / "attack"
+    assert not any(resume_root.iterdir())  # a finished attack leaves no checkpoints behind
+    command = [sys.executable, "-m", "experiments.run", *RESUME, "progress=true", f"hydra.run.dir={tmp_path / 'cut'}"]
+    proc = subprocess.Popen(command, cwd=REPO, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list(resume_root.glob("*/attack/last.ckpt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert results(tmp_path / "cut")["status"] == "interrupted"
+    rerun = cli(["run", *RESUME, "progress=false", f"hydra.run.dir={tmp_path / 'cut'}"])
+    assert rerun.code == 0 and "attack: resuming from" in rerun.stdout + rerun.stderr
+    whole, cut = results(tmp_path / "whole"), results(tmp_path / "cut")
+    assert cut["status"] == "ok"
+    for part in ("model", "curve"):
+        assert cut["attacks"]["attacker"][part] == whole["attacks"]["attacker"][part]
+
+
+def test_a_killed_build_is_cleared_except_its_resume_points(tmp_path):
+    from adaptguard.core.artifacts import RESUME_DIR, ArtifactCache
+
+    cache = ArtifactCache(tmp_path, use_shipped=False)
+    work = cache.path("thing", {"a": 1}).with_name(cache.path("thing", {"a": 1}).name + ".partial")
+    (work / RESUME_DIR).mkdir(parents=True)
+    (work / RESUME_DIR / "last.ckpt").write_text("resume point")
+    (work / "stale.bin").write_text("from the killed build")
+    (work / "model").mkdir()
+    seen = {}
+
+    def build(folder):
+        seen["files"] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+        (folder / "weights.bin").write_text("new")
+
+    final = cache.get_or_build("thing", {"a": 1}, build)
+    assert seen["files"] == [RESUME_DIR, f"{RESUME_DIR}/last.ckpt"]
+    assert sorted(p.name for p in final.iterdir()) == ["spec.json", "weights.bin"]

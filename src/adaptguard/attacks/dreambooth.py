@@ -26,7 +26,7 @@ from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.context import RunContext
 from adaptguard.core.domains import EvalDomain
 from adaptguard.core.errors import ConfigError, require
-from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.data.base import CaptionedImageDataModule, train_loader
 from adaptguard.data.subject import PriorPairs, PromptedImages, SubjectDataModule, load_image_folder
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.models.lora import merge_lora
@@ -138,7 +138,7 @@ class DreamBooth(LoraOptions, FineTuning):
         if self.with_prior_preservation:
             ds = PriorPairs(instance, PromptedImages(self.class_images(model, ctx), class_prompt))
         self._cost_data = {"instance_images": len(instance.images)}
-        return DataLoader(ds, batch_size=min(self.batch_size, len(ds)), shuffle=True, num_workers=0)
+        return train_loader(ds, self.batch_size, drop_last=False)
 
     def objective(self) -> Objective | None:
         if not self.with_prior_preservation:

@@ -92,6 +92,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer.*")
+    warnings.filterwarnings("ignore", message=".*set_vital.*")  # torchdata's StatefulDataLoader on torch 2.14
     os.environ.setdefault("WANDB_SILENT", "true")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from adaptguard.core.artifacts import ArtifactCache
+from adaptguard.core.config import Rule, check_value
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
 from adaptguard.pipeline import Experiment
@@ -61,7 +62,8 @@ def make_context(cfg: DictConfig, output_dir: Path, logger: Any = None) -> RunCo
         make_trainer=instantiate(cfg.trainer),
         logger=logger,
         out_dir=output_dir,
-        seed=int(cfg.seed),
+        seed=check_value("seed", cfg.seed, int),
+        checkpoint_every=check_value("checkpoint_every", cfg.get("checkpoint_every", 200), int, Rule(ge=0)),
         progress=bool(cfg.progress),
         device=str(cfg.device),
         callbacks=callbacks,

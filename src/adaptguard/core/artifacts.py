@@ -2,8 +2,9 @@
 
 An artifact is a folder named by the hash of the spec that produced it, so a sweep over
 attacks protects once, and the tiny base model is pretrained once per config. Builders
-write into ``<hash>.partial`` (kept on failure so long jobs can resume from their own
-checkpoints) and the folder is renamed into place only when complete. A file lock makes
+write into ``<hash>.partial`` and the folder is renamed into place only when complete. A build
+that was killed leaves its ``.partial``: the next build clears it, except ``checkpoints/`` (the
+resume points of its training stages), which are dropped once the artifact is complete. A file lock makes
 parallel sweep jobs wait for one builder instead of all building the same thing.
 """
 
@@ -26,6 +27,7 @@ from adaptguard.core.redact import redact
 # Bump when a change to the code would make old artifacts wrong for the same config.
 CACHE_VERSION = 1
 SPEC_FILE = "spec.json"
+RESUME_DIR = "checkpoints"  # inside a build folder: resume points, kept across a killed build
 
 
 def default_cache_root() -> Path:
@@ -102,10 +104,12 @@ class ArtifactCache:
             if final.is_dir():  # another process finished it while we waited
                 return final
             work = final.with_name(final.name + ".partial")
+            clear_stale(work)
             work.mkdir(exist_ok=True)
             if private:
                 os.chmod(work, 0o700)
             build(work)
+            shutil.rmtree(work / RESUME_DIR, ignore_errors=True)
             shown = redact(spec) if private else spec  # the hash is of the full spec; the file need not show it
             (work / SPEC_FILE).write_text(json.dumps(shown, indent=2, sort_keys=True, default=str))
             if private:
@@ -113,8 +117,25 @@ class ArtifactCache:
             os.replace(work, final)
         return final
 
+    def resume_dir(self, kind: str, spec: Mapping[str, Any]) -> Path:
+        """Where a stage that is not itself cached (an attack) keeps its checkpoints until it completes."""
+        return self.root / "resume" / kind / spec_hash(spec)
+
     def evict(self, kind: str, spec: Mapping[str, Any]) -> None:
         shutil.rmtree(self.path(kind, spec), ignore_errors=True)
+
+
+def clear_stale(work: Path) -> None:
+    """What a killed build left in ``work``, except its resume points: never merged into the next build."""
+    if not work.is_dir():
+        return
+    for entry in work.iterdir():
+        if entry.name == RESUME_DIR:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 @contextmanager

@@ -32,6 +32,9 @@ class RunContext:
     progress: bool = True
     device: str = "auto"  # where sampling and evaluation run
     callbacks: Sequence[Callback] = ()  # added to every fit under this context (config callbacks, step probes)
+    # where fits under this context keep resume checkpoints (one folder per fit label); None: no checkpoints
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 200  # optimizer steps between checkpoints (config key checkpoint_every; 0: none)
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -41,6 +44,10 @@ class RunContext:
     def generator(self, offset: int = 0) -> torch.Generator:
         """A CPU generator for sampling, reproducible per run seed and use."""
         return torch.Generator().manual_seed(self.seed * 1_000_003 + offset)
+
+    def with_checkpoints(self, folder: Path | None) -> RunContext:
+        """The same context, with fits checkpointing into ``folder`` and resuming from it."""
+        return replace(self, checkpoint_dir=folder if self.checkpoint_every > 0 else None)
 
     def with_callbacks(self, *callbacks: Callback) -> RunContext:
         """The same context with ``callbacks`` added to every fit."""

@@ -15,6 +15,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from adaptguard.core.config import Rule, check_value
 from adaptguard.core.errors import ConfigError
@@ -133,14 +134,7 @@ class CaptionedImageDataModule(L.LightningDataModule):
 
     def dataloader(self, split: str, batch_size: int, shuffle: bool = True, drop_last: bool = True) -> DataLoader:
         ds = self.dataset(split)
-        return DataLoader(
-            ds,
-            batch_size=min(batch_size, len(ds)),
-            shuffle=shuffle,
-            drop_last=drop_last and len(ds) >= batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return train_loader(ds, batch_size, self.num_workers, shuffle=shuffle, drop_last=drop_last)
 
     def captions(self, split: str, n: int, seed: int = 0) -> list[str]:
         """``n`` captions from a split (deterministic), used as prompts for evaluation."""
@@ -148,6 +142,24 @@ class CaptionedImageDataModule(L.LightningDataModule):
         rng = np.random.default_rng(seed)
         idx = rng.choice(len(ds), size=n, replace=len(ds) < n)
         return [ds.caption(int(i)) if hasattr(ds, "caption") else ds[int(i)]["caption"] for i in idx]
+
+
+def train_loader(
+    dataset: Dataset, batch_size: int, num_workers: int = 0, shuffle: bool = True, drop_last: bool = True
+) -> DataLoader:
+    """Training batches whose position (sampler state included) Lightning saves in its checkpoints, so a resumed
+    stage sees the batches an uninterrupted one would (torchdata's StatefulDataLoader). Workers persist, so a short
+    epoch does not re-fork them; a split smaller than two batches loads in the main process."""
+    size = len(dataset)  # type: ignore[arg-type]
+    workers = num_workers if size >= 2 * batch_size else 0
+    return StatefulDataLoader(
+        dataset,
+        batch_size=min(batch_size, size),
+        shuffle=shuffle,
+        drop_last=drop_last and size >= batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+    )
 
 
 def subsample(indices: list[int], spec: SplitSpec) -> list[int]:

@@ -18,13 +18,13 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from adaptguard.core.config import setting
 from adaptguard.core.context import RunContext
 from adaptguard.core.keys import Protected, SecretKey
 from adaptguard.core.verification import Verification
-from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.data.base import CaptionedImageDataModule, train_loader
 from adaptguard.defenses.base import OutputWatermark
 from adaptguard.metrics.stats import bit_match_verification, random_key_matches
 from adaptguard.models.bundle import DiffusionModel
@@ -104,7 +104,7 @@ class BackdoorDefense(OutputWatermark):
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         key = self.make_key()
         mix = _TriggerMix(data.dataset(self.split), key, model.resolution, self.trigger_fraction)
-        loader = DataLoader(mix, batch_size=self.batch_size, shuffle=True, drop_last=True, num_workers=data.num_workers)
+        loader = train_loader(mix, self.batch_size, data.num_workers)
         settings = TrainSettings(self.steps, OptimConfig(lr=self.lr), log_prefix="protect", lr_key="defense.lr")
         tuned = finetune(model, loader, settings, ctx)
         info = {"steps": self.steps, "final_losses": tuned.losses, "trainable_params": tuned.cost["trainable_params"]}

@@ -23,14 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from torch.utils.data import ConcatDataset, DataLoader
+from torch.utils.data import ConcatDataset
 
 from adaptguard.core.artifacts import weights_sha256
 from adaptguard.core.config import setting
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
 from adaptguard.core.keys import Protected
-from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.data.base import CaptionedImageDataModule, train_loader
 from adaptguard.defenses.freezing import (
     FreezingDefense,
     RatioBy,
@@ -245,8 +245,7 @@ def simulated_user(
 
     def build(work: Path) -> None:
         both = ConcatDataset([data.dataset(cfg.illegal_split), data.dataset(cfg.legal_split)])
-        loader = DataLoader(both, batch_size=min(cfg.user_batch_size, len(both)), shuffle=True, drop_last=True,
-                            num_workers=data.num_workers)  # fmt: skip
+        loader = train_loader(both, cfg.user_batch_size, data.num_workers)
         settings = TrainSettings(
             cfg.user_steps, OptimConfig(lr=cfg.user_lr), log_prefix="simulated_user", lr_key="defense.user_lr"
         )

@@ -8,6 +8,7 @@ trains exactly as one without: the last point equals the after-attack numbers.
 
 from __future__ import annotations
 
+import pickle
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -80,6 +81,15 @@ class StepProbe(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self._probe(trainer.global_step, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Points measured before a checkpoint survive a resume (pickled into a tensor: checkpoints load weights-only)."""
+        blob = pickle.dumps((self.points, sorted(self._done)))
+        return {"points": torch.frombuffer(bytearray(blob), dtype=torch.uint8)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.points, done = pickle.loads(state["points"].numpy().tobytes())  # noqa: S301 - our own checkpoint
+        self._done = set(done)
 
     def missing(self) -> list[int]:
         return [s for s in self.at_steps if s not in self._done]

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from adaptguard.attacks.base import Attack
+from adaptguard.core.artifacts import RESUME_DIR
 from adaptguard.core.context import RunContext
 from adaptguard.core.domains import EvalDomain
 from adaptguard.core.errors import ConfigError
@@ -97,17 +100,19 @@ def check_at_steps(attack: Attack, at_steps: list[int]) -> None:
         raise ConfigError(f"eval.at_steps: step {max(at_steps)} is past the end of training (attack.steps={steps})")
 
 
-def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext) -> Protected:
-    """defense.protect, cached by (base model, defense, owner data, seed) so sweeps protect once."""
-    spec = {
-        "base": exp.model.describe(),
-        "defense": exp.defense.describe(),
-        "data": exp.data.describe(),
-        "seed": ctx.seed,
-    }
+def protect_spec(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
+    """What determines the protected model: base model, defense, owner data, seed."""
+    return {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(),
+            "seed": ctx.seed}  # fmt: skip
 
-    def build(work: Path) -> None:
-        exp.defense.save_protected(exp.defense.protect(base, exp.data, ctx), work)
+
+def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext) -> Protected:
+    """defense.protect, cached by :func:`protect_spec` so sweeps protect once."""
+    spec = protect_spec(exp, ctx)
+
+    def build(work: Path) -> None:  # a killed build resumes from work/checkpoints
+        protected = exp.defense.protect(base, exp.data, ctx.with_checkpoints(work / RESUME_DIR))
+        exp.defense.save_protected(protected, work)
 
     folder = ctx.cache.get_or_build("protected", spec, build, private=True)
     return exp.defense.load_protected(folder, like=base)
@@ -118,9 +123,12 @@ def run_attack(exp: Experiment, plan: AttackPlan, protected: Protected, ev: Eval
     probe = None
     if exp.eval.at_steps:
         probe = StepProbe(exp.eval.at_steps, lambda step, m: ev.curve_point(step, m, plan.domain), plan.attack.snapshot)
+    resume = ctx.cache.resume_dir("attack", {"protected": protect_spec(exp, ctx), "attack": plan.attack.describe(),
+                                             "domain": plan.name, "at_steps": exp.eval.at_steps})  # fmt: skip
     with ev.tracker.stage("attack" if plan.label == "attacked" else f"attack_{plan.name}"):
-        run_ctx = ctx.with_callbacks(probe) if probe else ctx
+        run_ctx = (ctx.with_callbacks(probe) if probe else ctx).with_checkpoints(resume)  # a rerun resumes here
         attacked = plan.attack.run(protected.model, exp.data, exp.defense.constraint(protected.key), run_ctx)
+    shutil.rmtree(resume, ignore_errors=True)
     if probe and probe.missing():  # a step past the end of training (e.g. an epoch-limited loader): say so
         log.warning("eval.at_steps: steps %s were never reached by the attack", probe.missing())
     model = ev.evaluate(plan.label, attacked, [plan.domain] if plan.domain else [])

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import DivergedError
+
+log = logging.getLogger(__name__)
 
 
 class StepProgressBar(TQDMProgressBar):
@@ -91,6 +96,27 @@ class FiniteGuard(Callback):
             self.fail(trainer, "a gradient")
 
 
+class StepSeed(Callback):
+    """Seed torch / numpy / random from (run seed, batch index) before every batch, and from (run seed, end)
+    after training: noise, timesteps and caption dropout are then a function of the step, so a stage resumed
+    from a checkpoint draws what an uninterrupted one would (the loader's own position is in the checkpoint)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def reseed(self, offset: int) -> None:
+        value = (self.seed * 1_000_003 + offset) % 2**32
+        torch.manual_seed(value)
+        np.random.seed(value)
+        random.seed(value)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self.reseed(trainer.fit_loop.epoch_loop.total_batch_idx + 1)
+
+    def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
+        self.reseed(2**31 - 1)
+
+
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -120,14 +146,19 @@ def fit(
     ``lr_key``: the config key of this stage's learning rate, named when training diverges.
     """
     L.seed_everything(ctx.seed, verbose=False)
-    cbs = [*ctx.callbacks, *callbacks, FiniteGuard(label, lr_key)]
+    cbs = [*ctx.callbacks, *callbacks, FiniteGuard(label, lr_key), StepSeed(ctx.seed)]
     if ctx.progress:
         cbs.append(StepProgressBar(label))
+    if checkpoint_dir is None and ctx.checkpoint_dir is not None:  # a stage's work dir: one folder per fit
+        checkpoint_dir, checkpoint_every = Path(ctx.checkpoint_dir) / label.replace(" ", "_"), ctx.checkpoint_every
     ckpt_path = None
     if checkpoint_dir is not None:
-        cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, every_n_train_steps=checkpoint_every, save_last=True))
+        cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, every_n_train_steps=checkpoint_every, save_last=True,
+                                   save_top_k=0))  # fmt: skip
         last = Path(checkpoint_dir) / "last.ckpt"
         ckpt_path = str(last) if last.exists() else None
+        if ckpt_path:
+            log.info("%s: resuming from %s", label, last)
     trainer = ctx.make_trainer(
         max_steps=max_steps,
         logger=ctx.logger if ctx.logger is not None else False,

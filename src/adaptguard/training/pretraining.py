@@ -16,9 +16,10 @@ from diffusers import AutoencoderKL
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from torch.utils.data import DataLoader
 
+from adaptguard.core.artifacts import RESUME_DIR
 from adaptguard.core.config import Validated, setting
 from adaptguard.core.context import RunContext
-from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.data.base import CaptionedImageDataModule, train_loader
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training.autoencoder import AutoencoderModule, cache_latents, latent_scale
 from adaptguard.training.loop import fit
@@ -54,7 +55,7 @@ class PretrainConfig(Validated):
 def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: PretrainConfig, ctx: RunContext, work: Path):
     """Train every weight of ``model`` on ``data``'s ``pretrain`` split; writes ``work/model`` and a sample grid.
 
-    Checkpoints go to ``work/checkpoints`` so an interrupted run resumes where it stopped.
+    Checkpoints go to ``work/checkpoints`` (kept by the cache when a build is killed) so a rerun resumes.
     """
     log.info("pretraining the base model: %d steps (cached afterwards; resumable)", cfg.steps)
     if model.is_latent:
@@ -68,7 +69,7 @@ def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: Pretrai
     module = DenoisingModule(
         model, optim, caption_dropout=cfg.caption_dropout, log_prefix="pretrain", max_steps=cfg.steps
     )
-    ckpt = work / "checkpoints"
+    ckpt = work / RESUME_DIR / "pretrain"
     callbacks = [EMAWeightAveraging(decay=cfg.ema_decay)] if cfg.ema_decay else []
     fit(module, loader, cfg.steps, ctx, label="pretrain", lr_key="model.pretrain.lr", checkpoint_dir=ckpt,
         checkpoint_every=cfg.checkpoint_every, callbacks=callbacks)  # fmt: skip
@@ -78,14 +79,12 @@ def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: Pretrai
     images = model.sample(prompts, generator=ctx.generator(1))
     torchvision.utils.save_image(images * 0.5 + 0.5, work / "model" / "samples.png", nrow=8)
     (work / "model" / "samples.txt").write_text("\n".join(prompts) + "\n")
-    shutil.rmtree(ckpt, ignore_errors=True)
-    shutil.rmtree(work / "vae", ignore_errors=True)  # the VAE stage's resume point; the VAE is in work/model
 
 
 def _latent_loader(model: DiffusionModel, data: CaptionedImageDataModule, cfg: PretrainConfig, ctx: RunContext,
                    work: Path) -> DataLoader:  # fmt: skip
     """Train the VAE (once: ``work/vae`` survives an interruption), set its scale, cache the split's latents."""
-    vae_dir = work / "vae"
+    vae_dir = work / RESUME_DIR / "vae"  # the trained VAE survives an interruption; it ends up in work/model
     if (vae_dir / "config.json").is_file():
         model.vae = AutoencoderKL.from_pretrained(vae_dir).to(model.device)
     else:
@@ -94,12 +93,12 @@ def _latent_loader(model: DiffusionModel, data: CaptionedImageDataModule, cfg: P
         module = AutoencoderModule(model.vae, cfg.vae_lr, cfg.kl_weight, cfg.vae_steps, cfg.warmup_steps, cfg.vae_crop)
         fit(module, data.dataloader(PRETRAIN_SPLIT, cfg.vae_batch_size), cfg.vae_steps, ctx, label="pretrain vae",
             lr_key="model.pretrain.vae_lr",
-            checkpoint_dir=work / "vae_checkpoints", checkpoint_every=cfg.checkpoint_every)  # fmt: skip
+            checkpoint_dir=work / RESUME_DIR / "vae_fit", checkpoint_every=cfg.checkpoint_every)  # fmt: skip
     model.vae.requires_grad_(False).eval()
     latents = cache_latents(model.vae, data.dataset(PRETRAIN_SPLIT), progress=ctx.progress)
     if not (vae_dir / "config.json").is_file():
         model.vae.register_to_config(scaling_factor=latent_scale(latents, ctx.generator(0)))
         model.vae.save_pretrained(vae_dir)
-        shutil.rmtree(work / "vae_checkpoints", ignore_errors=True)
+        shutil.rmtree(work / RESUME_DIR / "vae_fit", ignore_errors=True)
     log.info("VAE latent scale: %.4f", model.vae.config.scaling_factor)
-    return DataLoader(latents, batch_size=cfg.batch_size, shuffle=True, drop_last=True)
+    return train_loader(latents, cfg.batch_size)
