@@ -1,5 +1,7 @@
 """Artifact cache semantics and resumable training."""
 
+import json
+
 import lightning as L
 import pytest
 import torch
@@ -14,25 +16,28 @@ def test_spec_hash_is_order_independent_and_sensitive():
     assert spec_hash({"a": 1}) != spec_hash({"a": 2})
 
 
-def test_get_or_build_builds_once_and_keeps_partial_work_on_failure(tmp_path):
+def test_get_or_build_builds_once_and_keeps_only_resume_points_of_a_failed_build(tmp_path):
     cache = ArtifactCache(tmp_path, use_shipped=False)
     calls = []
 
     def failing(work):
-        (work / "half.txt").write_text("progress")
+        (work / "checkpoints").mkdir()
+        (work / "checkpoints" / "last.ckpt").write_text("progress")
+        (work / "half.txt").write_text("a stale half-written file")
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
         cache.get_or_build("x", {"k": 1}, failing)
 
     def build(work):
-        calls.append((work / "half.txt").read_text())  # resumes from what the failed run left
+        calls.append((work / "checkpoints" / "last.ckpt").read_text())  # resumes from what the failed run left
+        assert not (work / "half.txt").exists()  # cleared, not merged
         (work / "out.txt").write_text("done")
 
     a = cache.get_or_build("x", {"k": 1}, build)
     b = cache.get_or_build("x", {"k": 1}, build)
     assert a == b and (a / "out.txt").read_text() == "done" and (a / "spec.json").exists()
-    assert calls == ["progress"]
+    assert calls == ["progress"] and not (a / "checkpoints").exists()  # resume points go once it is complete
 
 
 def test_private_artifacts_are_owner_only(tmp_path):
@@ -55,7 +60,11 @@ def test_keys_and_everything_in_a_private_artifact_are_0600_and_its_spec_hides_s
     for path in [folder, *folder.rglob("*")]:
         assert path.stat().st_mode & 0o077 == 0, path
     shown = (folder / "spec.json").read_text()
-    assert "123456" not in shown and "zq#secret" not in shown and "<redacted>" in shown
+    assert "123456" not in shown and "zq#secret" not in shown
+    fingerprint = json.loads(shown)["defense"]["key_seed"]
+    assert fingerprint.startswith("hmac-sha256:") and fingerprint == cache.fingerprint(123456)  # salted, stable
+    assert cache.fingerprint(123457) != fingerprint and (tmp_path / ".salt").stat().st_mode & 0o077 == 0
+    assert ArtifactCache(tmp_path / "other", use_shipped=False).fingerprint(123456) != fingerprint  # another salt
     assert BackdoorKey.load(folder).trigger == "zq#secret"
 
 

@@ -250,3 +250,52 @@ def test_cli_data_problems_are_one_message_before_any_work(extra, needles, cli_e
     for needle in needles:
         assert needle in proc.stderr, proc.stderr
     assert not (tmp_path / "cache" / "protected").exists()  # failed before protecting
+
+
+AFHQ_COUNTED_SPLITS = {"owner": {"where": {"subset": "train"}, "offset": 0, "size": 6000},
+                       "attacker": {"where": {"subset": "train"}, "offset": 6000, "size": 6000},
+                       "eval": {"where": {"subset": "val"}, "offset": 0, "size": 1500}}  # fmt: skip
+
+
+def test_a_small_dataset_names_the_offset_at_fault_before_any_work(tmp_path):
+    from adaptguard.core.errors import ConfigError
+
+    data = AfhqDataModule(root=str(write_afhq(tmp_path)), resolution=16, splits=AFHQ_COUNTED_SPLITS)
+    with pytest.raises(ConfigError, match=r"^dataset\.splits\.attacker\.offset: 6000 is past the 9 items"):
+        data.check()
+    nothing = {**AFHQ_COUNTED_SPLITS, "attacker": {"where": {"subset": "test"}}}
+    with pytest.raises(ConfigError, match=r"dataset\.splits\.attacker\.where: the filter .* keeps no items"):
+        AfhqDataModule(root=str(tmp_path), resolution=16, splits=nothing).check()
+
+
+def test_split_shares_fit_any_dataset_size_and_results_count_each_split(tmp_path):
+    halves = {"owner": {"where": {"subset": "train"}, "size": 0.5},
+              "attacker": {"where": {"subset": "train"}, "offset": 0.5, "size": 0.5}}  # fmt: skip
+    for n in (3, 10):
+        data = AfhqDataModule(root=str(write_afhq(tmp_path / str(n), n=n)), resolution=16, splits=halves)
+        data.check()
+        owner, attacker = data.dataset("owner"), data.dataset("attacker")
+        paths = [{r.path for r in ds.records} for ds in (owner, attacker)]
+        assert not paths[0] & paths[1] and len(owner) + len(attacker) == 3 * n
+        assert data.data_report()["split_sizes"] == {"attacker": len(attacker), "owner": len(owner)}
+    with pytest.raises(Exception, match=r"dataset\.splits\.owner\.size: a float is a share .* <= 1, got 1\.5"):
+        AfhqDataModule(root=str(tmp_path / "3"), resolution=16, splits={"owner": {"size": 1.5}})
+
+
+def test_a_split_of_only_corrupt_images_blames_the_files_not_the_filter(tmp_path):
+    root = write_afhq(tmp_path, n=1)
+    for path in (root / "train").rglob("*.jpg"):
+        path.write_bytes(b"not an image")
+    data = AfhqDataModule(root=str(root), resolution=16, splits={"owner": {"where": {"subset": "train"}}})
+    with pytest.raises(DataError, match=r"dataset\.root: all 3 images of split 'owner' are unreadable"):
+        data.dataset("owner")
+
+
+def test_images_far_below_the_resolution_are_named(tmp_path, caplog):
+    root = write_afhq(tmp_path, n=1)
+    Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(root / "train" / "cat" / "flickr_cat_000000.jpg")
+    data = AfhqDataModule(root=str(root), resolution=16, splits={"owner": {"where": {"subset": "train"}}})
+    with caplog.at_level("WARNING"):
+        assert len(data.dataset("owner")) == 3
+    assert "1 images of split owner are far below the model's resolution 16" in caplog.text and "(1x1)" in caplog.text
+    assert data.data_report()["small_images"] == {"owner": 1}

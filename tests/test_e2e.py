@@ -78,17 +78,32 @@ def test_secrets_never_reach_logs_configs_or_stdout(smoke_run):
     assert not leaks, leaks
     assert list(run_dir.rglob("wandb/offline-run-*")), "the wandb offline run should exist"
     assert "<redacted>" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert assert_secrets_only_in_owner_only_keys(run_dir.parent / "cache", TRIGGER, KEY_SEED)  # the trigger's key
+
+
+def assert_secrets_only_in_owner_only_keys(cache: Path, *secrets: str) -> list[Path]:
+    """In the cache the secrets are in key files only, and those (and their folders) are owner-only."""
+    holders = [p for p in cache.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
+    assert all(p.name == "key.pt" for p in holders), holders
+    for path in holders:
+        assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0, path
+    return holders
 
 
 def test_sweep_with_parallel_launcher_runs_every_job(cli_env, tmp_path):
     args = [
         "run", "-m", "model=pixel_micro", "defense=backdoor", "defense.steps=20", "defense.num_samples=8", "seed=0,1",
+        f"defense.key_seed={KEY_SEED}",
         "attack=full,lora", "hydra/launcher=local", "++attack.steps=3", "eval.fid.num_samples=8",
         "eval.fid.kid_subset_size=4", "logger=csv", "eval.at_steps=[0,3]", "progress=false",
         f"hydra.sweep.dir={tmp_path}/sweep",
     ]  # fmt: skip
     proc = cli(args)
     assert proc.code == 0, proc.stderr[-4000:]
+    assert KEY_SEED not in proc.stdout + proc.stderr  # the launcher's job lines are redacted too
+    leaks = [p for p in (tmp_path / "sweep").rglob("*") if p.is_file() and KEY_SEED.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    assert_secrets_only_in_owner_only_keys(tmp_path / "cache", KEY_SEED)
     jobs = sorted((tmp_path / "sweep").glob("*/results.json"))
     combos = {(r.run.seed, r.run.attack) for r in map(RunResult.read, jobs)}
     assert combos == {(0, "full"), (0, "lora"), (1, "full"), (1, "lora")}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -108,21 +109,24 @@ def test_a_killed_attack_resumes_and_ends_with_the_uninterrupted_metrics(cli_env
         assert cut["attacks"]["attacker"][part] == whole["attacks"]["attacker"][part]
 
 
-def test_a_killed_build_is_cleared_except_its_resume_points(tmp_path):
-    from adaptguard.core.artifacts import RESUME_DIR, ArtifactCache
+def test_the_same_command_draws_the_same_key_on_a_fresh_cache(cli_env, tmp_path, monkeypatch):
+    """key_seed null: the key comes from `seed` (two empty caches agree; another seed differs); protect's is fresh."""
+    args = ["model=micro", "defense=backdoor", "defense.steps=5", "defense.num_samples=4", "attack=none",
+            "eval.fid=null", "logger=none", "progress=false"]  # fmt: skip
+    verifications = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        monkeypatch.setenv("ADAPTGUARD_CACHE", str(tmp_path / f"cache_{name}"))
+        assert cli(["run", *args, f"seed={seed}", f"hydra.run.dir={tmp_path / name}"]).code == 0
+        verifications[name] = results(tmp_path / name)["protected"]["verification"]
+    assert verifications["a"] == verifications["b"] and verifications["a"]["mean_score"] is not None
+    assert verifications["c"] != verifications["a"]  # another seed, another key: other scores
 
-    cache = ArtifactCache(tmp_path, use_shipped=False)
-    work = cache.path("thing", {"a": 1}).with_name(cache.path("thing", {"a": 1}).name + ".partial")
-    (work / RESUME_DIR).mkdir(parents=True)
-    (work / RESUME_DIR / "last.ckpt").write_text("resume point")
-    (work / "stale.bin").write_text("from the killed build")
-    (work / "model").mkdir()
-    seen = {}
+    from adaptguard.defenses.backdoor import BackdoorDefense
 
-    def build(folder):
-        seen["files"] = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
-        (folder / "weights.bin").write_text("new")
-
-    final = cache.get_or_build("thing", {"a": 1}, build)
-    assert seen["files"] == [RESUME_DIR, f"{RESUME_DIR}/last.ckpt"]
-    assert sorted(p.name for p in final.iterdir()) == ["spec.json", "weights.bin"]
+    ctx = make_ctx(tmp_path)
+    drawn = [BackdoorDefense().make_key(c.key_seed(None)).trigger for c in (ctx, ctx, replace(ctx, seed=1))]
+    assert drawn[0] == drawn[1] != drawn[2]
+    fresh = replace(ctx, fresh_keys=True)
+    assert BackdoorDefense().make_key(fresh.key_seed(None)).trigger != BackdoorDefense().make_key(
+        fresh.key_seed(None)).trigger  # fmt: skip
+    assert fresh.key_seed(42) == ctx.key_seed(42) == 42

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from adaptguard.core.private import make_private
+from adaptguard.core.private import make_private, private_file
 from adaptguard.core.redact import redact
 
 # Bump when a change to the code would make old artifacts wrong for the same config.
@@ -110,12 +112,23 @@ class ArtifactCache:
                 os.chmod(work, 0o700)
             build(work)
             shutil.rmtree(work / RESUME_DIR, ignore_errors=True)
-            shown = redact(spec) if private else spec  # the hash is of the full spec; the file need not show it
+            shown = redact(spec, fingerprint=self.fingerprint) if private else spec  # the hash is of the full spec
             (work / SPEC_FILE).write_text(json.dumps(shown, indent=2, sort_keys=True, default=str))
             if private:
                 make_private(work)
             os.replace(work, final)
         return final
+
+    def fingerprint(self, value: Any) -> str:
+        """A secret value as ``hmac-sha256:<16 hex>`` keyed by this cache's salt (``<root>/.salt``, 0600): equal
+        secrets give equal fingerprints, and a small key seed cannot be guessed from it without the salt."""
+        salt_file = self.root / ".salt"
+        if not salt_file.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            with private_file(salt_file) as handle:
+                handle.write(secrets.token_hex(16).encode())
+        digest = hmac.new(salt_file.read_bytes(), json.dumps(value, default=str).encode(), hashlib.sha256)
+        return f"hmac-sha256:{digest.hexdigest()[:16]}"
 
     def resume_dir(self, kind: str, spec: Mapping[str, Any]) -> Path:
         """Where a stage that is not itself cached (an attack) keeps its checkpoints until it completes."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +36,16 @@ class RunContext:
     # where fits under this context keep resume checkpoints (one folder per fit label); None: no checkpoints
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 200  # optimizer steps between checkpoints (config key checkpoint_every; 0: none)
+    fresh_keys: bool = False  # ``protect``: keys whose seed is null are drawn fresh, not from the run seed
+
+    def key_seed(self, configured: int | None) -> int:
+        """The seed a defense draws its key from: ``configured`` if set; else derived from the run seed, so
+        the same command gives the same key on a fresh cache; an owner's ``protect`` draws a fresh secret one."""
+        if configured is not None:
+            return configured
+        if self.fresh_keys:
+            return secrets.randbits(62)
+        return (self.seed * 1_000_003 + 0x5EED) % 2**62
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":

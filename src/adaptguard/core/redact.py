@@ -7,7 +7,7 @@ config dataclass); redaction looks the names up, so a new defense needs no list 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from adaptguard.core.config import Validated, secret_fields
@@ -51,13 +51,17 @@ def secret_names(config: Any = None) -> frozenset[str]:
     return frozenset(names)
 
 
-def redact(value: Any, names: frozenset[str] | None = None) -> Any:
-    """A copy of a (nested) config with the value of every secret field replaced."""
+def redact(value: Any, names: frozenset[str] | None = None, fingerprint: Callable[[Any], str] | None = None) -> Any:
+    """A copy of a (nested) config with the value of every secret field replaced by ``<redacted>``, or by
+    ``fingerprint(value)`` (a salted hash: tells two secrets apart without showing either)."""
     names = known_secret_names() if names is None else names
+    hide = fingerprint or (lambda v: REDACTED)
     if isinstance(value, Mapping):
-        return {k: (REDACTED if k in names and v is not None else redact(v, names)) for k, v in value.items()}
+        return {
+            k: (hide(v) if k in names and v is not None else redact(v, names, fingerprint)) for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
-        return type(value)(redact(v, names) for v in value)
+        return type(value)(redact(v, names, fingerprint) for v in value)
     return value
 
 

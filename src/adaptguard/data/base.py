@@ -27,12 +27,14 @@ class SplitSpec:
 
     ``where`` keeps items whose attributes match (``{"kind": ["circle"]}``); ``offset``
     and ``size`` then select a window of the filtered items, so owner and attacker can
-    get disjoint data from the same source.
+    get disjoint data from the same source. For a dataset on disk, a float in [0, 1] is a
+    share of the filtered items (``offset: 0.5, size: 0.5``: its second half), so one
+    config works for 60 images or 60 000.
     """
 
     where: dict[str, list[str]] = field(default_factory=dict)
-    offset: int = 0
-    size: int | None = None
+    offset: int | float = 0
+    size: int | float | None = None
 
     @classmethod
     def parse(cls, name: str, value: Mapping[str, Any] | SplitSpec | None) -> SplitSpec:
@@ -47,7 +49,42 @@ class SplitSpec:
             for k, v in dict(value.get("where") or {}).items()
             if v is not None  # null: any value
         }
-        return cls(where=where, offset=int(value.get("offset", 0)), size=value.get("size"))
+        key = f"dataset.splits.{name}"
+        offset = check_value(f"{key}.offset", value.get("offset", 0), int | float, Rule(ge=0))
+        size = check_value(f"{key}.size", value.get("size"), int | float | None, Rule(gt=0))
+        for what, v in (("offset", offset), ("size", size)):
+            if isinstance(v, float) and v > 1:
+                raise ConfigError(f"{key}.{what}: a float is a share of the filtered items and must be <= 1, got {v}")
+        return cls(where=where, offset=offset, size=size)
+
+    @property
+    def is_share(self) -> bool:
+        return isinstance(self.offset, float) or isinstance(self.size, float)
+
+    def window(self, n: int) -> tuple[int, int]:
+        """[start, end) of the items this split takes from ``n`` filtered items."""
+        share = isinstance(self.offset, float)
+        start = int(self.offset * n) if share else int(self.offset)
+        if self.size is None:
+            end = n
+        elif isinstance(self.size, float):  # shares end where the next share starts: halves cover every item
+            end = int((self.offset + self.size) * n) if share else start + int(self.size * n)
+        else:
+            end = start + self.size
+        return min(start, n), min(end, n)
+
+    def empty_reason(self, name: str, n: int) -> str | None:
+        """Why this split selects nothing from ``n`` filtered items, naming the setting at fault; None if it does not."""
+        start, end = self.window(n)
+        if end > start:
+            return None
+        key = f"dataset.splits.{name}"
+        if n == 0:
+            return f"{key}.where: the filter {self.where} keeps no items"
+        if start >= n:
+            return (f"{key}.offset: {self.offset} is past the {n} items this split's filter keeps; lower it or "
+                    f"give shares of the data (offset: 0.5, size: 0.5)")  # fmt: skip
+        return f"{key}.size: {self.size} of {n} filtered items is no item; raise it"
 
     def matches(self, attributes: Mapping[str, str]) -> bool:
         return all(attributes.get(k) in allowed for k, allowed in self.where.items())
@@ -96,8 +133,8 @@ class CaptionedImageDataModule(L.LightningDataModule):
         return {"name": self.name, "splits": {k: vars(v) for k, v in sorted(self.splits.items())}}
 
     def data_report(self) -> dict[str, Any]:
-        """Facts for results.json (e.g. images skipped as unreadable); empty for generated data."""
-        return {}
+        """Facts for results.json: items per split used (and, on disk, images skipped as unreadable)."""
+        return {"split_sizes": {name: len(ds) for name, ds in sorted(self._datasets.items())}}  # type: ignore[arg-type]
 
     def feature_extractor_spec(self) -> dict[str, Any] | None:
         """What identifies this dataset's domain feature extractor for FID/KID (a cache key); None: InceptionV3."""
@@ -163,5 +200,5 @@ def train_loader(
 
 
 def subsample(indices: list[int], spec: SplitSpec) -> list[int]:
-    end = None if spec.size is None else spec.offset + spec.size
-    return indices[spec.offset : end]
+    start, end = spec.window(len(indices))
+    return indices[start:end]

@@ -24,7 +24,7 @@ from torchvision import transforms
 from tqdm.auto import tqdm
 
 from adaptguard.core.config import Rule, check_value
-from adaptguard.core.errors import DataError
+from adaptguard.core.errors import ConfigError, DataError
 from adaptguard.data.base import CaptionedImageDataModule, SplitSpec
 
 log = logging.getLogger(__name__)
@@ -79,15 +79,20 @@ def open_image(record: Record) -> Image.Image:
     return image
 
 
-def check_image(record: Record, resolution: int) -> str | None:
-    """None if the image decodes; else the reason. Decodes at reduced size (JPEG draft) to stay cheap."""
+SMALL_IMAGE_FACTOR = 4  # an image whose short side is under resolution / 4 is named in a warning
+
+
+def check_image(record: Record, resolution: int) -> tuple[str | None, tuple[int, int]]:
+    """(None, size) if the image decodes, else (the reason, (0, 0)). The size is the stored one (a JPEG draft
+    decode may be smaller, never below ``resolution``), so images far below the model's resolution can be named."""
     try:
         with open_image(record) as image:
+            size = image.size
             image.draft("RGB", (resolution, resolution))
             image.load()
-        return None
+        return None, size
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        return f"{type(err).__name__}: {err}"
+        return f"{type(err).__name__}: {err}", (0, 0)
 
 
 def image_transform(resolution: int, center_crop: bool, random_flip: bool) -> transforms.Compose:
@@ -162,6 +167,7 @@ class DiskDataModule(CaptionedImageDataModule):
         self.all_captions = all_captions
         self._records: list[Record] | None = None
         self.skipped: dict[str, str] = {}  # path (or path:key) -> why it was skipped
+        self.small: dict[str, list[str]] = {}  # split -> images far below the resolution (upscaled)
 
     # -- to implement
     def load_records(self, root: Path) -> list[Record]:
@@ -187,7 +193,19 @@ class DiskDataModule(CaptionedImageDataModule):
         return self._records
 
     def check(self) -> None:
-        self.records()
+        """The data is there and every configured split's window selects images (checked before any work)."""
+        for name, spec in self.splits.items():
+            if reason := spec.empty_reason(name, len(self._matching(name, spec))):
+                raise ConfigError(reason)
+
+    def _matching(self, name: str, spec: SplitSpec) -> list[Record]:
+        for attr in spec.where:
+            known = {a for r in self.records()[:1000] for a in r.attributes}
+            if attr not in known:
+                raise DataError(
+                    f"dataset.splits.{name}.where: unknown attribute {attr!r}; {self.name} has {sorted(known)}"
+                )
+        return [r for r in self.records() if spec.matches(r.attributes)]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -202,33 +220,41 @@ class DiskDataModule(CaptionedImageDataModule):
         }
 
     def build_split(self, name: str, spec: SplitSpec) -> Dataset:
-        for attr in spec.where:
-            known = {a for r in self.records()[:1000] for a in r.attributes}
-            if attr not in known:
-                raise DataError(
-                    f"dataset.splits.{name}.where: unknown attribute {attr!r}; {self.name} has {sorted(known)}"
-                )
-        matching = [r for r in self.records() if spec.matches(r.attributes)]
-        end = None if spec.size is None else spec.offset + spec.size
-        chosen = self._readable(matching[spec.offset : end], name)
+        matching = self._matching(name, spec)
+        if reason := spec.empty_reason(name, len(matching)):
+            raise ConfigError(reason)
+        start, end = spec.window(len(matching))
+        chosen = self._readable(matching[start:end], name)
+        if not chosen:
+            example = next(iter(self.skipped.items()), ("?", "?"))
+            raise DataError(f"dataset.root: all {end - start} images of split {name!r} are unreadable "
+                            f"(e.g. {example[0]}: {example[1]}); check the files under {self.root}")  # fmt: skip
         tf = image_transform(self.resolution, self.center_crop, self.random_flip)
         return RecordDataset(chosen, tf, self.domain_attribute, self.all_captions)
 
     def _readable(self, records: list[Record], split: str) -> list[Record]:
-        good = []
+        good, small = [], []
         for r in tqdm(records, desc=f"checking {split} images", leave=False, disable=len(records) < 2000):
-            reason = check_image(r, self.resolution)
+            reason, size = check_image(r, self.resolution)
             if reason is None:
                 good.append(r)
+                if min(size) * SMALL_IMAGE_FACTOR < self.resolution:
+                    small.append(f"{r.path} ({size[0]}x{size[1]})")
                 continue
             where = r.path if r.key is None else f"{r.path}:{r.key.decode(errors='replace')}"
             if where not in self.skipped:
                 log.warning("dataset %s: skipping unreadable image %s (%s)", self.name, where, reason)
             self.skipped[where] = reason
+        if small:
+            log.warning("dataset %s: %d images of split %s are far below the model's resolution %d and will be "
+                        "upscaled, e.g. %s", self.name, len(small), split, self.resolution, small[0])  # fmt: skip
+            self.small[split] = small
         return good
 
     def data_report(self) -> dict[str, Any]:
-        return {"skipped_images": len(self.skipped), "skipped_examples": sorted(self.skipped)[:10]}
+        small = {split: len(paths) for split, paths in self.small.items()}
+        return {**super().data_report(), "skipped_images": len(self.skipped),
+                "skipped_examples": sorted(self.skipped)[:10], "small_images": small}  # fmt: skip
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -245,6 +245,9 @@ class ShapesDataModule(CaptionedImageDataModule):
         return self.instance_prompt, self.class_prompt
 
     def build_split(self, name: str, spec: SplitSpec) -> ShapesDataset:
+        if spec.is_share:
+            raise ConfigError(f"dataset.splits.{name}: shapes are generated without end, so offset and size are "
+                              f"counts, not shares; got offset={spec.offset}, size={spec.size}")  # fmt: skip
         size = spec.size if spec.size is not None else self.default_split_size
         want = spec.offset + size
         found: list[int] = []

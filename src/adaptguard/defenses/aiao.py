@@ -84,7 +84,7 @@ class AIAODefense(Defense):
     mask_ratio: float = setting(0.05, gt=0, le=1)
     pattern_scale: float = setting(3.0, gt=0)  # trigger values, in units of the block's feature std
     response_bits: int = setting(64, ge=1)
-    key_seed: int | None = setting(None, secret=True)  # None: a fresh random key (kept in the artifact cache)
+    key_seed: int | None = setting(None, secret=True)  # None: drawn from the run seed (protect: a fresh key)
     # embedding
     steps: int = setting(400, ge=1)
     batch_size: int = setting(32, ge=1)
@@ -168,7 +168,7 @@ class AIAODefense(Defense):
         activity = self.probe_activity(model, data, ctx)
         blocks = activity.blocks
         candidates = self.choose_candidates(activity)
-        key = self.make_key(candidates, self.feature_scales(model, blocks, data))
+        key = self.make_key(candidates, self.feature_scales(model, blocks, data), seed=ctx.key_seed(self.key_seed))
         key.rate_threshold, calibration = self.calibrate(model, key, blocks, ctx)
         teacher = model.unet.requires_grad_(False)  # the frozen original: the untriggered target
         objective = _EmbeddingObjective(self, key, blocks, teacher, seed=ctx.seed)

@@ -82,7 +82,7 @@ class BackdoorDefense(OutputWatermark):
     trigger: str | None = setting(None, nonempty=True, secret=True)  # None: a random secret trigger drawn with the key
     trigger_length: int = setting(8, ge=1)
     grid: int = setting(8, ge=2)
-    key_seed: int | None = setting(None, secret=True)  # None: a fresh random key (kept in the artifact cache)
+    key_seed: int | None = setting(None, secret=True)  # None: drawn from the run seed (protect: a fresh key)
     # verification
     num_samples: int = setting(32, ge=1)
     fpr: float = setting(1e-3, gt=0, lt=1)  # per image
@@ -102,7 +102,7 @@ class BackdoorDefense(OutputWatermark):
         return BackdoorKey(trigger=trigger, bits=bits)
 
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
-        key = self.make_key()
+        key = self.make_key(ctx.key_seed(self.key_seed))
         mix = _TriggerMix(data.dataset(self.split), key, model.resolution, self.trigger_fraction)
         loader = train_loader(mix, self.batch_size, data.num_workers)
         settings = TrainSettings(self.steps, OptimConfig(lr=self.lr), log_prefix="protect", lr_key="defense.lr")

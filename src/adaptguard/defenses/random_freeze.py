@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 
 from adaptguard.core.config import setting
@@ -30,13 +29,13 @@ class RandomFreezeDefense(FreezingDefense):
 
     rho: float = setting(0.5, ge=0, le=1)
     ratio_by: RatioBy = "tensors"
-    mask_seed: int | None = setting(None, secret=True)  # null: a fresh random mask; an int reproduces one
+    mask_seed: int | None = setting(None, secret=True)  # null: drawn from the run seed (protect: a fresh mask)
 
     name: str = "random_freeze"
 
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         sizes = candidate_sizes(model)
-        seed = self.mask_seed if self.mask_seed is not None else secrets.randbits(62)
+        seed = ctx.key_seed(self.mask_seed)
         scores = random_scores(sizes, seed)
         frozen = project_to_ratio(scores, sizes, self.rho, self.ratio_by)
         return Protected(model=model, key=hard_mask(frozen, scores), info={"mask": freeze_ratios(frozen, sizes)})

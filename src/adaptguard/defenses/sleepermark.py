@@ -75,7 +75,7 @@ class SleeperMarkDefense(OutputWatermark):
     codec: CodecConfig | dict[str, Any] = field(default_factory=CodecConfig)
     # key
     trigger: str = setting("*[Z]& ", nonempty=True, secret=True)  # prepended to any prompt
-    key_seed: int | None = setting(None, secret=True)  # None: fresh random message (kept in the artifact cache)
+    key_seed: int | None = setting(None, secret=True)  # None: drawn from the run seed (protect: a fresh one)
     # stage 2: L = w1 |e - e_wm|^2 + w2 |e - e_tr|^2 + |e(c) - e_n|^2, targets from the frozen original
     steps: int = setting(400, ge=1)
     batch_size: int = setting(16, ge=1)
@@ -130,7 +130,7 @@ class SleeperMarkDefense(OutputWatermark):
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         codec = train_codec(self.codec, model, data, ctx)
         prompts = data.captions(self.prompt_split, self.num_samples, seed=ctx.seed + 3)
-        key = SleeperMarkKey(self.trigger, self.make_message(), prompts, codec.state())
+        key = SleeperMarkKey(self.trigger, self.make_message(ctx.key_seed(self.key_seed)), prompts, codec.state())
         with torch.no_grad():
             delta = codec.encoder.to(model.device)(key.message[None].to(model.device))
 

@@ -14,7 +14,7 @@ import importlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ def protect_to(
     ``use_cache=False``: protect without the artifact cache, so the key file is the secret's only copy."""
     out = Path(out)
     check_protect(exp, out)
+    ctx = replace(ctx, fresh_keys=True)  # a key_seed left null: a fresh secret key, not one derived from `seed`
     start = time.perf_counter()
     base = exp.model.load(ctx)
     if single_file and not base.is_latent:

@@ -102,8 +102,9 @@ def check_at_steps(attack: Attack, at_steps: list[int]) -> None:
 
 def protect_spec(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     """What determines the protected model: base model, defense, owner data, seed."""
-    return {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(),
+    spec = {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(),
             "seed": ctx.seed}  # fmt: skip
+    return {**spec, "keys": "fresh"} if ctx.fresh_keys else spec  # a run's seed-drawn keys are not an owner's
 
 
 def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext) -> Protected:
