@@ -91,7 +91,7 @@ RESUME = ["model=micro", "defense=backdoor", "defense.steps=20", "defense.num_sa
 def test_a_killed_attack_resumes_and_ends_with_the_uninterrupted_metrics(cli_env, tmp_path):
     assert cli(["run", *RESUME, "progress=false", f"hydra.run.dir={tmp_path / 'whole'}"]).code == 0
     resume_root = tmp_path / "cache" / "resume" / "attack"
-    assert not any(resume_root.iterdir())  # a finished attack leaves no checkpoints behind
+    assert not [p for p in resume_root.iterdir() if p.is_dir()]  # a finished attack leaves no checkpoints behind
     command = [sys.executable, "-m", "experiments.run", *RESUME, "progress=true", f"hydra.run.dir={tmp_path / 'cut'}"]
     proc = subprocess.Popen(command, cwd=REPO, env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

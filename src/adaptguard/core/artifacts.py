@@ -134,6 +134,13 @@ class ArtifactCache:
         """Where a stage that is not itself cached (an attack) keeps its checkpoints until it completes."""
         return self.root / "resume" / kind / spec_hash(spec)
 
+    @contextmanager
+    def holding(self, folder: Path) -> Iterator[None]:
+        """One process at a time uses ``folder`` (parallel sweep jobs that would share a resume dir)."""
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(folder.with_name(folder.name + ".lock")):
+            yield
+
     def evict(self, kind: str, spec: Mapping[str, Any]) -> None:
         shutil.rmtree(self.path(kind, spec), ignore_errors=True)
 

@@ -126,10 +126,11 @@ def run_attack(exp: Experiment, plan: AttackPlan, protected: Protected, ev: Eval
         probe = StepProbe(exp.eval.at_steps, lambda step, m: ev.curve_point(step, m, plan.domain), plan.attack.snapshot)
     resume = ctx.cache.resume_dir("attack", {"protected": protect_spec(exp, ctx), "attack": plan.attack.describe(),
                                              "domain": plan.name, "at_steps": exp.eval.at_steps})  # fmt: skip
-    with ev.tracker.stage("attack" if plan.label == "attacked" else f"attack_{plan.name}"):
+    stage = "attack" if plan.label == "attacked" else f"attack_{plan.name}"
+    with ev.tracker.stage(stage), ctx.cache.holding(resume):
         run_ctx = (ctx.with_callbacks(probe) if probe else ctx).with_checkpoints(resume)  # a rerun resumes here
         attacked = plan.attack.run(protected.model, exp.data, exp.defense.constraint(protected.key), run_ctx)
-    shutil.rmtree(resume, ignore_errors=True)
+        shutil.rmtree(resume, ignore_errors=True)
     if probe and probe.missing():  # a step past the end of training (e.g. an epoch-limited loader): say so
         log.warning("eval.at_steps: steps %s were never reached by the attack", probe.missing())
     model = ev.evaluate(plan.label, attacked, [plan.domain] if plan.domain else [])
