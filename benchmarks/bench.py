@@ -1,8 +1,9 @@
 """Speed and memory targets, written as JSON (``make bench``).
 
 Entries:
-- ``train_step``: tiny-model training step through our Lightning module vs a plain torch
-  loop on the same UNet and batch (target: ratio <= 1.05).
+- ``train_step``: tiny-model training step through our Lightning module (with the finite-value
+  guard and per-step seeding every stage has) vs a plain torch loop on the same UNet and batch
+  (target: ratio <= 1.05); ``guard_and_seed_overhead`` is that loop with vs without the two callbacks.
 - ``sampling``: images/s with the pixel model's default sampler (DDIM, CFG).
 - ``latent_train_step``: the latent tiny model (VAE encode + UNet on 16x16x4 latents) through our
   Lightning module vs a plain diffusers-style loop written from the components (target: ratio <= 1.05).
@@ -43,6 +44,7 @@ from adaptguard.cli.build import instantiate
 from adaptguard.cli.config import compose
 from adaptguard.data.shapes import ShapesDataModule
 from adaptguard.training import DenoisingModule
+from adaptguard.training.loop import FiniteGuard, StepSeed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,13 +83,15 @@ def bench_train_step(steps: int, warmup: int, batch_size: int, repeats: int, nam
     batch = next(iter(data.dataloader("s", batch_size)))
     batches = DataLoader([batch] * (steps + warmup), batch_size=None)
 
-    def lightning_run() -> float:
+    def lightning_run(guarded: bool = True) -> float:
+        """Our stages' loop: Lightning with the finite-value guard and per-step seeding every fit adds."""
         m = copy.deepcopy(model).requires_grad_(False)
         m.unet.requires_grad_(True)
         clock = _StepClock()
+        extra = [FiniteGuard("bench", "attack.lr"), StepSeed(0)] if guarded else []
         trainer = L.Trainer(
             max_steps=steps + warmup, accelerator="cpu", logger=False, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[clock, *extra],
         )  # fmt: skip
         trainer.fit(DenoisingModule(m), batches)
         d = [b - a for a, b in zip(clock.marks[warmup - 1 :], clock.marks[warmup:], strict=False)]
@@ -108,16 +112,19 @@ def bench_train_step(steps: int, warmup: int, batch_size: int, repeats: int, nam
         d = [b - a for a, b in zip(marks[warmup - 1 :], marks[warmup:], strict=False)]
         return statistics.median(d)
 
-    lit, plain = [], []
-    for _ in range(repeats):  # interleaved, so drift in machine load hits both
+    lit, bare, plain = [], [], []
+    for _ in range(repeats):  # interleaved, so drift in machine load hits all three
         plain.append(plain_run())
         lit.append(lightning_run())
-    lit_s, plain_s = min(lit), min(plain)
+        bare.append(lightning_run(guarded=False))
+    lit_s, bare_s, plain_s = min(lit), min(bare), min(plain)
     return {
         "model": name,
         "batch_size": batch_size,
         "steps_timed": steps,
         "lightning_step_s": round(lit_s, 4),
+        "lightning_unguarded_step_s": round(bare_s, 4),
+        "guard_and_seed_overhead": round(lit_s / bare_s, 4),  # FiniteGuard + StepSeed vs Lightning alone
         "plain_torch_step_s": round(plain_s, 4),
         "ratio": round(lit_s / plain_s, 4),
         "target_ratio": 1.05,

@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,7 +85,7 @@ def test_an_interrupted_run_exits_128_plus_the_signal_and_says_interrupted(cli_e
 
 
 RESUME = ["model=micro", "defense=backdoor", "defense.steps=20", "defense.num_samples=8", "attack=full",
-          "attack.steps=40", "attack.batch_size=8", "checkpoint_every=10", "eval.fid.num_samples=16",
+          "attack.steps=40", "attack.batch_size=8", "attack.save=merged", "checkpoint_every=10", "eval.fid=null",
           "eval.at_steps=[0,20,40]", "logger=none"]  # fmt: skip
 
 
@@ -105,8 +106,11 @@ def test_a_killed_attack_resumes_and_ends_with_the_uninterrupted_metrics(cli_env
     assert rerun.code == 0 and "attack: resuming from" in rerun.stdout + rerun.stderr
     whole, cut = results(tmp_path / "whole"), results(tmp_path / "cut")
     assert cut["status"] == "ok"
-    for part in ("model", "curve"):
+    for part in ("model", "curve"):  # verification after the attack, and at steps 0, 20 (before the cut) and 40
         assert cut["attacks"]["attacker"][part] == whole["attacks"]["attacker"][part]
+    weights = [Path(r["attacks"]["attacker"]["cost"]["saved_to"]) / "unet" / "diffusion_pytorch_model.safetensors"
+               for r in (whole, cut)]  # fmt: skip
+    assert weights[0].read_bytes() == weights[1].read_bytes()  # the attacked UNet, bit for bit
 
 
 def test_the_same_command_draws_the_same_key_on_a_fresh_cache(cli_env, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from adaptguard.attacks.base import Attack
 from adaptguard.core.artifacts import RESUME_DIR
+from adaptguard.core.config import secret_fields
 from adaptguard.core.context import RunContext
 from adaptguard.core.domains import EvalDomain
 from adaptguard.core.errors import ConfigError
@@ -104,7 +105,9 @@ def protect_spec(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     """What determines the protected model: base model, defense, owner data, seed."""
     spec = {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(),
             "seed": ctx.seed}  # fmt: skip
-    return {**spec, "keys": "fresh"} if ctx.fresh_keys else spec  # a run's seed-drawn keys are not an owner's
+    seeds = [n for n in secret_fields(type(exp.defense)) if n.endswith("_seed")]
+    fresh = ctx.fresh_keys and any(getattr(exp.defense, n) is None for n in seeds)  # not drawn from `seed`
+    return {**spec, "keys": "fresh"} if fresh else spec  # an owner's fresh key is never a run's seed-drawn one
 
 
 def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext) -> Protected:
