@@ -57,16 +57,3 @@ def exit_code(err: BaseException) -> int:
     if isinstance(err, AdaptguardError):
         return EXIT_USER_ERROR
     return EXIT_INTERNAL_ERROR
-
-
-def check_finite(named: object, what: str, hint: str) -> None:
-    """Raise DivergedError if any floating tensor of ``named`` (a module) is NaN or infinite.
-
-    ``what`` says which model and for what (``attacked model, before sampling``); ``hint`` the likely fix.
-    """
-    import torch
-
-    for name, tensor in named.state_dict().items():  # type: ignore[attr-defined]
-        if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
-            raise DivergedError(f"{what}: weight {name} is not finite (NaN/inf); the training that made it "
-                                f"diverged - {hint}")  # fmt: skip

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from adaptguard.core.context import RunContext
 from adaptguard.core.domains import EvalDomain
-from adaptguard.core.errors import check_finite
+from adaptguard.core.errors import DivergedError
 from adaptguard.core.keys import SecretKey
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
@@ -30,8 +32,10 @@ def refuse_non_finite(name: str, model: DiffusionModel) -> None:
     hint = next((h for label, h in HINTS.items() if name.startswith(label)), "check the stage that made it")
     for part in ("unet", "text_encoder", "vae"):
         module = getattr(model, part, None)
-        if module is not None:
-            check_finite(module, f"{name} model ({part}), before sampling", hint)
+        for key, tensor in (module.state_dict() if module is not None else {}).items():
+            if torch.is_floating_point(tensor) and not torch.isfinite(tensor).all():
+                raise DivergedError(f"{name} model ({part}), before sampling: weight {key} is not finite (NaN/inf); "
+                                    f"the training that made it diverged - {hint}")  # fmt: skip
 
 
 class Evaluator:

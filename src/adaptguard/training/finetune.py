@@ -92,7 +92,8 @@ def finetune(
     )
     timer = StepTimer()
     trainer = fit(
-        module, loader, settings.steps, ctx, label=settings.log_prefix, lr_key=settings.lr_key, callbacks=[timer, *callbacks],
+        module, loader, settings.steps, ctx, label=settings.log_prefix, lr_key=settings.lr_key,
+        callbacks=[timer, *callbacks],
         **settings.trainer_kwargs(),
     )  # fmt: skip
     if checkpointing:
