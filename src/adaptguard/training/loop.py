@@ -117,6 +117,20 @@ class StepSeed(Callback):
         self.reseed(2**31 - 1)
 
 
+def seed_data_order(dataloader: Any, seed: int) -> None:
+    """Seed the shuffling samplers of ``dataloader`` (one, or a list / dict of them) from the run seed: their
+    order would otherwise follow whatever drew from the global generator before the loader was built, so a
+    rerun (and a resumed stage) could see other batches."""
+    if isinstance(dataloader, dict):
+        loaders = list(dataloader.values())
+    else:
+        loaders = list(dataloader) if isinstance(dataloader, list | tuple) else [dataloader]
+    for loader in loaders:
+        generator = getattr(getattr(loader, "sampler", None), "generator", None)
+        if isinstance(generator, torch.Generator):
+            generator.manual_seed((seed * 1_000_003 + 0xDA7A) % 2**63)
+
+
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -168,6 +182,7 @@ def fit(
         default_root_dir=str(ctx.out_dir),
         **trainer_kwargs,
     )
+    seed_data_order(dataloader, ctx.seed)
     module.train()  # bundles come back from load()/sampling in eval mode; Lightning keeps the mode it finds
     trainer.fit(module, train_dataloaders=dataloader, ckpt_path=ckpt_path)
     module.eval()
