@@ -77,11 +77,14 @@ class Evaluator:
 
     def quality(self, name: str, model: DiffusionModel, domains: list[EvalDomain]) -> dict[str, QualityReport]:
         """FID/KID on the clean domain and ``domains``; a sample grid of each."""
+        refuse_non_finite(name, model)
+        return self._score(name, model, domains)
+
+    def _score(self, name: str, model: DiffusionModel, domains: list[EvalDomain]) -> dict[str, QualityReport]:
         fid = self.config.fid
         if fid is None:
             return {}
         out: dict[str, QualityReport] = {}
-        refuse_non_finite(name, model)
         with self.tracker.stage(f"quality_{name}"):
             for d in self.clean + domains:
                 out[d.name], images = fid.evaluate(model, d.data, d.split, self.ctx, offset=QUALITY_SEED_OFFSET)
@@ -103,7 +106,7 @@ class Evaluator:
         """Verify and score ``model``; ``quality`` given: the model's weights are another's, reuse its scores."""
         refuse_non_finite(name, model)
         verification, image_attacks = self.verify(name, model)
-        scores = dict(quality) if quality is not None else self.quality(name, model, domains)
+        scores = dict(quality) if quality is not None else self._score(name, model, domains)  # checked above
         return ModelReport(verification=verification, image_attacks=image_attacks, quality=scores)
 
     def curve_point(self, step: int, model: DiffusionModel, domain: EvalDomain | None) -> dict[str, Any]:
