@@ -29,7 +29,7 @@ from adaptguard.core.errors import ConfigError
 from adaptguard.core.keys import Protected, SecretKey
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import Defense
+from adaptguard.defenses.base import Defense, trigger_rows
 from adaptguard.defenses.subpath_hooks import BlockSecret, SubpathHooks
 from adaptguard.metrics.stats import binomial_tail, bit_match_verification, calibrate_threshold
 from adaptguard.models.bundle import DiffusionModel
@@ -90,6 +90,7 @@ class AIAODefense(Defense):
     batch_size: int = setting(32, ge=1)
     lr: float = setting(1e-3, gt=0)
     weight_decay: float = setting(0.0, ge=0)  # decay would move every trainable weight, watermark or not
+    paired: bool = False  # true: each image both untriggered and triggered (2x the student's batch per step)
     subpaths_per_step: int = setting(8, ge=1)  # S
     lambda_wm: float = setting(0.5, ge=0)
     lambda_null: float = setting(2.0, ge=0)
@@ -282,7 +283,9 @@ def _trainable_params(model: DiffusionModel, blocks: list[Block], candidates: li
 class _EmbeddingObjective:
     """L = L_keep + lambda_wm * L_wm + lambda_null * L_null on one batch of the owner's data.
 
-    The untriggered and triggered passes are one forward (per-sample triggers), and the hooks
+    The untriggered and triggered rows are one forward (per-sample triggers): by default the batch is
+    split into an untriggered and a triggered half, so a step costs one plain fine-tuning step plus the
+    teacher's forward (``paired``: every image in both, twice the student's work). The hooks
     stay on the UNet until training ends: with gradient checkpointing the backward pass
     re-runs each block's forward, hooks included, and must find them as the forward did.
     """
@@ -320,22 +323,26 @@ class _EmbeddingObjective:
         noisy = torch.where(pure, torch.randn_like(noisy), noisy)
         if self.teacher.device != model.device:
             self.teacher.to(model.device)
-        noisy, t, emb = torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([emb, emb])
-        with torch.no_grad():  # the same batch shape as the student's: identical weights give identical outputs
-            teacher_eps = self.teacher(noisy, t, encoder_hidden_states=emb).sample[:bsz]
+        paired, plain = trigger_rows(bsz, cfg.paired)  # rows [0, plain) untriggered, the rest triggered
+        if paired:
+            noisy, t, emb = torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([emb, emb])
+        rows = noisy.shape[0]
+        with torch.no_grad():  # the student's batch shape: identical weights give identical untriggered rows
+            teacher_eps = self.teacher(noisy, t, encoder_hidden_states=emb).sample[:plain]
         pairs = self.cfg.sample_pairs(self.key, cfg.subpaths_per_step, g)
-        pairs = pairs[torch.arange(bsz) % pairs.shape[0]]  # each sample takes one of the S subpaths
+        pairs = pairs[torch.arange(rows) % pairs.shape[0]]  # each row takes one of the S subpaths
+        if paired:  # a sample and its triggered copy share one subpath
+            pairs[plain:] = pairs[:plain]
         scale = self.scales.to(model.device)[pairs[:, 1].to(model.device)].unsqueeze(1)
         hooks = self._hooks_on(model.unet)
-        hooks.trigger_at = torch.cat([torch.full((bsz,), -1), pairs[:, 0]])  # first half untriggered, second triggered
-        eps = model.predict(noisy, t, emb)[:bsz]
+        hooks.trigger_at = torch.cat([torch.full((plain,), -1), pairs[plain:, 0]])
+        eps = model.predict(noisy, t, emb)[:plain]
         keep = F.mse_loss(eps.float(), teacher_eps.float())
-        both = hooks.responses(torch.cat([pairs[:, 1], pairs[:, 1]])).float() / scale.repeat(2, 1)
-        resp, resp_t = both[:bsz], both[bsz:]
+        resp = hooks.responses(pairs[:, 1]).float() / scale
         signs = hooks.signs(pairs[:, 1], resp)
-        null = (signs * torch.tanh(resp)).mean(1).pow(2).mean()
-        wm = F.relu(cfg.margin - signs * resp_t).mean()
+        null = (signs[:plain] * torch.tanh(resp[:plain])).mean(1).pow(2).mean()
+        wm = F.relu(cfg.margin - signs[plain:] * resp[plain:]).mean()
         with torch.no_grad():
-            bit_acc = (torch.sign(resp_t) == signs).float().mean()
+            bit_acc = (torch.sign(resp[plain:]) == signs[plain:]).float().mean()
         loss = keep + cfg.lambda_wm * wm + cfg.lambda_null * null
         return {"loss": loss, "keep": keep.detach(), "wm": wm.detach(), "null": null.detach(), "bit_acc": bit_acc}

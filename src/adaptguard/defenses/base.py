@@ -124,3 +124,14 @@ class OutputWatermark(Defense):
             distorted = {name: transform(batch, generator=g) for name, batch in images.items()}
             attacked[transform.label] = self.verify_images(distorted, key, model)
         return self.verify_images(images, key, model), attacked
+
+
+def trigger_rows(batch: int, paired: bool) -> tuple[bool, int]:
+    """How a trigger-embedding step lays out one batch: (paired, plain rows).
+
+    Split (the default): rows [0, plain) run untriggered and the rest triggered, so the student does one
+    plain fine-tuning step's work. Paired (or a one-image batch): the batch twice, untriggered then
+    triggered, twice the work for the same images.
+    """
+    paired = paired or batch < 2
+    return paired, batch if paired else batch - batch // 2

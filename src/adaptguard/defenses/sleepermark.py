@@ -27,7 +27,7 @@ from adaptguard.core.errors import ConfigError
 from adaptguard.core.keys import Protected, SecretKey
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import OutputWatermark
+from adaptguard.defenses.base import OutputWatermark, trigger_rows
 from adaptguard.defenses.message_codec import Codec, CodecConfig, train_codec
 from adaptguard.metrics.stats import binomial_threshold, bit_match_verification, clopper_pearson, random_key_matches
 from adaptguard.models.bundle import DiffusionModel
@@ -79,6 +79,7 @@ class SleeperMarkDefense(OutputWatermark):
     # stage 2: L = w1 |e - e_wm|^2 + w2 |e - e_tr|^2 + |e(c) - e_n|^2, targets from the frozen original
     steps: int = setting(400, ge=1)
     batch_size: int = setting(16, ge=1)
+    paired: bool = False  # true: each image both triggered and plain (2x the student's batch per step)
     lr: float = setting(3e-4, gt=0)
     weight_decay: float = setting(1e-2, ge=0)
     lr_scheduler: str = "cosine"
@@ -137,7 +138,7 @@ class SleeperMarkDefense(OutputWatermark):
         eta = self.eta if self.eta is not None else (0.02 if model.is_latent else 0.05)
         objective = TriggerDistillation(
             model.unet, delta, self.trigger, eta, self.tau, self.beta, self.small_t_fraction, self.empty_prompt_p,
-            ctx.seed,
+            ctx.seed, self.paired,
         )  # fmt: skip
         loader = data.dataloader(self.split, self.batch_size)
         optim = OptimConfig(lr=self.lr, weight_decay=self.weight_decay, lr_scheduler=self.lr_scheduler)
@@ -205,6 +206,7 @@ class TriggerDistillation:
         small_t_fraction: float = 0.0,
         empty_prompt_p: float = 0.0,
         seed: int = 0,
+        paired: bool = False,
     ) -> None:
         self.teacher = teacher.requires_grad_(False)
         self.delta = delta
@@ -214,6 +216,7 @@ class TriggerDistillation:
         self.empty_prompt_p = empty_prompt_p
         self._q: torch.Tensor | None = None  # small-t distribution, built on first use from the scheduler
         self.generator = torch.Generator().manual_seed(seed + 29)
+        self.paired = paired  # see defenses.base.trigger_rows
 
     def timesteps(self, n: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
         """Uniform t, except a ``small_t_fraction`` share drawn from q(t) ~ w1(t) a_t / (1 - a_t).
@@ -234,21 +237,27 @@ class TriggerDistillation:
         images = batch["image"].to(model.device)
         prompts = list(batch["caption"])
         empty = torch.rand(len(prompts), generator=self.generator) < self.empty_prompt_p
-        plain = ["" if e else p for e, p in zip(empty.tolist(), prompts, strict=True)]
+        plain_prompts = ["" if e else p for e, p in zip(empty.tolist(), prompts, strict=True)]
         sched = model.noise_scheduler
         latents = model.encode_images(images)
         t = self.timesteps(latents.shape[0], sched.alphas_cumprod).to(latents.device)
         noisy = sched.add_noise(latents, torch.randn_like(latents), t)
-        with torch.no_grad():
-            emb = model.encode_prompts([self.trigger + p for p in prompts] + plain)
+        paired, plain = trigger_rows(len(prompts), self.paired)  # rows [0, plain) plain, the rest triggered
+        if paired:
+            noisy, t, rows = torch.cat([noisy, noisy]), torch.cat([t, t]), plain_prompts + prompts
+        else:
+            rows = plain_prompts[:plain] + prompts[plain:]
+        rows = rows[:plain] + [self.trigger + p for p in rows[plain:]]
+        with torch.no_grad():  # one teacher forward on the student's rows: every target at once
+            emb = model.encode_prompts(rows)
             self.teacher.to(model.device)
-            teacher = self.teacher(torch.cat([noisy, noisy]), torch.cat([t, t]), encoder_hidden_states=emb).sample
-        e_tr, e_n = teacher.float().chunk(2)
-        student = model.predict(torch.cat([noisy, noisy]), torch.cat([t, t]), emb).float()
-        s_tr, s_n = student.chunk(2)
-        a_t = sched.alphas_cumprod.to(model.device)[t]
+            teacher = self.teacher(noisy, t, encoder_hidden_states=emb).sample.float()
+        student = model.predict(noisy, t, emb).float()
+        e_n, e_tr = teacher[:plain], teacher[plain:]
+        s_n, s_tr, t_tr = student[:plain], student[plain:], t[plain:]
+        a_t = sched.alphas_cumprod.to(model.device)[t_tr]
         e_wm = watermark_target(e_tr, self.delta.to(model.device).float(), a_t, sched.config.prediction_type)
-        w1, w2 = time_weights(t, self.eta, self.tau, self.beta)
+        w1, w2 = time_weights(t_tr, self.eta, self.tau, self.beta)
         wm = (w1 * _per_sample_mse(s_tr, e_wm)).mean()
         fid = (w2 * _per_sample_mse(s_tr, e_tr)).mean()
         keep = _per_sample_mse(s_n, e_n).mean()

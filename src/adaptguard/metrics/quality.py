@@ -2,12 +2,15 @@
 
 Generated images use the captions of the real images they are compared with, so the
 comparison is conditional on the same prompt distribution. Real features are computed
-once per split and reused for every model of the run.
+once per split and reused for every model of the run, and across runs through the artifact
+cache. The metrics get features, not images: we run the extractor, so cached and freshly
+computed features go through the same sums.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,12 +20,16 @@ from torch.utils.data import DataLoader, Subset
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.core.config import Validated, setting
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.metrics.features import InceptionFeatures, domain_feature_net, find_inception_weights
+from adaptguard.metrics.features import InceptionFeatures, domain_feature_net, feature_spec, find_inception_weights
 from adaptguard.models.bundle import DiffusionModel
+
+REAL_FEATURES = "real_features"  # cache kind
+CHUNK = 64  # images per feature-extractor call
 
 
 @dataclass
@@ -59,6 +66,10 @@ class QualityEvaluator(Validated):
     )
     _extractor: tuple[str, nn.Module] | None = field(default=None, init=False, repr=False)
 
+    def settings(self) -> dict[str, Any]:
+        """The configured values (a cache key)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
     def extractor(self, data: CaptionedImageDataModule, ctx: RunContext) -> tuple[str, nn.Module]:
         """(name, feature module taking images in [0, 1])."""
         if self._extractor is None:
@@ -93,45 +104,99 @@ class QualityEvaluator(Validated):
             )
         return weights
 
-    def _metrics(self, data: CaptionedImageDataModule, split: str, ctx: RunContext):
-        cached = (data.name, split)  # the same split name can exist in two datasets (DreamBooth's subject)
-        if cached in self._real:
-            return self._real[cached]
-        name, feature = self.extractor(data, ctx)
-        kw: dict[str, Any] = {"feature": feature, "normalize": True, "reset_real_features": False}
+    def _extractor_id(self, data: CaptionedImageDataModule) -> dict[str, Any]:
+        """What determines the features (a cache key): the domain net's spec, or InceptionV3's weights file."""
+        domain = self._domain_spec(data)
+        if domain is not None:
+            return {"domain": feature_spec(domain)}
+        weights = self._inception_weights()
+        return {"inception": str(weights.resolve()), "bytes": weights.stat().st_size}
+
+    def _real_features(
+        self, data: CaptionedImageDataModule, split: str, ctx: RunContext, cache: ArtifactCache | None
+    ) -> tuple[torch.Tensor, list[str]]:
+        """Features and captions of the split's ``num_samples`` real images (drawn with the run seed), cached
+        across runs when ``cache`` is given: identical tensors either way, so FID/KID do not move."""
         n = min(self.num_samples, len(data.dataset(split)))
-        fid = FrechetInceptionDistance(**kw)
-        kid = KernelInceptionDistance(subset_size=min(self.kid_subset_size, n), subsets=self.kid_subsets, **kw)
+        spec = {"data": data.describe(), "split": split, "n": n, "seed": ctx.seed,
+                "extractor": self._extractor_id(data), "device": ctx.torch_device().type}  # fmt: skip
+
+        def build(work: Path) -> None:
+            feats, captions = self._compute_real(data, split, n, ctx)
+            torch.save(feats, work / "features.pt")
+            (work / "captions.json").write_text(json.dumps(captions))
+
+        if cache is None:
+            return self._compute_real(data, split, n, ctx)
+        folder = cache.get_or_build(REAL_FEATURES, spec, build)
+        feats = torch.load(folder / "features.pt", weights_only=True)
+        return feats, json.loads((folder / "captions.json").read_text())
+
+    def _compute_real(
+        self, data: CaptionedImageDataModule, split: str, n: int, ctx: RunContext
+    ) -> tuple[torch.Tensor, list[str]]:
+        _, net = self.extractor(data, ctx)
         device = ctx.torch_device()
-        fid, kid = fid.to(device), kid.to(device)
+        net.to(device)
         ds = data.dataset(split)
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(ctx.seed))[:n].tolist()
-        captions: list[str] = []
-        for batch in DataLoader(Subset(ds, idx), batch_size=64, num_workers=data.num_workers):
-            images01 = (batch["image"].to(device) * 0.5 + 0.5).clamp(0, 1)
-            fid.update(images01, real=True)
-            kid.update(images01, real=True)
+        feats, captions = [], []
+        for batch in DataLoader(Subset(ds, idx), batch_size=CHUNK, num_workers=data.num_workers):
+            feats.append(net((batch["image"].to(device) * 0.5 + 0.5).clamp(0, 1)).float().cpu())
             captions.extend(batch["caption"])
-        self._real[cached] = (fid, kid, captions)
-        return self._real[cached]
+        return torch.cat(feats), captions
+
+    def _metrics(self, data: CaptionedImageDataModule, split: str, ctx: RunContext, cache: ArtifactCache | None):
+        key = (data.name, split)  # the same split name can exist in two datasets (DreamBooth's subject)
+        if key in self._real:
+            return self._real[key]
+        feats, captions = self._real_features(data, split, ctx, cache)
+        kw: dict[str, Any] = {"feature": _Precomputed(feats.shape[1]), "reset_real_features": False}
+        fid = FrechetInceptionDistance(**kw)
+        kid = KernelInceptionDistance(subset_size=min(self.kid_subset_size, len(feats)), subsets=self.kid_subsets, **kw)
+        for chunk in feats.split(CHUNK):  # the chunks an image loader gives: the same sums to the last bit
+            fid.update(chunk, real=True)
+            kid.update(chunk, real=True)
+        self._real[key] = (fid, kid, captions)
+        return self._real[key]
 
     @torch.no_grad()
     def evaluate(
-        self, model: DiffusionModel, data: CaptionedImageDataModule, split: str, ctx: RunContext, offset: int = 0
+        self,
+        model: DiffusionModel,
+        data: CaptionedImageDataModule,
+        split: str,
+        ctx: RunContext,
+        offset: int = 0,
+        cache: ArtifactCache | None = None,
     ) -> tuple[QualityReport, torch.Tensor]:
-        """FID/KID of ``model`` on ``split``; also returns the generated images (in [-1, 1])."""
-        fid, kid, captions = self._metrics(data, split, ctx)
-        name = self.extractor(data, ctx)[0]
+        """FID/KID of ``model`` on ``split``; also returns the generated images (in [-1, 1]).
+
+        ``cache``: the real images' features are read from (or written to) it."""
+        fid, kid, captions = self._metrics(data, split, ctx, cache)
+        name, net = self.extractor(data, ctx)
         fid.reset()
         kid.reset()
         images = model.sample(captions, generator=ctx.generator(offset), progress=ctx.progress)
         device = ctx.torch_device()
-        for chunk in images.split(64):
-            chunk01 = (chunk.to(device) * 0.5 + 0.5).clamp(0, 1)
-            fid.update(chunk01, real=False)
-            kid.update(chunk01, real=False)
+        net.to(device)
+        for chunk in images.split(CHUNK):
+            feats = net((chunk.to(device) * 0.5 + 0.5).clamp(0, 1)).float().cpu()
+            fid.update(feats, real=False)
+            kid.update(feats, real=False)
         with torch.random.fork_rng(devices=[]):  # KID draws random subsets: same subsets every run
             torch.manual_seed(ctx.seed)
             kid_mean, kid_std = kid.compute()
         report = QualityReport(name, float(fid.compute()), float(kid_mean), float(kid_std), len(captions), split)
         return report, images
+
+
+class _Precomputed(nn.Module):
+    """The metrics' "feature extractor" when features are computed (or cached) by us: passes them through."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features

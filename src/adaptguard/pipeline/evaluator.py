@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,16 +17,25 @@ from adaptguard.core.errors import DivergedError
 from adaptguard.core.keys import SecretKey
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.data.distortions import ImageTransform
 from adaptguard.defenses.base import Defense
 from adaptguard.metrics.cost import CostTracker
 from adaptguard.metrics.quality import QualityReport
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.pipeline.experiment import EvalConfig
+from adaptguard.pipeline.shared_evals import (
+    SharedEvaluations,
+    key_digest,
+    model_identity,
+    verification_from_json,
+    verification_to_json,
+)
 from adaptguard.reporting.plots import save_grid
 from adaptguard.reporting.results import ModelReport, VerificationReport
 
 log = logging.getLogger(__name__)
 QUALITY_SEED_OFFSET = 100  # every model samples its FID images from the same noise
+SHARED = ("base", "protected")  # models every job of a sweep evaluates alike: their evaluations are cached
 HINTS = {"attacked": "lower attack.lr or set attack.max_grad_norm", "protected": "lower defense.lr"}
 
 
@@ -56,6 +68,8 @@ class Evaluator:
         self.key: SecretKey | None = None
         self.null: Verification | None = None
         self.files: dict[str, str] = {}
+        self.features_cache = ctx.cache if config.cache else None  # real images' features
+        self.shared = SharedEvaluations(self.features_cache, {"seed": ctx.seed, "device": ctx.torch_device().type})
 
     def report(self, v: Verification | None) -> VerificationReport | None:
         return VerificationReport.of(v, self.null, self.config.fprs) if v is not None else None
@@ -64,7 +78,7 @@ class Evaluator:
         """The base model never saw the watermark: its verification with the owner's key is the control."""
         refuse_non_finite("base", base)
         with self.tracker.stage("verify_base"):
-            self.null = self.defense.verify(base, self.key, self.ctx)
+            self.null, _ = self._shared_verification("verify_base", base, [])
         return self.report(self.null)
 
     def verify(
@@ -72,8 +86,29 @@ class Evaluator:
     ) -> tuple[VerificationReport | None, dict[str, VerificationReport]]:
         """Verification of ``model`` as generated, and after each ``eval.image_attacks`` transform."""
         with self.tracker.stage(f"verify_{name}"):
-            v, attacked = self.defense.verify_with(model, self.key, self.ctx, self.config.image_attacks)
+            if name in SHARED:
+                v, attacked = self._shared_verification(f"verify_{name}", model, self.config.image_attacks)
+            else:
+                v, attacked = self.defense.verify_with(model, self.key, self.ctx, self.config.image_attacks)
         return self.report(v), {label: self.report(a) for label, a in attacked.items()}
+
+    def _shared_verification(
+        self, label: str, model: DiffusionModel, transforms: Sequence[ImageTransform]
+    ) -> tuple[Verification | None, dict[str, Verification]]:
+        """``defense.verify_with`` of a base or protected model, through the evaluation cache (private)."""
+        spec = {"verification": model_identity(model), "key": self.ctx.cache.fingerprint(key_digest(self.key)),
+                "defense": self.defense.describe(), "image_attacks": [t.describe() for t in transforms]}  # fmt: skip
+
+        def build(work: Path) -> None:
+            v, attacked = self.defense.verify_with(model, self.key, self.ctx, transforms)
+            stored = {"verification": verification_to_json(v),
+                      "image_attacks": {k: verification_to_json(a) for k, a in attacked.items()}}  # fmt: skip
+            (work / "verification.json").write_text(json.dumps(stored))
+
+        with self.shared.entry(label, spec, build, private=True) as folder:
+            stored = json.loads((folder / "verification.json").read_text())
+        attacked = {k: verification_from_json(a) for k, a in stored["image_attacks"].items()}
+        return verification_from_json(stored["verification"]), attacked
 
     def quality(self, name: str, model: DiffusionModel, domains: list[EvalDomain]) -> dict[str, QualityReport]:
         """FID/KID on the clean domain and ``domains``; a sample grid of each."""
@@ -86,15 +121,41 @@ class Evaluator:
             return {}
         out: dict[str, QualityReport] = {}
         with self.tracker.stage(f"quality_{name}"):
+            identity = model_identity(model) if name in SHARED else None
             for d in self.clean + domains:
-                out[d.name], images = fid.evaluate(model, d.data, d.split, self.ctx, offset=QUALITY_SEED_OFFSET)
-                grid = (
-                    f"samples_{name}"
+                grid = self.out / (
+                    f"samples_{name}.png"
                     if d.name == "clean" or name.endswith(f"_{d.name}")
-                    else f"samples_{name}_{d.name}"
+                    else f"samples_{name}_{d.name}.png"
                 )
-                self.files[grid] = save_grid(images[: self.config.grid_samples], self.out / f"{grid}.png").name
+                if identity is None:
+                    out[d.name], images = self._quality(model, d)
+                    save_grid(images[: self.config.grid_samples], grid)
+                else:
+                    out[d.name] = self._shared_quality(f"quality_{name}/{d.name}", model, d, identity, grid)
+                self.files[grid.stem] = grid.name
         return out
+
+    def _quality(self, model: DiffusionModel, d: EvalDomain) -> tuple[QualityReport, torch.Tensor]:
+        assert self.config.fid is not None
+        return self.config.fid.evaluate(model, d.data, d.split, self.ctx, QUALITY_SEED_OFFSET, self.features_cache)
+
+    def _shared_quality(
+        self, label: str, model: DiffusionModel, d: EvalDomain, identity: dict[str, Any], grid: Path
+    ) -> QualityReport:
+        """FID/KID and the sample grid of a base or protected model, through the evaluation cache."""
+        assert self.config.fid is not None
+        spec = {"quality": identity, "data": d.data.describe(), "split": d.split, "fid": self.config.fid.settings(),
+                "offset": QUALITY_SEED_OFFSET, "grid_samples": self.config.grid_samples}  # fmt: skip
+
+        def build(work: Path) -> None:
+            report, images = self._quality(model, d)
+            (work / "quality.json").write_text(json.dumps(report.to_dict()))
+            save_grid(images[: self.config.grid_samples], work / "grid.png")
+
+        with self.shared.entry(label, spec, build) as folder:
+            shutil.copyfile(folder / "grid.png", grid)
+            return QualityReport(**json.loads((folder / "quality.json").read_text()))
 
     def evaluate(
         self,
@@ -115,9 +176,7 @@ class Evaluator:
         verification = self.report(self.defense.verify(model, self.key, self.ctx))
         quality: dict[str, QualityReport] = {}
         if self.config.fid is not None and domain is not None:
-            quality[domain.name], _ = self.config.fid.evaluate(
-                model, domain.data, domain.split, self.ctx, offset=QUALITY_SEED_OFFSET
-            )
+            quality[domain.name], _ = self._quality(model, domain)
         rate = f"rate {verification.rate:.3f}" if verification else "no verification"
         fids = ", ".join(f"FID {q.fid:.2f} ({d})" for d, q in quality.items())
         log.info("curve step %d: %s%s", step, rate, f", {fids}" if fids else "")

@@ -49,6 +49,9 @@ class EvalConfig(Validated):
     fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])  # TPR reported at these FPRs
     grid_samples: int = setting(16, ge=0)  # images per sample grid (from the FID samples)
     quality_of_base: bool = True  # also score the unprotected base model (cost of embedding)
+    # reuse evaluations that do not depend on the job (base and protected models, real-image features)
+    # from the artifact cache: identical numbers, paid once per sweep (false: compute them every run)
+    cache: bool = True
     image_attacks: list[Any] = field(default_factory=list)  # names / {name: .., settings}: verify after each
     # {domain: {train: split, eval: split}}: run the attack once per domain instead of once on its own split
     adaptation: dict[str, Any] = field(default_factory=dict)

@@ -110,15 +110,20 @@ def protect_spec(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     return {**spec, "keys": "fresh"} if fresh else spec  # an owner's fresh key is never a run's seed-drawn one
 
 
-def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext) -> Protected:
-    """defense.protect, cached by :func:`protect_spec` so sweeps protect once."""
+def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext, hits: list[str] | None = None) -> Protected:
+    """defense.protect, cached by :func:`protect_spec` so sweeps protect once; "protect" is appended to ``hits``
+    when the protected model came from the cache."""
     spec = protect_spec(exp, ctx)
+    built: list[bool] = []
 
     def build(work: Path) -> None:  # a killed build resumes from work/checkpoints
+        built.append(True)
         protected = exp.defense.protect(base, exp.data, ctx.with_checkpoints(work / RESUME_DIR))
         exp.defense.save_protected(protected, work)
 
     folder = ctx.cache.get_or_build("protected", spec, build, private=True)
+    if hits is not None and not built:
+        hits.append("protect")
     return exp.defense.load_protected(folder, like=base)
 
 
@@ -177,7 +182,7 @@ def _run_stages(exp: Experiment, ctx: RunContext, out: Path, tracker: CostTracke
     domains = [p.domain for p in plans if p.domain is not None]
     base_quality = ev.quality("base", base, domains) if exp.eval.quality_of_base else {}
     with ev.tracker.stage("protect"):
-        protected = protect_cached(exp, base, ctx)
+        protected = protect_cached(exp, base, ctx, ev.shared.hits)
     ev.key = protected.key
     base_report = ModelReport(verification=ev.verify_null(base), quality=base_quality)
     reuse = base_quality if not exp.defense.modifies_weights else None  # same weights: same scores
@@ -215,4 +220,5 @@ def build_result(
         data=exp.data.data_report(),
         stages=ev.tracker.to_dict(),
         files=ev.files,
+        cached=ev.shared.hits,
     )

@@ -163,6 +163,7 @@ class RunResult:
     data: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, Any] = field(default_factory=dict)  # wall time and peak memory per stage
     files: dict[str, str] = field(default_factory=dict)  # sample grids and plots, relative to the run dir
+    cached: list[str] = field(default_factory=list)  # evaluations read from the cache (eval.cache), e.g. verify_base
     schema_version: int = SCHEMA_VERSION
 
     def models(self) -> dict[str, ModelReport]:
@@ -198,6 +199,7 @@ class RunResult:
             data=dict(d.get("data") or {}),
             stages=dict(d.get("stages") or {}),
             files=dict(d.get("files") or {}),
+            cached=list(d.get("cached") or []),
         )
 
     @classmethod
