@@ -379,11 +379,15 @@ def bench_freezeasguard(steps: int, batch_size: int) -> dict[str, Any]:
     def run(kind: str, rho: float = 0.0) -> dict[str, Any]:
         return _in_child(_freeze_child, kind, rho, steps, batch_size)
 
-    plain = run("plain")
-    mask = run("mask")
-    by_tensors = run("frozen_tensors", 0.5)
-    by_params = run("frozen_params", 0.5)
-    floor = run("floor")
+    cases = {"plain": ("plain", 0.0), "mask": ("mask", 0.0), "by_tensors": ("frozen_tensors", 0.5),
+             "by_params": ("frozen_params", 0.5), "floor": ("floor", 0.0)}  # fmt: skip
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(2):  # two interleaved rounds, the faster of each: machine load drifts between processes
+        for name, (kind, rho) in cases.items():
+            r = run(kind, rho)
+            if name not in best or r["step_s"] < best[name]["step_s"]:
+                best[name] = r
+    plain, mask, by_tensors, by_params, floor = best.values()
 
     def rel(r: dict[str, Any]) -> dict[str, Any]:
         out = {**r, "step_ratio": round(r["step_s"] / plain["step_s"], 3)}
@@ -526,6 +530,8 @@ def bench_default_experiment(args: list[str]) -> dict[str, Any]:
         "stages": results["stages"],
         "stage_share": {k: round(v["wall_s"] / wall, 3) for k, v in results["stages"].items()},
         "cached": results.get("cached", []),
+        "verification_rate": {m: (results[m]["verification"] or {}).get("rate") for m in ("base", "protected")}
+        | {f"attacked_{d}": (a["model"]["verification"] or {}).get("rate") for d, a in results["attacks"].items()},
     }
 
 
@@ -582,9 +588,9 @@ def bench_sweep(args: list[str] | None = None) -> dict[str, Any]:
     }
 
 
-def bench_sampler_steps(steps: list[int], batch_sizes: list[int], name: str = "tiny") -> dict[str, Any]:
-    """FID/KID of the shipped base model vs DDIM steps (the eval split, 128 samples), and sampling throughput
-    vs batch size: where the default sampler settings come from."""
+def bench_sampler_steps(curves: dict[str, list[int]], batch_sizes: list[int], name: str = "tiny") -> dict[str, Any]:
+    """FID/KID of the shipped base model vs sampler steps per sampler (the eval split, 128 samples, CFG as
+    configured), and sampling throughput vs batch size: where the default sampler settings come from."""
     from adaptguard.core.artifacts import ArtifactCache
     from adaptguard.core.context import RunContext
 
@@ -593,21 +599,24 @@ def bench_sampler_steps(steps: list[int], batch_sizes: list[int], name: str = "t
     with tempfile.TemporaryDirectory() as tmp:
         ctx = RunContext(cache=ArtifactCache(tmp), progress=False, device="cpu")
         model = source.load(ctx)
-        curve = []
-        for n in steps:
-            model.sampler.steps = n
-            start = time.perf_counter()
-            report, _ = ev.fid.evaluate(model, data, "eval", ctx, offset=100)
-            curve.append({"steps": n, "fid": round(report.fid, 2), "kid_mean": round(report.kid_mean, 4),
-                          "wall_s": round(time.perf_counter() - start, 1)})  # fmt: skip
+        out: dict[str, list[dict[str, Any]]] = {}
+        for sampler, steps in curves.items():
+            model.sampler.name = sampler
+            for n in steps:
+                model.sampler.steps = n
+                start = time.perf_counter()
+                report, _ = ev.fid.evaluate(model, data, "eval", ctx, offset=100)
+                out.setdefault(sampler, []).append({"steps": n, "fid": round(report.fid, 2),
+                    "kid_mean": round(report.kid_mean, 4), "wall_s": round(time.perf_counter() - start, 1)})  # fmt: skip
+        model.sampler.name = cfg.model.sampler.name
         prompts = data.captions("eval", 64, seed=0)
         throughput = {}
         for b in batch_sizes:
             start = time.perf_counter()
             model.sample(prompts, steps=10, batch_size=b, generator=torch.Generator().manual_seed(0))
             throughput[str(b)] = round(len(prompts) / (time.perf_counter() - start), 2)
-    return {"model": name, "samples": ev.fid.num_samples, "fid_vs_steps": curve,
-            "images_per_s_by_batch_size": throughput, "sampler": cfg.model.sampler.name}  # fmt: skip
+    return {"model": name, "samples": ev.fid.num_samples, "guidance_scale": cfg.model.sampler.guidance_scale,
+            "fid_vs_steps": out, "images_per_s_by_batch_size": throughput}  # fmt: skip
 
 
 def main() -> None:
@@ -635,7 +644,9 @@ def main() -> None:
         "data_loading": lambda: bench_data_loading(512, opts.batch_size, opts.steps),
         "default_experiment": lambda: bench_default_experiment(["experiment=quickstart", "logger=none"]),
         "sweep": bench_sweep,
-        "sampler_steps": lambda: bench_sampler_steps([5, 10, 20, 40], [16, 32, 64, 128]),
+        "sampler_steps": lambda: bench_sampler_steps(
+            {"ddim": [5, 10, 20, 40, 80], "dpm": [5, 10, 20, 40]}, [16, 32, 64, 128]
+        ),
     }
     if opts.skip_experiment:
         for name in ("default_experiment", "sweep"):

@@ -96,6 +96,8 @@ class Evaluator:
         self, label: str, model: DiffusionModel, transforms: Sequence[ImageTransform]
     ) -> tuple[Verification | None, dict[str, Verification]]:
         """``defense.verify_with`` of a base or protected model, through the evaluation cache (private)."""
+        if self.defense.verification == "none":  # nothing to verify, nothing to cache
+            return None, {}
         spec = {"verification": model_identity(model), "key": self.ctx.cache.fingerprint(key_digest(self.key)),
                 "defense": self.defense.describe(), "image_attacks": [t.describe() for t in transforms]}  # fmt: skip
 
