@@ -56,7 +56,7 @@ def sleepermark_run(tmp_path_factory):
     """One micro-model experiment (protect -> verify, with image attacks) shared by the tests below."""
     tmp = tmp_path_factory.mktemp("sleepermark")
     ctx = make_ctx(tmp)
-    defense = SleeperMarkDefense(codec=MICRO_CODEC, trainable="unet", eta=1.0, small_t_fraction=0.5, steps=600,
+    defense = SleeperMarkDefense(codec=MICRO_CODEC, trainable="unet", eta=1.0, small_t_fraction=0.5, steps=300, batch_size=32,
                                  lr=1e-3, num_samples=32, fpr=1e-2, key_seed=7)  # fmt: skip
     exp = Experiment(
         model=micro_source(),
@@ -86,8 +86,8 @@ def test_codec_round_trip_reaches_high_bit_accuracy(sleepermark_run, micro_base)
 def test_triggered_images_carry_the_message_and_nothing_else_does(sleepermark_run):
     _, result, _ = sleepermark_run
     before, null = result.protected.verification, result.base.verification
-    # 600 split-batch stage-2 steps on the micro model (about the compute of 300 paired ones; at 300 split steps the
-    # untriggered bit accuracy reached 0.72): detected, 14 of 16 bits pass at fpr 1e-2
+    # 300 split-batch stage-2 steps at batch 32 on the micro model (16 triggered + 16 plain rows, the rows of 300 paired
+    # steps at batch 16; at batch 16 split the untriggered bit accuracy reached 0.72): 14 of 16 bits pass at fpr 1e-2
     assert before.detected and before.rate >= 0.8, before
     assert before.figures["bit_accuracy"] >= 0.85
     # stealth: the same prompts and noise without the trigger do not carry it
