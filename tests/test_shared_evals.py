@@ -7,6 +7,7 @@ import stat
 import torch
 
 from adaptguard.defenses.backdoor import BackdoorDefense
+from adaptguard.defenses.sleepermark import SleeperMarkKey
 from adaptguard.pipeline.shared_evals import key_digest, model_identity
 from tests.helpers import cli, make_ctx, micro_source
 
@@ -58,3 +59,10 @@ def test_an_evaluation_entry_is_keyed_by_the_weights_and_the_key(tmp_path):
     d = BackdoorDefense()
     assert key_digest(d.make_key(1)) == key_digest(d.make_key(1)) != key_digest(d.make_key(2))
     assert key_digest(None) is None
+    # nested state (a codec's tensors inside the key) counts by value, whatever the dtype
+    state = {"w": torch.zeros(300), "s": torch.tensor(2.0, dtype=torch.bfloat16)}
+    a = SleeperMarkKey("t", torch.ones(4), ["a"], state)
+    b = SleeperMarkKey(
+        "t", torch.ones(4), ["a"], {**state, "w": torch.zeros(300).index_fill(0, torch.tensor([150]), 1)}
+    )
+    assert key_digest(a) != key_digest(b)

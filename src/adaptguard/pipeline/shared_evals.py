@@ -41,18 +41,30 @@ def model_identity(model: DiffusionModel) -> dict[str, Any]:
 
 
 def key_digest(key: SecretKey | None) -> str | None:
-    """sha256 of a key's contents (tensors by value); only ever stored as a salted fingerprint."""
+    """sha256 of a key's contents (tensors by value, nested ones too); only ever stored as a salted fingerprint."""
     if key is None:
         return None
     h = hashlib.sha256(type(key).__name__.encode())
     for f in fields(key):  # type: ignore[arg-type]
-        value = getattr(key, f.name)
         h.update(f.name.encode())
-        if torch.is_tensor(value):
-            h.update(str(value.dtype).encode() + value.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            h.update(json.dumps(value, sort_keys=True, default=repr).encode())
+        _feed(h, getattr(key, f.name))
     return h.hexdigest()
+
+
+def _feed(h: Any, value: Any) -> None:
+    if torch.is_tensor(value):
+        h.update(f"tensor{value.dtype}{tuple(value.shape)}".encode())
+        h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
+    elif isinstance(value, dict):
+        for k in sorted(value, key=str):
+            h.update(f"key:{k}".encode())
+            _feed(h, value[k])
+    elif isinstance(value, list | tuple):
+        h.update(f"seq{len(value)}".encode())
+        for item in value:
+            _feed(h, item)
+    else:
+        h.update(json.dumps(value, default=repr).encode())
 
 
 def _plain(value: Any) -> Any:
