@@ -10,13 +10,20 @@ Entries:
 - ``latent_sampling``: images/s of the latent tiny model, VAE decode included.
 - ``aiao``: white-box verification wall time for K = 64 subpaths (one batched forward with
   the trigger, one without as the stealth control), and an embedding step's time relative
-  to a plain fine-tuning step on the same batch (it runs the frozen teacher and two
-  student forwards).
-- ``freezeasguard``: a mask-learning step vs a plain fine-tuning step, and fine-tuning under a mask.
+  to a plain fine-tuning step on the same batch: split (the default, half the batch triggered)
+  and paired (every image both ways), interleaved in one run (target: split <= 1.6).
+- ``sleepermark``: the same for a stage-2 step, and verification throughput.
+- ``freezeasguard``: a mask-learning step vs a plain fine-tuning step, and fine-tuning under a rho = 0.5
+  mask (step time, exact optimizer-state and gradient memory) against a floor with no weight gradients.
 - ``lora_vs_full``: a LoRA step (ranks 4, 16) vs a full fine-tuning step: time, peak memory, trainable size.
 - ``data_loading``: on-disk loader images/s (AFHQ layout, 2 workers) vs a training step's consumption.
 - ``default_experiment``: wall time of ``make run``'s experiment (``experiment=quickstart``: AIAO x LoRA
-  on the latent tiny model) with the shipped base model (target <= 300 s on 2 cores).
+  on the latent tiny model) on an empty cache with the shipped base model (target <= 300 s on 2 cores),
+  each stage's share of it, and the verification rates.
+- ``sweep``: a 2 x 2 micro sweep's wall time vs its four jobs run separately on empty caches without
+  the evaluation cache, and vs the sweep with ``eval.cache=false``.
+- ``sampler_steps``: the tiny base model's FID vs sampler steps (DDIM, DPM-Solver++) and sampling
+  images/s vs batch size.
 """
 
 from __future__ import annotations
