@@ -198,6 +198,20 @@ def _interleaved(losses: dict[str, Any], model, steps: int, rounds: int = 3) -> 
     return best
 
 
+def _split_vs_paired(model, batch, split, paired, steps: int) -> tuple[float, float, float]:
+    """Step times of a plain fine-tuning step and of two embedding objectives (split, paired) on one batch."""
+    times = _interleaved(
+        {
+            "plain": lambda m: m.training_loss(batch["image"], batch["caption"]),
+            "split": lambda m: split(m, batch)["loss"],
+            "paired": lambda m: paired(m, batch)["loss"],
+        },
+        model,
+        steps,
+    )
+    return times["plain"], times["split"], times["paired"]
+
+
 def bench_aiao(steps: int, batch_size: int) -> dict[str, Any]:
     from adaptguard.analysis import unet_blocks
     from adaptguard.core.context import RunContext
@@ -219,15 +233,7 @@ def bench_aiao(steps: int, batch_size: int) -> dict[str, Any]:
 
     split = _EmbeddingObjective(defense, key, blocks, teacher, seed=0)
     paired = _EmbeddingObjective(AIAODefense(num_subpaths=64, paired=True), key, blocks, teacher, seed=0)
-    plain, embed, before = _interleaved(
-        {
-            "plain": lambda m: m.training_loss(batch["image"], batch["caption"]),
-            "split": lambda m: split(m, batch)["loss"],
-            "paired": lambda m: paired(m, batch)["loss"],
-        },
-        model,
-        steps,
-    ).values()
+    plain, embed, before = _split_vs_paired(model, batch, split, paired, steps)
     return {
         "num_subpaths": 64,
         "verify_wall_s": round(verify_s, 3),
@@ -266,15 +272,7 @@ def bench_sleepermark(steps: int, batch_size: int, samples: int) -> dict[str, An
 
     split = TriggerDistillation(teacher, delta, defense.trigger, 1.0, 250, 100, 0.5, 0.2)
     paired = TriggerDistillation(teacher, delta, defense.trigger, 1.0, 250, 100, 0.5, 0.2, paired=True)
-    plain, stage2, before = _interleaved(
-        {
-            "plain": lambda m: m.training_loss(batch["image"], batch["caption"]),
-            "split": lambda m: split(m, batch)["loss"],
-            "paired": lambda m: paired(m, batch)["loss"],
-        },
-        model,
-        steps,
-    ).values()
+    plain, stage2, before = _split_vs_paired(model, batch, split, paired, steps)
 
     key = SleeperMarkKey(defense.trigger, defense.make_message(0), ["a red circle"] * samples, codec.state())
     ctx = RunContext(progress=False, device="cpu")

@@ -96,15 +96,21 @@ class ArtifactCache:
         ``private`` folders (keys, masks) are readable by the owner only, every file in them included,
         and their ``spec.json`` has secret config values (key seeds, triggers) redacted.
         """
+        return self.fetch(kind, spec, build, private)[0]
+
+    def fetch(
+        self, kind: str, spec: Mapping[str, Any], build: Callable[[Path], None], private: bool = False
+    ) -> tuple[Path, bool]:
+        """:meth:`get_or_build`, also saying whether this call built it (False: it came from the cache)."""
         if shipped := self.shipped(kind, spec):
-            return shipped
+            return shipped, False
         final = self.path(kind, spec)
         if final.is_dir():
-            return final
+            return final, False
         final.parent.mkdir(parents=True, exist_ok=True)
         with _locked(final.with_name(final.name + ".lock")):
             if final.is_dir():  # another process finished it while we waited
-                return final
+                return final, False
             work = final.with_name(final.name + ".partial")
             clear_stale(work)
             work.mkdir(exist_ok=True)
@@ -117,7 +123,7 @@ class ArtifactCache:
             if private:
                 make_private(work)
             os.replace(work, final)
-        return final
+        return final, True
 
     def fingerprint(self, value: Any) -> str:
         """A secret value as ``hmac-sha256:<16 hex>`` keyed by this cache's salt (``<root>/.salt``, 0600): equal

@@ -118,6 +118,8 @@ class QualityEvaluator(Validated):
         """Features and captions of the split's ``num_samples`` real images (drawn with the run seed), cached
         across runs when ``cache`` is given: identical tensors either way, so FID/KID do not move."""
         n = min(self.num_samples, len(data.dataset(split)))
+        if cache is None:
+            return self._compute_real(data, split, n, ctx)
         spec = {"data": data.describe(), "split": split, "n": n, "seed": ctx.seed,
                 "extractor": self._extractor_id(data), "device": ctx.torch_device().type}  # fmt: skip
 
@@ -126,8 +128,6 @@ class QualityEvaluator(Validated):
             torch.save(feats, work / "features.pt")
             (work / "captions.json").write_text(json.dumps(captions))
 
-        if cache is None:
-            return self._compute_real(data, split, n, ctx)
         folder = cache.get_or_build(REAL_FEATURES, spec, build)
         feats = torch.load(folder / "features.pt", weights_only=True)
         return feats, json.loads((folder / "captions.json").read_text())

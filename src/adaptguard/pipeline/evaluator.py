@@ -82,23 +82,28 @@ class Evaluator:
         return self.report(self.null)
 
     def verify(
-        self, name: str, model: DiffusionModel
+        self, name: str, model: DiffusionModel, identity: dict[str, Any] | None = None
     ) -> tuple[VerificationReport | None, dict[str, VerificationReport]]:
-        """Verification of ``model`` as generated, and after each ``eval.image_attacks`` transform."""
+        """Verification of ``model`` as generated, and after each ``eval.image_attacks`` transform
+        (``identity``: the model's :func:`model_identity`, when the caller has it)."""
         with self.tracker.stage(f"verify_{name}"):
             if name in SHARED:
-                v, attacked = self._shared_verification(f"verify_{name}", model, self.config.image_attacks)
+                v, attacked = self._shared_verification(f"verify_{name}", model, self.config.image_attacks, identity)
             else:
                 v, attacked = self.defense.verify_with(model, self.key, self.ctx, self.config.image_attacks)
         return self.report(v), {label: self.report(a) for label, a in attacked.items()}
 
     def _shared_verification(
-        self, label: str, model: DiffusionModel, transforms: Sequence[ImageTransform]
+        self,
+        label: str,
+        model: DiffusionModel,
+        transforms: Sequence[ImageTransform],
+        identity: dict[str, Any] | None = None,
     ) -> tuple[Verification | None, dict[str, Verification]]:
         """``defense.verify_with`` of a base or protected model, through the evaluation cache (private)."""
         if self.defense.verification == "none":  # nothing to verify, nothing to cache
             return None, {}
-        spec = {"verification": model_identity(model), "key": self.ctx.cache.fingerprint(key_digest(self.key)),
+        spec = {"verification": identity or model_identity(model), "key": self.ctx.cache.fingerprint(key_digest(self.key)),
                 "defense": self.defense.describe(), "image_attacks": [t.describe() for t in transforms]}  # fmt: skip
 
         def build(work: Path) -> None:
@@ -117,13 +122,15 @@ class Evaluator:
         refuse_non_finite(name, model)
         return self._score(name, model, domains)
 
-    def _score(self, name: str, model: DiffusionModel, domains: list[EvalDomain]) -> dict[str, QualityReport]:
-        fid = self.config.fid
-        if fid is None:
+    def _score(
+        self, name: str, model: DiffusionModel, domains: list[EvalDomain], identity: dict[str, Any] | None = None
+    ) -> dict[str, QualityReport]:
+        if self.config.fid is None:
             return {}
         out: dict[str, QualityReport] = {}
         with self.tracker.stage(f"quality_{name}"):
-            identity = model_identity(model) if name in SHARED else None
+            if name in SHARED and identity is None:
+                identity = model_identity(model)
             for d in self.clean + domains:
                 grid = self.out / (
                     f"samples_{name}.png"
@@ -168,8 +175,9 @@ class Evaluator:
     ) -> ModelReport:
         """Verify and score ``model``; ``quality`` given: the model's weights are another's, reuse its scores."""
         refuse_non_finite(name, model)
-        verification, image_attacks = self.verify(name, model)
-        scores = dict(quality) if quality is not None else self._score(name, model, domains)  # checked above
+        identity = model_identity(model) if name in SHARED else None  # one weights hash for both
+        verification, image_attacks = self.verify(name, model, identity)
+        scores = dict(quality) if quality is not None else self._score(name, model, domains, identity)
         return ModelReport(verification=verification, image_attacks=image_attacks, quality=scores)
 
     def curve_point(self, step: int, model: DiffusionModel, domain: EvalDomain | None) -> dict[str, Any]:

@@ -114,14 +114,12 @@ def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext, hits:
     """defense.protect, cached by :func:`protect_spec` so sweeps protect once; "protect" is appended to ``hits``
     when the protected model came from the cache."""
     spec = protect_spec(exp, ctx)
-    built: list[bool] = []
 
     def build(work: Path) -> None:  # a killed build resumes from work/checkpoints
-        built.append(True)
         protected = exp.defense.protect(base, exp.data, ctx.with_checkpoints(work / RESUME_DIR))
         exp.defense.save_protected(protected, work)
 
-    folder = ctx.cache.get_or_build("protected", spec, build, private=True)
+    folder, built = ctx.cache.fetch("protected", spec, build, private=True)
     if hits is not None and not built:
         hits.append("protect")
     return exp.defense.load_protected(folder, like=base)

@@ -102,13 +102,7 @@ class SharedEvaluations:
                 build(Path(tmp))
                 yield Path(tmp)
             return
-        built: list[bool] = []
-
-        def build_once(work: Path) -> None:
-            built.append(True)
-            build(work)
-
-        folder = self.cache.get_or_build(EVALUATION, {**spec, **self.context}, build_once, private=private)
+        folder, built = self.cache.fetch(EVALUATION, {**spec, **self.context}, build, private=private)
         if not built:
             self.hits.append(label)
         yield folder
