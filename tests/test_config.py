@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from adaptguard.attacks.base import Attack
 from adaptguard.cli.build import instantiate
 from adaptguard.cli.config import compose, config_dir
+from adaptguard.cli.per_option import apply_per_option
 from adaptguard.core.artifacts import ArtifactCache
+from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import Defense
 from adaptguard.pipeline import EvalConfig
@@ -20,7 +22,7 @@ CONF = config_dir()
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
 
 
 def test_config_dir_is_the_checkout_conf():
@@ -95,9 +97,40 @@ def test_eval_config_builds(tmp_path):
 
 @pytest.mark.parametrize("preset", _options("experiment"))
 def test_every_experiment_preset_composes_and_builds(preset, tmp_path):
-    cfg = compose([f"experiment={preset}"], output_dir=tmp_path)
-    built = {group: instantiate(cfg[group]) for group in ("model", "dataset", "defense", "attack", "eval")}
-    assert built["defense"].name == cfg.defense.name and built["attack"].name == cfg.attack.name
+    for overrides in _sweep_jobs(preset):  # each value of each swept axis, the others at their first value
+        cfg = apply_per_option(compose([f"experiment={preset}", *overrides], output_dir=tmp_path))
+        built = {group: instantiate(cfg[group]) for group in ("model", "dataset", "defense", "attack", "eval")}
+        assert built["defense"].name == cfg.defense.name and built["attack"].name == cfg.attack.name
+
+
+def _sweep_jobs(preset: str) -> list[list[str]]:
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    axes = {str(k): str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
+    first = [f"{k}={v[0]}" for k, v in axes.items()]
+    return [first] + [[*first[:i], f"{k}={value}", *first[i + 1 :]]
+                      for i, (k, values) in enumerate(axes.items()) for value in values[1:]]  # fmt: skip
+
+
+def test_comparison_presets_sweep_their_axes_with_three_seeds():
+    for preset in ("compare_watermarks", "compare_freezing", "forgetting_curves"):
+        seeds = [o for job in _sweep_jobs(preset) for o in job if o.startswith("seed=")]
+        assert sorted(set(seeds)) == ["seed=0", "seed=1", "seed=2"], preset
+    defenses = {o for job in _sweep_jobs("compare_watermarks") for o in job if o.startswith(("defense=", "attack="))}
+    assert defenses == {"defense=backdoor", "defense=aiao", "defense=aiao_busy", "defense=sleepermark",
+                        "attack=full", "attack=lora", "attack=dreambooth", "attack=prune", "attack=quantize"}  # fmt: skip
+
+
+def test_per_option_settings_apply_to_their_option_only(tmp_path):
+    preset = ["experiment=compare_watermarks", "++per_option.attack.full.steps=7"]
+    full = apply_per_option(compose([*preset, "attack=full"], output_dir=tmp_path))
+    prune = apply_per_option(compose([*preset, "attack=prune"], output_dir=tmp_path))
+    assert full.attack.steps == 7 and "steps" not in prune.attack
+    with pytest.raises(ConfigError, match=r"per_option\.attack\.full\.stepz: attack=full has no key 'stepz'"):
+        apply_per_option(compose(["attack=full", "++per_option.attack.full.stepz=7"], output_dir=tmp_path))
 
 
 @pytest.mark.parametrize("launcher", _options("hydra/launcher"))

@@ -27,7 +27,19 @@ def make_logger(cfg: DictConfig) -> Any:
     kwargs: dict[str, Any] = {}
     if "tags" in cfg.logger and cfg.get("tags"):
         kwargs["tags"] = list(cfg.logger.tags) + list(cfg.tags)
+    if "group" in cfg.logger and (sweep := sweep_name()):
+        kwargs["group"] = sweep  # one wandb group per sweep: its seeds average in wandb's grouping
     return instantiate(cfg.logger, **kwargs)
+
+
+def sweep_name() -> str | None:
+    """``multirun/2026-11-27/17-02-01`` for a job of a Hydra sweep, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return str(HydraConfig.get().sweep.dir)
 
 
 def check_environment(cfg: DictConfig, output_dir: Path, cache: ArtifactCache) -> None:
@@ -67,6 +79,7 @@ def make_context(cfg: DictConfig, output_dir: Path, logger: Any = None) -> RunCo
         progress=bool(cfg.progress),
         device=str(cfg.device),
         callbacks=callbacks,
+        sweep=sweep_name() or "",
     )
 
 

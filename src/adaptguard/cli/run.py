@@ -17,6 +17,7 @@ from adaptguard.cli.app import check_keys, check_overrides, hydra_command, quiet
 from adaptguard.cli.build import build_experiment, make_context, make_logger
 from adaptguard.cli.callbacks import SweepStatus
 from adaptguard.cli.errors import EXIT_SWEEP_FAILED, command_exit_code, user_error
+from adaptguard.cli.per_option import apply_per_option, experiment_config
 from adaptguard.core.redact import redact, redact_override, secret_names
 from adaptguard.pipeline import run_experiment
 from adaptguard.reporting.results import RunInfo, RunResult
@@ -27,7 +28,10 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> RunResult:
     """Run the experiment ``cfg`` describes in this process; results go to ``output_dir`` (default: the config's)."""
     output_dir = Path(output_dir if output_dir is not None else cfg.paths.output_dir)
     try:
+        cfg = apply_per_option(cfg)
         exp = build_experiment(cfg)
+        settings = experiment_config(cfg)
+        exp.settings = redact(settings, secret_names(settings))
         logger = make_logger(cfg)
         ctx = make_context(cfg, output_dir, logger)
     except BaseException as err:  # a sweep job with a bad value still leaves its results.json

@@ -36,6 +36,7 @@ class RunContext:
     # where fits under this context keep resume checkpoints (one folder per fit label); None: no checkpoints
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 200  # optimizer steps between checkpoints (config key checkpoint_every; 0: none)
+    sweep: str = ""  # the Hydra sweep this run is a job of (its wandb group; results.json -> run.sweep)
     fresh_keys: bool = False  # ``protect``: keys whose seed is null are drawn fresh, not from the run seed
 
     def key_seed(self, configured: int | None) -> int:

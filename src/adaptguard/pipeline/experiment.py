@@ -75,3 +75,6 @@ class Experiment:
     defense: Defense = field(default_factory=NoDefense)
     attack: Attack = field(default_factory=NoAttack)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # the whole config that defines the run, secrets redacted (results.json -> config.experiment): what
+    # `adaptguard report` compares to decide which jobs differ only by seed; empty when built in code
+    settings: dict[str, Any] = field(default_factory=dict)

@@ -149,7 +149,7 @@ def run_info(exp: Experiment, ctx: RunContext) -> RunInfo:
     return RunInfo(
         model=exp.model.name, dataset=exp.data.name, defense=exp.defense.name, attack=exp.attack.name, seed=ctx.seed,
         finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), out_dir=str(ctx.out_dir),
-        device=str(ctx.torch_device()), torch_threads=torch.get_num_threads(),
+        device=str(ctx.torch_device()), torch_threads=torch.get_num_threads(), sweep=ctx.sweep,
     )  # fmt: skip
 
 
@@ -208,7 +208,8 @@ def build_result(
         ev.files["curves"] = plot_curves(curves, ev.out / "curves.png").name
     return RunResult(
         run=run_info(exp, ctx),
-        config={"defense": exp.defense.public_config(), "attack": exp.attack.public_config()},
+        config={"defense": exp.defense.public_config(), "attack": exp.attack.public_config()}
+        | ({"experiment": exp.settings} if exp.settings else {}),
         summary=exp.defense.summary(protected),
         protect=protected.info or {},
         base=base,

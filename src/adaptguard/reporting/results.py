@@ -146,6 +146,7 @@ class RunInfo:
     out_dir: str = ""
     device: str = ""
     torch_threads: int = 0
+    sweep: str = ""  # the sweep directory this job belongs to ("" for a single run)
 
 
 @dataclass
