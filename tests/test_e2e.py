@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adaptguard.reporting.results import RunResult
-from tests.helpers import cli
+from tests.helpers import assert_secrets_only_in_owner_only_keys, cli
 
 pytestmark = pytest.mark.slow
 
@@ -81,43 +81,16 @@ def test_secrets_never_reach_logs_configs_or_stdout(smoke_run):
     assert assert_secrets_only_in_owner_only_keys(run_dir.parent / "cache", TRIGGER, KEY_SEED)  # the trigger's key
 
 
-def assert_secrets_only_in_owner_only_keys(cache: Path, *secrets: str) -> list[Path]:
-    """In the cache the secrets are in key files only, and those (and their folders) are owner-only."""
-    holders = [p for p in cache.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
-    assert all(p.name == "key.pt" for p in holders), holders
-    for path in holders:
-        assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0, path
-    return holders
-
-
-def test_sweep_with_parallel_launcher_runs_every_job(cli_env, tmp_path):
-    args = [
-        "run", "-m", "model=pixel_micro", "defense=backdoor", "defense.steps=20", "defense.num_samples=8", "seed=0,1",
-        f"defense.key_seed={KEY_SEED}",
-        "attack=full,lora", "hydra/launcher=local", "++attack.steps=3", "eval.fid.num_samples=8",
-        "eval.fid.kid_subset_size=4", "logger=csv", "eval.at_steps=[0,3]", "progress=false",
-        f"hydra.sweep.dir={tmp_path}/sweep",
-    ]  # fmt: skip
-    proc = cli(args)
-    assert proc.code == 0, proc.stderr[-4000:]
-    assert KEY_SEED not in proc.stdout + proc.stderr  # the launcher's job lines are redacted too
-    leaks = [p for p in (tmp_path / "sweep").rglob("*") if p.is_file() and KEY_SEED.encode() in p.read_bytes()]
-    assert not leaks, leaks
-    assert_secrets_only_in_owner_only_keys(tmp_path / "cache", KEY_SEED)
-    jobs = sorted((tmp_path / "sweep").glob("*/results.json"))
-    combos = {(r.run.seed, r.run.attack) for r in map(RunResult.read, jobs)}
-    assert combos == {(0, "full"), (0, "lora"), (1, "full"), (1, "lora")}
-    # jobs of one seed share one protected model: protected once, then loaded from the cache
-    assert len(list((tmp_path / "cache" / "protected").glob("*/key.pt"))) == 2
-    report = cli(["report", str(tmp_path / "sweep"), "--curves", str(tmp_path / "c.png")])
+def test_report_of_a_run_with_curves_tables_and_plots_them(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    report = cli(["report", str(run_dir), "--curves", str(tmp_path / "c.png"), "--out", str(tmp_path / "page")])
     assert report.code == 0, report.stderr
-    rows = [line for line in report.stdout.splitlines() if line.startswith("| backdoor")]
-    assert len(rows) == 4 and all(re.search(r"\| \d\.\d{3} \[", r) for r in rows)  # rates with intervals
-    # the curves: one column pair per job, a row per step
-    assert "| step | backdoor/full: rate | backdoor/full: FID |" in report.stdout
-    steps = [line.split(" | ") for line in report.stdout.splitlines() if line.startswith(("| 0 |", "| 3 |"))]
-    assert [s[0] for s in steps] == ["| 0", "| 3"] and all(0 <= float(s[1]) <= 1 for s in steps)
-    assert (tmp_path / "c.png").stat().st_size > 5000
+    assert re.search(r"\| backdoor \| lora \| attacker \|.* \d\.\d{3} \[", report.stdout)  # rates with intervals
+    assert "| step | backdoor/lora: rate | backdoor/lora: FID |" in report.stdout  # a row per curve step
+    steps = [line.split(" | ") for line in report.stdout.splitlines() if line.startswith(("| 0 |", "| 15 |", "| 30 |"))]
+    assert [s[0] for s in steps] == ["| 0", "| 15", "| 30"] and all(0 <= float(s[1]) <= 1 for s in steps)
+    assert (tmp_path / "c.png").stat().st_size > 5000 and (tmp_path / "page" / "curves.png").stat().st_size > 5000
+    assert "![Verification vs attack steps](page/curves.png)" in (tmp_path / "page.md").read_text()
     empty = cli(["report", str(tmp_path / "nothing")])
     assert empty.code == 2 and "no results.json" in empty.stderr
 

@@ -1,9 +1,18 @@
 """Helpers the tests share: the micro model and data, contexts, in-process runs, miniature model folders."""
 
 from tests.helpers.models import micro_source, model_source, params_equal, write_tiny_sd_folder
-from tests.helpers.runs import REPO, cli, compose, make_ctx, make_micro_data, run_config
+from tests.helpers.runs import (
+    REPO,
+    assert_secrets_only_in_owner_only_keys,
+    cli,
+    compose,
+    make_ctx,
+    make_micro_data,
+    run_config,
+)
 
 __all__ = [
+    "assert_secrets_only_in_owner_only_keys",
     "REPO",
     "cli",
     "compose",

@@ -71,3 +71,12 @@ def cli(args: Sequence[str]) -> CliResult:
         sys.argv = argv
         logging.getLogger().handlers.clear()  # Hydra's job logging wrote to the captured streams
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def assert_secrets_only_in_owner_only_keys(cache: Path, *secrets: str) -> list[Path]:
+    """In the cache the secrets are in key files only, and those (and their folders) are owner-only."""
+    holders = [p for p in cache.rglob("*") if p.is_file() and any(s.encode() in p.read_bytes() for s in secrets)]
+    assert all(p.name == "key.pt" for p in holders), holders
+    for path in holders:
+        assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0, path
+    return holders

@@ -51,6 +51,32 @@ def clopper_pearson(successes: int, trials: int, alpha: float = 0.05) -> tuple[f
     return (lo, hi)
 
 
+@dataclass(frozen=True)
+class SeedInterval:
+    """A mean over independent repeats (seeds: key, data order, noise) with its t-based interval.
+
+    The spread between seeds is the point: a pooled binomial interval over every trial of every seed
+    would treat one key's 64 trials as 64 independent draws of the method and hide the key's effect.
+    """
+
+    mean: float
+    low: float | None  # None with one value: no spread to estimate
+    high: float | None
+    n: int
+    sd: float | None
+
+    @classmethod
+    def of(cls, values: Sequence[float], level: float = 0.95) -> SeedInterval:
+        x = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+        if len(x) == 0:
+            return cls(math.nan, None, None, 0, None)
+        if len(x) == 1:
+            return cls(float(x[0]), None, None, 1, None)
+        sd = float(x.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1)) * sd / math.sqrt(len(x))
+        return cls(float(x.mean()), float(x.mean() - half), float(x.mean() + half), len(x), sd)
+
+
 def calibrate_threshold(null_scores: Sequence[float], fpr: float) -> float:
     """Smallest threshold t with empirical P(null >= t) <= fpr (scores above t: detected).
 

@@ -1,0 +1,127 @@
+"""Comparisons across seeds: the compare_watermarks preset on the micro model, the seed-averaged results
+page, its refusal to average different experiments, and the wandb names, group and summary table."""
+
+import csv
+import json
+import math
+import shutil
+
+import pytest
+
+from adaptguard.metrics.stats import SeedInterval
+from adaptguard.reporting.headline import NAMES, headline
+from adaptguard.reporting.results import RunResult
+from adaptguard.reporting.seeds import MixedConfigsError, aggregate, group_by_config
+from tests.helpers import REPO, assert_secrets_only_in_owner_only_keys, cli
+
+KEY_SEED = "918273645"
+STEPS = [  # compare_watermarks at reduced steps: every defense of the preset, a training and a weight attack
+    "++per_option.defense.backdoor={steps: 10, num_samples: 8, null_keys: 15}",
+    "++per_option.defense.aiao={steps: 5, probe_steps: 2, calibration_keys: 4, num_subpaths: 16, null_keys: 4}",
+    "++per_option.defense.aiao_busy={steps: 5, probe_steps: 2, calibration_keys: 4, num_subpaths: 16, null_keys: 4}",
+    "++per_option.defense.sleepermark={steps: 5, num_samples: 8, null_messages: 15, codec: {steps: 20}}",
+    "++per_option.attack.full.steps=3",
+    "eval.fid.num_samples=8", "eval.fid.kid_subset_size=4", "eval.fid.kid_subsets=2", "eval.grid_samples=4",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def micro_sweep(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("ADAPTGUARD_CACHE", str(tmp / "cache"))
+        m.setenv("WANDB_DIR", str(tmp))
+        m.delenv("WANDB_MODE", raising=False)
+        result = cli(["run", "-m", "experiment=compare_watermarks", "model=micro", "seed=0,1", "attack=full,prune",
+                      "logger=wandb", "progress=false", f"defense.key_seed={KEY_SEED}", *STEPS,
+                      f"hydra.sweep.dir={tmp}/sweep"])  # fmt: skip
+    assert result.code == 0, result.stderr[-4000:]
+    assert KEY_SEED not in result.stdout + result.stderr  # the launcher's job lines are redacted too
+    return tmp / "sweep"
+
+
+@pytest.mark.slow
+def test_compare_watermarks_runs_on_micro_and_the_page_averages_its_seeds(micro_sweep, tmp_path):
+    runs = [RunResult.read(p) for p in sorted(micro_sweep.glob("*/results.json"))]
+    combos = {(r.run.defense, r.run.attack, r.run.seed) for r in runs}
+    assert combos == {(d, a, s) for d in ("backdoor", "aiao", "aiao_busy", "sleepermark") for a in ("full", "prune")
+                      for s in (0, 1)}  # fmt: skip
+    leaks = [p for p in micro_sweep.rglob("*") if p.is_file() and KEY_SEED.encode() in p.read_bytes()]
+    assert not leaks, leaks
+    assert_secrets_only_in_owner_only_keys(micro_sweep.parent / "cache", KEY_SEED)
+    # a defense's jobs of one seed share one protection: 4 defenses x 2 seeds keys
+    assert len(list((micro_sweep.parent / "cache" / "protected").glob("*/key.pt"))) == 8
+    groups = group_by_config(runs)
+    assert len(groups) == 8 and all(g.seeds == [0, 1] for g in groups)
+    for g in groups:  # the mean and t interval of two seeds, from each seed's own number
+        rates = [headline(r)["verify/rate_after"] for r in g.runs]
+        s = g.stats["verify/rate_after"]
+        half = 12.706 * abs(rates[0] - rates[1]) / 2  # t(0.975, 1) * sd / sqrt(n), sd = |a - b| / sqrt(2)
+        assert (
+            s.n == 2
+            and s.mean == pytest.approx(sum(rates) / 2)
+            and s.high - s.mean == pytest.approx(half, rel=1e-3, abs=1e-9)
+        )
+    page = cli(["report", str(micro_sweep), "--out", str(tmp_path / "results")])
+    assert page.code == 0, page.stderr
+    text = (tmp_path / "results.md").read_text()
+    assert "python -m experiments.run -m experiment=compare_watermarks model=micro seed=0,1 attack=full,prune" in text
+    assert KEY_SEED not in text and "defense.key_seed=<redacted>" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| backdoor ×", "| aiao", "| sleepermark ×"))]
+    assert len(rows) == 8 and all(" | 2 | " in r and "0: " in r and "1: " in r for r in rows)
+    with (tmp_path / "results" / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 8 and {r["seeds"] for r in summary} == {"0 1"}
+    means = {(g.defense, g.attack): g.stats["verify/rate_after"].mean for g in groups}
+    assert {(r["defense"], r["attack"]): float(r["verify/rate_after mean"]) for r in summary} == pytest.approx(means)
+    pngs = {p.name: p.stat().st_size for p in (tmp_path / "results").glob("*.png")}
+    assert set(pngs) == {"robustness_vs_cost.png", "image_attacks.png"} and min(pngs.values()) > 5000
+
+
+@pytest.mark.slow
+def test_report_refuses_to_average_jobs_that_differ_beyond_the_seed(micro_sweep, tmp_path):
+    pair = [RunResult.read(micro_sweep / job / "results.json") for job in ("0", "1")]
+    assert {r.run.seed for r in pair} == {0, 1} and aggregate(pair).stats["verify/rate_before"].n == 2
+    changed = tmp_path / "changed"
+    shutil.copytree(micro_sweep / "1", changed, ignore=shutil.ignore_patterns("wandb"))
+    record = json.loads((changed / "results.json").read_text())
+    record["config"]["experiment"]["attack"]["lr"] = 0.5
+    (changed / "results.json").write_text(json.dumps(record))
+    other = RunResult.read(changed / "results.json")
+    with pytest.raises(MixedConfigsError, match=r"differ in attack\.lr \(0\.0001 vs 0\.5\), not only in the seed"):
+        aggregate([pair[0], other])
+    assert [g.seeds for g in group_by_config([pair[0], other])] == [[0], [1]]  # two experiments, one seed each
+    with pytest.raises(MixedConfigsError, match="seed 0 appears twice"):
+        aggregate([pair[0], pair[0]])
+
+
+@pytest.mark.slow
+def test_sweep_runs_log_named_metrics_in_one_wandb_group_and_the_report_logs_a_table(micro_sweep):
+    for job in ("0", "5"):
+        [record] = (micro_sweep / job / "wandb").glob("offline-run-*/run-*.wandb")
+        data = record.read_bytes()
+        result = RunResult.read(micro_sweep / job / "results.json")
+        assert all(name.encode() in data for name in headline(result)), "every headline number is logged"
+        assert str(micro_sweep).encode() in data and result.run.sweep == str(micro_sweep)  # the sweep's group
+        assert KEY_SEED.encode() not in data
+    report = cli(["report", str(micro_sweep), "--wandb"])
+    assert report.code == 0, report.stderr
+    [table] = (micro_sweep / "wandb").glob("offline-run-*/files/media/table/summary_*.table.json")
+    content = json.loads(table.read_text())
+    assert content["columns"][:4] == ["group", "defense", "attack", "seeds"] and len(content["data"]) == 8
+    assert "verify/rate_after mean" in content["columns"]
+    [run_file] = (micro_sweep / "wandb").glob("offline-run-*/run-*.wandb")
+    assert b"summary-" in run_file.read_bytes() and str(micro_sweep).encode() in run_file.read_bytes()
+
+
+def test_seed_interval_is_the_t_interval_and_needs_two_values():
+    s = SeedInterval.of([0.875, 0.703, 0.80])
+    assert s.n == 3 and s.mean == pytest.approx(0.7927, abs=1e-4)
+    assert (s.high - s.low) / 2 == pytest.approx(4.303 * s.sd / math.sqrt(3), rel=1e-3)
+    one = SeedInterval.of([0.5])
+    assert one.n == 1 and one.low is None and one.high is None
+
+
+def test_every_headline_name_is_documented_in_docs_wandb():
+    doc = (REPO / "docs" / "wandb.md").read_text()
+    assert all(f"`{name}`" in doc for name in NAMES), [n for n in NAMES if f"`{n}`" not in doc]
