@@ -40,7 +40,15 @@ def test_a_sweep_runs_past_a_failed_job_and_says_so(cli_env, tmp_path, launcher)
     assert report.code == 4 and "1 of 2 jobs did not finish" in report.stdout
     row = next(line for line in report.stdout.splitlines() if "must be > 0" in line)
     assert "| failed | config |" in row and str(sweep / "0") in row
-    assert cli(["report", str(sweep), "--allow-failed"]).code == 0
+    assert cli(["report", str(sweep), "--allow-failed", "--out", str(tmp_path / "page")]).code == 0
+    page = (tmp_path / "page.md").read_text()  # the results page lists it too
+    assert "## Jobs that did not finish (1)" in page and row in page and "| none × full | 1 |" in page
+    if launcher == "basic":  # the same sweep again in its own folder: the finished job is kept, the failed one reruns
+        before = (sweep / "1" / "results.json").read_bytes()
+        again = cli(args)
+        assert again.code == 4 and "sweep: 1 of 2 jobs failed" in again.stderr
+        assert f"{sweep / '1'}: finished before with this config" in again.stdout
+        assert (sweep / "1" / "results.json").read_bytes() == before
 
 
 def test_diverged_training_stops_the_run_with_status_failed(cli_env, tmp_path):

@@ -42,7 +42,7 @@ def experiment_config(cfg: DictConfig) -> dict[str, Any]:
     marked.seed = SEED_MARK
     out: dict[str, Any] = {}
     for key in marked:
-        if key in ("paths", "hydra", "per_option", "seed", "logger"):
+        if key in ("paths", "hydra", "per_option", "seed", "logger", "skip_finished"):
             continue
         try:
             out[str(key)] = OmegaConf.to_container(marked[key], resolve=True) if OmegaConf.is_config(

@@ -64,6 +64,24 @@ def record_config_failure(cfg: DictConfig, output_dir: Path, err: BaseException)
         pass
 
 
+def finished_before(cfg: DictConfig, output_dir: Path) -> RunResult | None:
+    """The results of this very job when a sweep is rerun in its own directory and the job finished: same
+    seed and the same config (a killed sweep resumes where it stopped; a changed setting reruns the job)."""
+    import copy
+    import json
+
+    try:
+        old = RunResult.read(output_dir / "results.json")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if old.status != "ok" or old.run.seed != cfg.seed:
+        return None
+    settings = experiment_config(apply_per_option(copy.deepcopy(cfg)))
+    settings = redact(settings, secret_names(settings))
+    same = json.dumps(old.config.get("experiment"), sort_keys=True, default=str)
+    return old if same == json.dumps(settings, sort_keys=True, default=str) else None
+
+
 def finish_logger(logger, status: str) -> None:
     """Close this job's logger (each sweep job must end its own wandb run)."""
     if logger is None:
@@ -84,8 +102,12 @@ def task(cfg: DictConfig) -> float | None:
     names = secret_names(OmegaConf.to_container(cfg, resolve=False))
     sys.argv[1:] = [redact_override(a, names) for a in sys.argv[1:]]  # wandb records the command line
     result = None
-    with user_errors(keep_going=HydraConfig.get().mode == RunMode.MULTIRUN):  # one failed job: the others run
-        result = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    sweep, out = HydraConfig.get().mode == RunMode.MULTIRUN, Path(HydraConfig.get().runtime.output_dir)
+    if sweep and cfg.get("skip_finished", True) and (done := finished_before(cfg, out)) is not None:
+        print(f"{out}: finished before with this config ({done.run.finished}); skipped (skip_finished=false reruns)")
+        return None
+    with user_errors(keep_going=sweep):  # one failed job: the others run
+        result = run(cfg, out)
     if result is None:
         return None
     print(format_table(result))
