@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from adaptguard.attacks.base import Attack
 from adaptguard.cli.build import instantiate
 from adaptguard.cli.config import compose, config_dir
-from adaptguard.cli.per_option import apply_per_option
+from adaptguard.cli.per_option import apply_per_option, experiment_config
 from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
@@ -158,3 +158,21 @@ def test_layers_tool_config_composes_with_a_full_probe():
     cfg = compose(["attack=lora"], config_name="layers")
     assert cfg.busy_fraction == 0.2 and cfg.tuned is None
     assert instantiate(cfg.attack).name == "lora"
+
+
+def _job(overrides: list[str], tmp_path) -> dict:
+    return experiment_config(apply_per_option(compose(overrides, output_dir=tmp_path)))
+
+
+def test_page_presets_share_what_their_comparisons_need(tmp_path):
+    """The freezing reference differs from the masks only in the defense; the curves embed as compare_watermarks."""
+    for attack in ("full", "lora"):
+        masked = _job(["experiment=page/compare_freezing", "defense=freezeasguard", f"attack={attack}"], tmp_path)
+        reference = _job(["experiment=page/compare_freezing_none", f"attack={attack}"], tmp_path)
+        assert {k: v for k, v in masked.items() if k != "defense"} == {
+            k: v for k, v in reference.items() if k != "defense"
+        }
+    for defense in ("backdoor", "aiao", "aiao_busy", "sleepermark"):
+        curves = _job(["experiment=page/forgetting_curves", f"defense={defense}"], tmp_path)
+        table = _job(["experiment=page/compare_watermarks", f"defense={defense}"], tmp_path)
+        assert curves["defense"] == table["defense"] and curves["model"] == table["model"]

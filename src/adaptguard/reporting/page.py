@@ -81,10 +81,12 @@ def watermark_table(groups: Sequence[SeedGroup], names: Sequence[str]) -> str:
 
 
 def _reference(group: SeedGroup, groups: Sequence[SeedGroup]) -> SeedGroup | None:
-    """The unconstrained run (defense none) of the same attack and data: what freezing is measured against."""
-    same = ("attack.name", "model.name", "dataset.name")
-    return next((o for o in groups if o.defense == "none" and o is not group
-                 and all(o.identity.get(k) == group.identity.get(k) for k in same)), None)  # fmt: skip
+    """The unconstrained run (defense none) with every other setting equal: what freezing is measured against."""
+
+    def rest(g: SeedGroup) -> dict[str, object]:
+        return {k: v for k, v in g.identity.items() if not k.startswith("defense.")}
+
+    return next((o for o in groups if o.defense == "none" and o is not group and rest(o) == rest(group)), None)
 
 
 def fid_change(group: SeedGroup, reference: SeedGroup, domain: str) -> SeedInterval:

@@ -16,7 +16,11 @@ from adaptguard.reporting.table import fmt, label
 def collect(folder: Path, failed: bool = False) -> list[RunResult]:
     """Every finished results.json under ``folder`` (schema 1 or 2), sorted by defense, attack and seed;
     ``failed``: instead, the runs that failed or were interrupted."""
-    runs = [RunResult.read(p) for p in sorted(Path(folder).rglob("results.json"))]
+    runs = []
+    for path in sorted(Path(folder).rglob("results.json")):
+        run = RunResult.read(path)
+        run.run.out_dir = str(path.parent)  # where the job is now (sweeps get moved, copied, resumed)
+        runs.append(run)
     runs = [r for r in runs if (r.status != "ok") == failed]
     return sorted(runs, key=lambda r: (r.run.defense, str(r.summary), r.run.attack, r.run.seed))
 
