@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ARGS   ?= experiment=quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast bench gpu-check lint format pretrain clean
+.PHONY: install run test test-fast bench gpu-check results lint format pretrain clean
+
+PAGES := compare_watermarks compare_freezing compare_freezing_none forgetting_curves
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +34,11 @@ bench: install  ## speed and memory targets -> bench/results.json
 
 gpu-check: install  ## the SD code path at SD 1.5's size on a CUDA GPU, timed -> bench/gpu_check.json
 	$(BIN)/python -m benchmarks.gpu_check --out bench/gpu_check.json
+
+results: install  ## docs/results.md: the four page sweeps (hours on 2 CPU cores; a rerun resumes), then the report
+	for p in $(PAGES); do $(BIN)/python -m experiments.run -m experiment=page/$$p || true; done; \
+	$(BIN)/python -m experiments.report $(addprefix multirun/page/,$(PAGES)) --out docs/results \
+		--intro docs/results-intro.md
 
 lint: install  ## ruff, and import-linter's layer contracts (pyproject.toml)
 	$(BIN)/ruff check src experiments tests benchmarks
