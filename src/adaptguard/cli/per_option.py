@@ -35,9 +35,9 @@ def apply_per_option(cfg: DictConfig) -> DictConfig:
 
 
 def experiment_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config that defines a job, minus where it writes and logs (paths, hydra,
-    logger) and the per-option table already merged in; values derived from ``seed`` read ``<seed>``, so jobs that differ only by
-    seed have equal configs (what ``adaptguard report`` aggregates)."""
+    """The resolved config that defines a job: without where it writes and logs (paths, hydra, logger),
+    the per-option table (already merged in) and the seed. Values derived from ``seed`` read ``<seed>``,
+    so jobs that differ only by seed have equal configs (what ``adaptguard report`` averages)."""
     marked = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
     marked.seed = SEED_MARK
     out: dict[str, Any] = {}

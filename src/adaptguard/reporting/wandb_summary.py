@@ -19,6 +19,7 @@ from adaptguard.reporting.sweep import collect
 
 def log_summary(folders: Sequence[Path], page: Page, project: str = "adaptguard") -> list[str]:
     """One wandb run (job_type ``report``) per sweep folder; returns their run folders."""
+    os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
 
     made = []
