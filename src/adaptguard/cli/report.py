@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
         for folder in opts.folders:
             print(sweep_table(folder))
         out = opts.out or (Path(tempfile.mkdtemp(prefix="adaptguard-report-")) / "results" if opts.wandb else None)
-        page = write_page(opts.folders, out, _read(opts.intro)) if out else None
+        command = "python -m experiments.report " + " ".join(sys.argv[1:] if argv is None else argv)
+        page = write_page(opts.folders, out, _read(opts.intro), command if opts.out else None) if out else None
     except (FileNotFoundError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

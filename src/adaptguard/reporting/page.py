@@ -190,8 +190,9 @@ def write_csv(groups: Sequence[SeedGroup], names: Sequence[str], runs: Sequence[
     return [summary, jobs]
 
 
-def write_page(folders: Sequence[Path], out: Path, intro: str | None = None) -> Page:
-    """Write ``<out>.md`` and, in ``<out>/``, the CSVs and PNGs it links (``out`` may end in .md)."""
+def write_page(folders: Sequence[Path], out: Path, intro: str | None = None, command: str | None = None) -> Page:
+    """Write ``<out>.md`` and, in ``<out>/``, the CSVs and PNGs it links (``out`` may end in .md); ``command``:
+    the report's own command line for the page's top (default: the folders and ``--out``)."""
     out = Path(out)
     markdown, assets = out.with_suffix(".md"), out.with_suffix("")
     runs = [r for f in folders for r in collect(f)]
@@ -202,7 +203,12 @@ def write_page(folders: Sequence[Path], out: Path, intro: str | None = None) -> 
     names = labels(groups)
     files = write_csv(groups, names, runs, assets)
     rel = assets.name
-    lines = ["# Results\n", *(([intro.strip(), ""]) if intro else []), _provenance(folders, runs, failed, out), ""]
+    lines = [
+        "# Results\n",
+        *(([intro.strip(), ""]) if intro else []),
+        _provenance(folders, runs, failed, out, command),
+        "",
+    ]
     if groups:
         lines += ["## Settings", "", settings_table(groups), "", "## Verification and quality, mean ± 95 % interval "
                   "across seeds", "", watermark_table(groups, names), ""]  # fmt: skip
@@ -222,11 +228,12 @@ def write_page(folders: Sequence[Path], out: Path, intro: str | None = None) -> 
     return Page(markdown, files)
 
 
-def _provenance(folders: Sequence[Path], runs: Sequence[RunResult], failed: Sequence[RunResult], out: Path) -> str:
+def _provenance(folders: Sequence[Path], runs: Sequence[RunResult], failed: Sequence[RunResult], out: Path,
+                command: str | None) -> str:  # fmt: skip
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
     hours = compute_seconds([*runs, *failed]) / 3600
     commands = "\n".join(sweep_commands(folders))
-    report = f"python -m experiments.report {' '.join(map(str, folders))} --out {out.with_suffix('')}"
+    report = command or f"python -m experiments.report {' '.join(map(str, folders))} --out {out.with_suffix('')}"
     return (f"Generated {when} by `adaptguard report` from {len(runs)} finished jobs"
             f"{f' and {len(failed)} that did not finish' if failed else ''}, {hours:.2f} h of stage time "
             f"(protections and evaluations read from the cache cost ~0). The sweeps and this page:\n\n"
