@@ -92,10 +92,10 @@ def _reference(group: SeedGroup, groups: Sequence[SeedGroup]) -> SeedGroup | Non
 def fid_change(group: SeedGroup, reference: SeedGroup, domain: str) -> SeedInterval:
     """Per seed, FID after the attack on ``domain`` relative to the unconstrained attack with the same seed (%)."""
     key = f"quality/fid_attacked/{domain}"
-    ref = {r.run.seed: headline(r).get(key) for r in reference.runs}
+    ref = dict(zip(reference.seeds, reference.values(key), strict=True))
     changes = []
-    for run in group.runs:
-        mine, theirs = headline(run).get(key), ref.get(run.run.seed)
+    for seed, mine in zip(group.seeds, group.values(key), strict=True):
+        theirs = ref.get(seed)
         if mine is not None and theirs:
             changes.append(100 * (mine / theirs - 1))
     return SeedInterval.of(changes)
@@ -241,12 +241,12 @@ def _provenance(folders: Sequence[Path], runs: Sequence[RunResult], failed: Sequ
 
 
 def _figures(groups: Sequence[SeedGroup], names: Sequence[str], assets: Path) -> list[tuple[str, Path]]:
-    one_per_defense = {g.defense: (g, n.split(" × ")[0]) for g, n in zip(groups, names, strict=True)}
+    one_per_defense = {g.defense: g for g in groups}  # the protected model does not depend on the attack
     made = [
         ("Robustness vs quality cost", figures.robustness_vs_cost(groups, names, assets / "robustness_vs_cost.png")),
         ("Verification vs attack steps", figures.curves(groups, names, assets / "curves.png")),
         ("Image attacks on the protected model's images", figures.image_attack_heatmap(
-            [g for g, _ in one_per_defense.values()], [n for _, n in one_per_defense.values()],
+            list(one_per_defense.values()), list(one_per_defense),
             assets / "image_attacks.png")),
     ]  # fmt: skip
     return [(title, path) for title, path in made if path is not None]

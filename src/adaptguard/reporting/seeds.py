@@ -76,9 +76,11 @@ class SeedGroup:
     def attack(self) -> str:
         return self.runs[0].run.attack
 
+    headlines: list[dict[str, float]] = field(default_factory=list)  # each run's headline numbers, seed order
+
     def values(self, name: str) -> list[float | None]:
         """The headline number ``name`` of each seed, in seed order (None where not measured)."""
-        return [headline(r).get(name) for r in self.runs]
+        return [h.get(name) for h in self.headlines]
 
 
 def aggregate(runs: Sequence[RunResult]) -> SeedGroup:
@@ -98,8 +100,8 @@ def aggregate(runs: Sequence[RunResult]) -> SeedGroup:
         raise MixedConfigsError(f"report: seed {repeated[0]} appears twice among the jobs to average; "
                                 "a repeat is not a new seed (drop one, or run another seed)")  # fmt: skip
     ordered = sorted(runs, key=lambda r: r.run.seed)
-    names = dict.fromkeys(n for r in ordered for n in headline(r))
-    group = SeedGroup(ordered, first)
+    group = SeedGroup(ordered, first, headlines=[headline(r) for r in ordered])
+    names = dict.fromkeys(n for h in group.headlines for n in h)
     group.stats = {n: SeedInterval.of([v for v in group.values(n) if v is not None]) for n in names}
     return group
 
