@@ -23,7 +23,7 @@ class Example(Validated):
     lr: float = setting(1e-3, gt=0)
     share: float = setting(0.5, ge=0, lt=1)
     mode: Literal["a", "b"] = "a"
-    seed: int | None = setting(None, secret=True)
+    key_seed: int | None = setting(None, secret=True)
     names: list[str] = setting(default_factory=lambda: ["x"], nonempty=True)
     pair: tuple[float, float] = (0.0, 1.0)
     extra: dict = field(default_factory=dict)
@@ -41,7 +41,7 @@ class Example(Validated):
         ({"lr": 0}, "example.lr: must be > 0, got 0.0"),
         ({"share": 1}, "example.share: must be in [0, 1), got 1.0"),
         ({"mode": "c"}, "example.mode: 'c' is not one of ['a', 'b']"),
-        ({"seed": "x"}, "example.seed: expected an integer, got 'x' or null"),
+        ({"key_seed": "x"}, "example.key_seed: expected an integer, got 'x' or null"),
         ({"names": []}, "example.names: must not be empty"),
         ({"names": "x"}, "example.names: expected a list, got 'x'"),
         ({"names": ["x", 3]}, "example.names[1]: expected a string, got 3"),
@@ -56,9 +56,9 @@ def test_bad_values_are_one_line_naming_the_full_key(kwargs, message):
 
 
 def test_values_are_normalised_and_secrets_kept_out_of_repr():
-    e = Example(lr=1, share=0, pair=[2, 3], seed=99)
+    e = Example(lr=1, share=0, pair=[2, 3], key_seed=99)
     assert e.lr == 1.0 and isinstance(e.lr, float) and e.pair == (2.0, 3.0)
-    assert "99" not in repr(e) and secret_fields(Example) == {"seed"}
+    assert "99" not in repr(e) and secret_fields(Example) == {"key_seed"}
 
 
 def test_nested_configs_name_their_own_keys_and_unknown_keys_list_the_valid_ones():
