@@ -101,6 +101,7 @@ class CodecConfig(Validated):
     perceptual_weight: float = setting(0.25, ge=0)
     perceptual_ramp_steps: int = setting(600, ge=0)
     distortions: list[Any] = field(default_factory=list)  # image transforms applied during training
+    round_trip: bool = True  # latent models: read bits from the decoded image re-encoded, as verification does
     split: str = "owner"
 
     def __post_init__(self) -> None:
@@ -215,8 +216,8 @@ class CodecModule(L.LightningModule):
         else:
             x_rec, x_w = images, z_w.clamp(-1, 1)
         distorted = self._distort(x_w)
-        if model.is_latent and self.distortions:
-            read = model.vae.encode(distorted).latent_dist.mean * model.vae.config.scaling_factor
+        if model.is_latent and (self.cfg.round_trip or self.distortions):  # the VAE's posterior noise included
+            read = model.vae.encode(distorted).latent_dist.sample() * model.vae.config.scaling_factor
         else:
             read = z_w if model.is_latent else distorted
         logits = self.decoder(read)
