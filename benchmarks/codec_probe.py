@@ -20,21 +20,14 @@ import torch
 
 from adaptguard.cli.build import build_experiment, make_context
 from adaptguard.cli.config import compose
-from adaptguard.data.distortions import make_image_transforms
-from adaptguard.defenses.message_codec import train_codec
-
-ATTACKS: dict[str, Any] = {
-    "clean": None,
-    "jpeg50": {"name": "jpeg", "quality": 50},
-    "blur": {"name": "blur", "kernel_size": 3, "sigma": 4.0},
-    "resize0.5": {"name": "resize", "scale": 0.5},
-    "noise0.1": {"name": "noise", "std": 0.1},
-}
+from adaptguard.defenses.message_codec import evaluate_codec, train_codec
 
 
 def probe(overrides: list[str], images: int = 256) -> dict[str, Any]:
+    """The image attacks are compare_watermarks's ``eval.image_attacks`` (override them like any key)."""
     out_dir = Path("outputs/codec_probe")
-    cfg = compose(["model=tiny", "defense=sleepermark", "attack=none", "logger=none", *overrides], output_dir=out_dir)
+    base = ["experiment=compare_watermarks", "model=tiny", "defense=sleepermark", "attack=none", "logger=none"]
+    cfg = compose([*base, *overrides], output_dir=out_dir)
     exp, ctx = build_experiment(cfg), make_context(cfg, out_dir)
     model = exp.model.load(ctx)
     start = time.perf_counter()
@@ -42,27 +35,9 @@ def probe(overrides: list[str], images: int = 256) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     owner = exp.data.dataloader(exp.defense.codec.split, 32).dataset
     x = torch.stack([owner[i]["image"] for i in range(min(images, len(owner)))])
-    bits = torch.randint(0, 2, (len(x), exp.defense.codec.bits), generator=torch.Generator().manual_seed(123))
-    with torch.no_grad():
-        z = model.encode_images(x)
-        marked, plain = model.decode_latents(z + codec.encoder(bits)), model.decode_latents(z)
-    mse = torch.nn.functional.mse_loss(marked * 0.5 + 0.5, plain * 0.5 + 0.5)
-    threshold = exp.defense.detection_threshold()
-    result: dict[str, Any] = {
-        "overrides": overrides,
-        "stage1_s": round(seconds),
-        "psnr_db": round(float(-10 * torch.log10(mse)), 2),
-    }
-    for name, spec in ATTACKS.items():
-        seen = (
-            marked
-            if spec is None
-            else make_image_transforms([spec])[0](marked, generator=torch.Generator().manual_seed(1))
-        )
-        right = codec.read_bits(model, seen) == bits
-        result[name] = {"bit_accuracy": round(float(right.float().mean()), 3),
-                        f"share_at_{threshold}_bits": round(float((right.sum(1) >= threshold).float().mean()), 3)}  # fmt: skip
-    return result
+    scores = evaluate_codec(codec, model, x, seed=123, transforms=exp.eval.image_attacks,
+                            threshold=exp.defense.detection_threshold())  # fmt: skip
+    return {"overrides": overrides, "stage1_s": round(seconds), **scores}
 
 
 def main() -> None:

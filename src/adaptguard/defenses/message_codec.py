@@ -242,17 +242,36 @@ class CodecModule(L.LightningModule):
 
 
 @torch.no_grad()
-def evaluate_codec(codec: Codec, model: DiffusionModel, images: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    """Bit accuracy on fresh random messages and the image cost of embedding them (PSNR, dB)."""
+def evaluate_codec(
+    codec: Codec,
+    model: DiffusionModel,
+    images: torch.Tensor,
+    seed: int = 0,
+    transforms: Sequence[ImageTransform] = (),
+    threshold: int | None = None,
+) -> dict[str, Any]:
+    """Bit accuracy on fresh random messages and the image cost of embedding them (PSNR, dB); with
+    ``transforms``, the bit accuracy after each image attack too (keyed by its label), and with
+    ``threshold`` the share of images with at least that many bits right."""
     g = torch.Generator().manual_seed(seed)
     bits = torch.randint(0, 2, (images.shape[0], codec.encoder.mlp[0].in_features), generator=g)
     codec.encoder.to(model.device)
     z = model.encode_images(images.to(model.device))
     x_w = model.decode_latents(z + codec.encoder(bits.to(model.device))).cpu()
     x_rec = model.decode_latents(z).cpu()
-    read = codec.read_bits(model, x_w)
     mse = F.mse_loss(x_w * 0.5 + 0.5, x_rec * 0.5 + 0.5)
-    return {"bit_accuracy": float((read == bits).float().mean()), "psnr_db": float(-10 * torch.log10(mse + 1e-12))}
+
+    def score(seen: torch.Tensor) -> dict[str, float]:
+        right = codec.read_bits(model, seen) == bits
+        out = {"bit_accuracy": float(right.float().mean())}
+        if threshold is not None:
+            out[f"share_at_{threshold}_bits"] = float((right.sum(1) >= threshold).float().mean())
+        return out
+
+    scores: dict[str, Any] = {**score(x_w), "psnr_db": float(-10 * torch.log10(mse + 1e-12))}
+    for t in transforms:
+        scores[t.label] = score(t(x_w, generator=torch.Generator().manual_seed(seed)))
+    return scores
 
 
 def train_codec(cfg: CodecConfig, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Codec:
