@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ARGS   ?= experiment=quickstart
 PYTEST_ARGS ?=
+# one pytest-xdist worker per core (at most 4, for memory), whole files per worker (their fixtures are shared)
+PYTEST := $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 .PHONY: install run test test-fast bench gpu-check results lint format pretrain clean
 
@@ -14,8 +16,8 @@ PAGES := compare_watermarks compare_freezing compare_freezing_none forgetting_cu
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -24,10 +26,10 @@ run: install  ## AIAO x LoRA on the latent tiny model in ~2.5 min (ARGS="defense
 	$(BIN)/python -m experiments.run $(ARGS)
 
 test: install  ## every test, the end-to-end tiny-model experiments included
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: install  ## skip the slow end-to-end tests
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 bench: install  ## speed and memory targets -> bench/results.json
 	$(BIN)/python -m benchmarks.bench --out bench/results.json

@@ -6,6 +6,7 @@ import logging
 import os
 
 import pytest
+import torch
 
 from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.core.context import RunContext
@@ -13,6 +14,32 @@ from tests.helpers import make_ctx, make_micro_data, micro_source
 
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(f"{_name}.utilities.rank_zero").setLevel(logging.WARNING)
+
+
+def _share_cores_between_workers() -> None:
+    """Under pytest-xdist (`make test` runs -n auto) each worker takes its share of the cores: tiny
+    models gain little from torch's threads, so workers with one thread each beat one with all."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        torch.set_num_threads(threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # and the subprocesses the tests start
+
+
+_share_cores_between_workers()
+
+# The modules whose shared fixtures take minutes, longest first (pytest --durations in the CI log):
+# xdist's --dist loadfile hands out whole files in collection order, so these start at once
+# instead of leaving one worker running the longest alone at the end.
+LONGEST_FIRST = ("test_e2e", "test_sleepermark", "test_report", "test_owner", "test_reliability", "test_backdoor")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.stem
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: tests keep their order within a module
 
 
 @pytest.fixture
