@@ -29,8 +29,9 @@ def _share_cores_between_workers() -> None:
 _share_cores_between_workers()
 
 # The modules whose shared fixtures take minutes, longest first (pytest --durations in the CI log):
-# xdist's --dist loadfile hands out whole files in collection order, so these start at once
-# instead of leaving one worker running the longest alone at the end.
+# `make test` hands out whole files in collection order (--dist loadfile --no-loadscope-reorder;
+# xdist's default order is by test count), so these start at once instead of one of them
+# running alone at the end while the other workers idle.
 LONGEST_FIRST = ("test_e2e", "test_sleepermark", "test_report", "test_owner", "test_reliability", "test_backdoor")
 
 
