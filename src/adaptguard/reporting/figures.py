@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,10 @@ def curves(groups: Sequence[SeedGroup], labels: Sequence[str], path: Path) -> Pa
     plt = _pyplot()
     attacks = list(dict.fromkeys(g.attack for g, _ in series))
     fig, axes = plt.subplots(1, len(attacks), figsize=(5 * len(attacks), 3.8), squeeze=False)
+    panels = Counter((g.attack, g.defense) for g, _ in series)
     for g, label in series:
         ax = axes[0][attacks.index(g.attack)]
+        label = g.defense if panels[g.attack, g.defense] == 1 else label  # the panel names the attack
         per_step: dict[int, list[float]] = {}
         for run in g.runs:
             for step, values in curve_points(run):

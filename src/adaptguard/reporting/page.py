@@ -241,7 +241,12 @@ def _provenance(folders: Sequence[Path], runs: Sequence[RunResult], failed: Sequ
 
 
 def _figures(groups: Sequence[SeedGroup], names: Sequence[str], assets: Path) -> list[tuple[str, Path]]:
-    one_per_defense = {g.defense: g for g in groups}  # the protected model does not depend on the attack
+    # one group per defense (the protected model does not depend on the attack), from a sweep that ran image
+    # attacks: a sweep without them (the curves) must not hide the one with them
+    one_per_defense: dict[str, SeedGroup] = {}
+    for g in groups:
+        if any(k.startswith("verify/image_attack/") for k in g.stats):
+            one_per_defense.setdefault(g.defense, g)
     made = [
         ("Robustness vs quality cost", figures.robustness_vs_cost(groups, names, assets / "robustness_vs_cost.png")),
         ("Verification vs attack steps", figures.curves(groups, names, assets / "curves.png")),
