@@ -79,6 +79,28 @@ def test_compare_watermarks_runs_on_micro_and_the_page_averages_its_seeds(micro_
 
 
 @pytest.mark.slow
+def test_a_later_sweep_without_image_attacks_does_not_hide_the_heatmap(micro_sweep, tmp_path):
+    """The page's curves sweep runs no image attacks; the heatmap once took each defense's last group, so
+    listing that sweep after compare_watermarks left it empty."""
+    curves, watermarks = tmp_path / "curves", set()
+    for path in sorted(micro_sweep.glob("*/results.json")):  # a later experiment of each output watermark
+        record = json.loads(path.read_text())
+        if record["protected"]["image_attacks"] and record["run"]["defense"] not in watermarks:
+            watermarks.add(record["run"]["defense"])
+            record["protected"]["image_attacks"] = {}
+            record["config"]["experiment"]["attack"]["steps"] = 100
+            shutil.copytree(path.parent, curves / path.parent.name, ignore=shutil.ignore_patterns("wandb"))
+            (curves / path.parent.name / "results.json").write_text(json.dumps(record))
+    assert watermarks == {"backdoor", "sleepermark"}
+    page = cli(["report", str(micro_sweep), str(curves), "--out", str(tmp_path / "results")])
+    assert page.code == 0, page.stderr
+    text = (tmp_path / "results.md").read_text()
+    assert all(text.count(f"| {w} × full (attack.steps=100) | 1 |") == 1 for w in watermarks)
+    assert "](results/image_attacks.png)" in text
+    assert (tmp_path / "results" / "image_attacks.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
 def test_report_refuses_to_average_jobs_that_differ_beyond_the_seed(micro_sweep, tmp_path):
     pair = [RunResult.read(micro_sweep / job / "results.json") for job in ("0", "1")]
     assert {r.run.seed for r in pair} == {0, 1} and aggregate(pair).stats["verify/rate_before"].n == 2
