@@ -110,8 +110,9 @@ def test_a_killed_attack_resumes_and_ends_with_the_uninterrupted_metrics(cli_env
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143  # 128 + SIGTERM
-    cut = results(tmp_path / "cut")
-    assert cut["status"] == "interrupted" and cut["error"]["stage"] == "attack" and cut["error"]["exit_code"] == 143
+    stopped = results(tmp_path / "cut")
+    assert stopped["status"] == "interrupted" and stopped["error"]["stage"] == "attack"
+    assert stopped["error"]["exit_code"] == 143
     rerun = cli(["run", *RESUME, "progress=false", f"hydra.run.dir={tmp_path / 'cut'}"])
     assert rerun.code == 0 and "attack: resuming from" in rerun.stdout + rerun.stderr
     whole, cut = results(tmp_path / "whole"), results(tmp_path / "cut")
