@@ -6,8 +6,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ARGS   ?= experiment=quickstart
 PYTEST_ARGS ?=
-# one pytest-xdist worker per core (at most 4, for memory), whole files per worker (their fixtures are
-# shared), handed out in collection order (tests/conftest.py puts the longest first)
+# one pytest-xdist worker per usable CPU (its affinity and any container quota: tests/conftest.py; at
+# most 4, for memory), whole files per worker (their fixtures are shared), handed out in collection
+# order (tests/conftest.py puts the longest first)
 PYTEST := $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run test test-fast bench gpu-check results lint format pretrain clean

@@ -11,22 +11,28 @@ import torch
 from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.core.context import RunContext
 from tests.helpers import make_ctx, make_micro_data, micro_source
+from tests.helpers.cpus import usable_cpus
 
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(f"{_name}.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def _share_cores_between_workers() -> None:
-    """Under pytest-xdist (`make test` runs -n auto) each worker takes its share of the cores: tiny
+    """Under pytest-xdist (`make test` runs -n auto) each worker takes its share of the usable CPUs: tiny
     models gain little from torch's threads, so workers with one thread each beat one with all."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
-        torch.set_num_threads(threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # and the subprocesses the tests start
+    threads = max(1, usable_cpus() // workers)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # and the subprocesses the tests start
 
 
 _share_cores_between_workers()
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: a worker per usable CPU (xdist's own count is psutil's, the host's cores in a container)."""
+    return usable_cpus()
+
 
 # The modules whose shared fixtures take minutes, longest first (pytest --durations in the CI log):
 # `make test` hands out whole files in collection order (--dist loadfile --no-loadscope-reorder;
