@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 
+from adaptguard.cli.cpus import usable_cpus
 from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.core.context import RunContext
 from tests.helpers import make_ctx, make_micro_data, micro_source
-from tests.helpers.cpus import usable_cpus
 
 for _name in ("lightning.pytorch", "lightning.fabric"):
     logging.getLogger(f"{_name}.utilities.rank_zero").setLevel(logging.WARNING)

@@ -1,8 +1,25 @@
-"""`make test` sizes its workers and torch threads by the CPUs it may use, a container's quota included."""
+"""Worker and thread counts follow the CPUs this process may use, a container's CPU quota included: torch and
+pytest-xdist count the host's cores."""
 
 import os
 
-from tests.helpers import cpus
+import pytest
+import torch
+
+from adaptguard.cli import cpus
+
+
+@pytest.fixture
+def cgroup(tmp_path, monkeypatch):
+    """The cgroup files, as a container would have them, in a temp dir (none exist until written)."""
+    files = {
+        "v2": tmp_path / "cpu.max",
+        "quota": tmp_path / "cpu.cfs_quota_us",
+        "period": tmp_path / "cpu.cfs_period_us",
+    }
+    monkeypatch.setattr(cpus, "CGROUP_V2", files["v2"])
+    monkeypatch.setattr(cpus, "CGROUP_V1", (files["quota"], files["period"]))
+    return files
 
 
 def test_cgroup_cpu_max_reads_as_a_cpu_count():
@@ -11,18 +28,27 @@ def test_cgroup_cpu_max_reads_as_a_cpu_count():
     assert cpus.parse_cpu_max("max 100000") is None
 
 
-def test_a_quota_caps_the_usable_cpus(tmp_path, monkeypatch):
+def test_a_quota_caps_the_usable_cpus(cgroup):
     affinity = len(os.sched_getaffinity(0))
-    v2, quota, period = tmp_path / "cpu.max", tmp_path / "cpu.cfs_quota_us", tmp_path / "cpu.cfs_period_us"
-    monkeypatch.setattr(cpus, "CGROUP_V2", v2)
-    monkeypatch.setattr(cpus, "CGROUP_V1", (quota, period))
     assert cpus.usable_cpus() == affinity  # no cgroup files: the affinity mask
-    v2.write_text("max 100000")
+    cgroup["v2"].write_text("max 100000")
     assert cpus.usable_cpus() == affinity
-    v2.write_text("50000 100000")  # half a CPU's time: one worker, one thread
+    cgroup["v2"].write_text("50000 100000")  # half a CPU's time: one worker, one thread
     assert cpus.usable_cpus() == 1
-    v2.unlink()
-    quota.write_text("-1\n"), period.write_text("100000\n")  # cgroup v1 without a quota
+    cgroup["v2"].unlink()
+    cgroup["quota"].write_text("-1\n"), cgroup["period"].write_text("100000\n")  # cgroup v1 without a quota
     assert cpus.usable_cpus() == affinity
-    quota.write_text("100000\n")
+    cgroup["quota"].write_text("100000\n")
     assert cpus.usable_cpus() == 1
+
+
+def test_commands_lower_torch_threads_to_the_quota_and_never_raise_them(cgroup):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        cgroup["v2"].write_text("200000 100000")
+        assert cpus.cap_torch_threads() == min(2, len(os.sched_getaffinity(0))) == torch.get_num_threads()
+        torch.set_num_threads(1)
+        assert cpus.cap_torch_threads() == 1  # a lower setting stays
+    finally:
+        torch.set_num_threads(before)

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from adaptguard.cli.config import config_dir
+from adaptguard.cli.cpus import cap_torch_threads
 from adaptguard.cli.errors import EXIT_USER_ERROR, command_exit_code, user_error
 from adaptguard.core.errors import RunInterrupted
 
@@ -143,4 +144,5 @@ def hydra_command(task: Callable[[DictConfig], Any], config_name: str = "config"
 
     with user_errors():
         path = str(config_dir())
+    cap_torch_threads()
     return hydra.main(version_base="1.3", config_path=path, config_name=config_name)(task)

@@ -1,10 +1,16 @@
-"""How many CPUs the test run may really use, for its worker count and torch's threads."""
+"""How many CPUs this process may really use: torch (and pytest-xdist's `-n auto`) count the host's cores,
+which in a container limited to a few CPUs means many threads thrashing on little CPU time."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
 
 CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
@@ -30,8 +36,16 @@ def cgroup_cpu_quota() -> float | None:
 
 
 def usable_cpus() -> int:
-    """The affinity mask capped by any quota: in a container, psutil (pytest-xdist's `-n auto`) and torch
-    count the host's cores, and a worker or thread per host core on 2 CPUs' worth of time thrashes."""
+    """The affinity mask, capped by any CPU quota."""
     cpus = len(os.sched_getaffinity(0))
     quota = cgroup_cpu_quota()
     return max(1, min(cpus, math.floor(quota))) if quota else cpus
+
+
+def cap_torch_threads() -> int:
+    """Lower torch's thread count to the usable CPUs (never raise it: a lower setting is someone's choice)."""
+    usable, threads = usable_cpus(), torch.get_num_threads()
+    if threads > usable:
+        torch.set_num_threads(usable)
+        log.info("torch threads: %d -> %d (the CPUs this process may use)", threads, usable)
+    return torch.get_num_threads()
