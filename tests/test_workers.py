@@ -1,5 +1,5 @@
-"""Worker and thread counts follow the CPUs this process may use, a container's CPU quota included: torch and
-pytest-xdist count the host's cores."""
+"""Worker and thread counts follow the CPUs this process may use, a container's CPU quota included (torch
+ignores it; pytest-xdist's `-n auto` counts the host's cores)."""
 
 import os
 

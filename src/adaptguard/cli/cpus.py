@@ -1,5 +1,6 @@
-"""How many CPUs this process may really use: torch (and pytest-xdist's `-n auto`) count the host's cores,
-which in a container limited to a few CPUs means many threads thrashing on little CPU time."""
+"""How many CPUs this process may really use. torch ignores a container's CPU quota, and pytest-xdist's
+`-n auto` counts the host's physical cores: in a container limited to a few CPUs both start more threads or
+workers than it can run, and they thrash."""
 
 from __future__ import annotations
 
