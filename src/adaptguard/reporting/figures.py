@@ -82,10 +82,17 @@ def curves(groups: Sequence[SeedGroup], labels: Sequence[str], path: Path) -> Pa
     return _save(fig, plt, path)
 
 
+IMAGE_ATTACK = "verify/image_attack/"
+
+
+def has_image_attacks(group: SeedGroup) -> bool:
+    return any(k.startswith(IMAGE_ATTACK) for k in group.stats)
+
+
 def image_attack_heatmap(groups: Sequence[SeedGroup], labels: Sequence[str], path: Path) -> Path | None:
     """Mean verification rate of each output watermark's images after each image attack."""
-    prefix = "verify/image_attack/"
-    rows = [(g, lab) for g, lab in zip(groups, labels, strict=True) if any(k.startswith(prefix) for k in g.stats)]
+    prefix = IMAGE_ATTACK
+    rows = [(g, lab) for g, lab in zip(groups, labels, strict=True) if has_image_attacks(g)]
     if not rows:
         return None
     transforms = list(dict.fromkeys(k[len(prefix) :] for g, _ in rows for k in g.stats if k.startswith(prefix)))

@@ -245,7 +245,7 @@ def _figures(groups: Sequence[SeedGroup], names: Sequence[str], assets: Path) ->
     # attacks: a sweep without them (the curves) must not hide the one with them
     one_per_defense: dict[str, SeedGroup] = {}
     for g in groups:
-        if any(k.startswith("verify/image_attack/") for k in g.stats):
+        if figures.has_image_attacks(g):
             one_per_defense.setdefault(g.defense, g)
     made = [
         ("Robustness vs quality cost", figures.robustness_vs_cost(groups, names, assets / "robustness_vs_cost.png")),
