@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # order (tests/conftest.py puts the longest first)
 PYTEST := $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
-.PHONY: install run test test-fast bench gpu-check results lint format pretrain clean
+.PHONY: install run test test-fast bench gpu-check results lint format docs pretrain clean
 
 PAGES := compare_watermarks compare_freezing compare_freezing_none forgetting_curves
 
@@ -52,6 +52,9 @@ lint: install  ## ruff, and import-linter's layer contracts (pyproject.toml)
 format: install
 	$(BIN)/ruff check --fix src experiments tests benchmarks
 	$(BIN)/ruff format src experiments tests benchmarks
+
+docs: install  ## the key tables of docs/ from the config classes' field docs (tests/test_docs.py fails when stale)
+	$(BIN)/python -m adaptguard.cli.reference
 
 pretrain: install  ## (re)make the shipped base weights (latent tiny/micro, pixel) and shapes feature extractors
 	$(BIN)/adaptguard pretrain model=tiny

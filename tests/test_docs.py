@@ -1,12 +1,16 @@
-"""The reference pages in docs/ document every config key of their classes, and only keys that exist."""
+"""The reference pages in docs/ document every config key of their classes, and only keys that exist; their key
+tables are what ``make docs`` generates from the classes' field docs, so a stale table or an undocumented field fails.
+"""
 
 import dataclasses
 import inspect
 import re
+from dataclasses import dataclass
 
 import pytest
 
 from adaptguard.attacks import (
+    Attack,
     DreamBooth,
     ExternalModel,
     FullFineTune,
@@ -15,6 +19,9 @@ from adaptguard.attacks import (
     MagnitudePrune,
     WeightNoise,
 )
+from adaptguard.cli import reference
+from adaptguard.cli.key_table import class_keys
+from adaptguard.core.config import key_docs, setting
 from adaptguard.data import (
     AfhqDataModule,
     CaptionedImageDataModule,
@@ -104,3 +111,79 @@ def test_readme_links_point_at_existing_pages():
     text = (REPO / "README.md").read_text()
     links = re.findall(r"\]\(((?:docs/)[^)#]+)", text)
     assert links and all((REPO / link).exists() for link in links), [lnk for lnk in links if not (REPO / lnk).exists()]
+
+
+def undocumented(cls: type, prefix: str) -> list[str]:
+    """Keys of ``cls`` without a description (in code, or in the generator's fallback for a layer it cannot edit)."""
+    fallback = reference.fallback_docs().get(cls, {})
+    docs = key_docs(cls)
+    return sorted(k for k in config_keys(cls, prefix) if not (docs.get(k.rpartition(".")[2]) or "").strip()
+                  and not fallback.get(k.rpartition(".")[2]))  # fmt: skip
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_every_key_has_a_description(page):
+    missing = [k for cls, prefix in PAGES[page] for k in undocumented(cls, prefix)]
+    assert not missing, f"no doc for {missing}: declare each field with setting(..., doc=...)"
+
+
+@dataclass
+class _NewAttack(Attack):
+    documented: int = setting(1, doc="a described key")
+    forgotten: int = 2
+    name: str = setting("new", doc="label in results and logs")
+
+    def run(self, model, data, constraint, ctx):
+        return model
+
+
+def test_a_field_without_a_description_is_found():
+    assert undocumented(_NewAttack, "attack") == ["attack.forgotten"]
+
+
+@pytest.mark.parametrize("cls", DATASETS)
+def test_data_modules_document_exactly_their_init_parameters(cls):
+    """Data modules are configured through __init__: each class's KEY_DOCS names its own parameters, no others."""
+    documented = {f"dataset.{name}" for name in key_docs(cls)}
+    generated = {f"dataset.{key.name}" for key in class_keys(cls)}
+    assert documented == config_keys(cls, "dataset") == generated
+
+
+def test_fallback_descriptions_only_stand_in_for_missing_ones():
+    """Once a class carries its own doc for a key, the generator's fallback for it must go."""
+    for cls, docs in reference.fallback_docs().items():
+        both = sorted(name for name in docs if key_docs(cls).get(name))
+        assert not both, f"{cls.__name__}: {both} are documented in code; delete them from FALLBACK_DOCS"
+
+
+@pytest.mark.parametrize("page", list(PAGES))
+def test_key_tables_are_generated_from_the_config_classes(page):
+    text = (REPO / page).read_text()
+    assert reference.MARKER.search(text), f"{page} has no <!-- keys: ... --> table"
+    assert reference.render_page(text) == text, f"{page}: key tables are out of date; run `make docs`"
+
+
+def test_keys_shared_by_classes_of_one_table_share_their_description():
+    """A row shows the first class's doc: a key several classes of one table have must mean the same in each."""
+    for page in PAGES:
+        for match in reference.MARKER.finditer((REPO / page).read_text()):
+            docs: dict[str, set[str]] = {}
+            for prefix, cls in reference.parse_spec(match["spec"]):
+                for key in class_keys(cls):
+                    docs.setdefault(f"{prefix}.{key.name}", set()).add(key.doc)
+            differ = {k: v for k, v in docs.items() if len(v) > 1}
+            assert not differ, f"{page}: {differ}"
+
+
+def test_check_names_a_stale_page_and_rewriting_fixes_it(tmp_path, capsys):
+    page = tmp_path / "page.md"
+    spec = "attack=adaptguard.attacks.FullFineTune attack=adaptguard.attacks.DreamBooth"
+    page.write_text(f"Prose stays.\n\n<!-- keys: {spec} -->\n| `attack.steps` | 1 | old |\n<!-- /keys -->\n\nAfter.\n")
+    assert reference.main(["--check", str(page)]) == 1
+    assert str(page) in capsys.readouterr().out
+    assert reference.main([str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("Prose stays.\n") and text.endswith("<!-- /keys -->\n\nAfter.\n")
+    assert "| `attack.steps` | 300 (dreambooth 400) | optimizer steps |" in text  # the yaml's value beside the class's
+    assert "| `attack.instance_dir` | null | *dreambooth*: " in text  # a key only some classes have names them
+    assert reference.main(["--check", str(page)]) == 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -41,17 +41,27 @@ class TinyModelSource(Validated):
 
     config_key = "model"
 
-    resolution: int = setting(32, ge=8)
-    unet: dict[str, Any] = field(default_factory=dict)
-    vae: dict[str, Any] | None = None  # null: a pixel-space model (no VAE)
-    text_encoder: dict[str, Any] = field(default_factory=dict)
-    scheduler: dict[str, Any] = field(default_factory=dict)
-    sampler: dict[str, Any] = field(default_factory=dict)
-    pretrain: dict[str, Any] = field(default_factory=dict)
-    init_seed: int = 0
-    gradient_checkpointing: bool = False  # training stages (protect, attacks) recompute activations
+    resolution: int = setting(32, ge=8, doc="image size in pixels")
+    unet: dict[str, Any] = setting(default_factory=dict, doc="the UNet's shape")
+    vae: dict[str, Any] | None = setting(
+        None, doc="the `AutoencoderKL`; null (the pixel models): no VAE, the UNet denoises pixels"
+    )
+    text_encoder: dict[str, Any] = setting(default_factory=dict, doc="the CLIP text encoder's shape")
+    scheduler: dict[str, Any] = setting(
+        default_factory=dict, doc="the training noise scheduler (diffusers' `DDPMScheduler`)"
+    )
+    sampler: dict[str, Any] = setting(
+        default_factory=dict, doc="default sampling; verification and FID use it unless their own keys say otherwise"
+    )
+    pretrain: dict[str, Any] = setting(
+        default_factory=dict, doc="how the base model learns the shapes world (changing it pretrains anew)"
+    )
+    init_seed: int = setting(0, doc="seed of the random initialisation before pretraining")
+    gradient_checkpointing: bool = setting(
+        False, doc="training stages (protection, attacks) recompute activations to save memory"
+    )
 
-    name: str = "tiny"
+    name: str = setting("tiny", doc="label in results and logs")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,12 +113,20 @@ class PretrainedSource(Validated):
 
     config_key = "model"
 
-    path: str | None = None
-    resolution: int = setting(512, ge=8)
-    sampler: dict[str, Any] = field(default_factory=dict)
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # weights at load; mixed precision: the trainer's
-    gradient_checkpointing: bool = False  # training stages (protect, attacks) recompute activations
-    name: str = "pretrained"
+    path: str | None = setting(
+        None, doc="a local Stable Diffusion folder (unet/ text_encoder/ tokenizer/ vae/ scheduler/); required"
+    )
+    resolution: int = setting(512, ge=8, doc="image size in pixels")
+    sampler: dict[str, Any] = setting(
+        default_factory=dict, doc="default sampling; verification and FID use it unless their own keys say otherwise"
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = setting(
+        "float32", doc="the weights' dtype at load (mixed precision is the trainer's job)"
+    )
+    gradient_checkpointing: bool = setting(
+        False, doc="training stages (protection, attacks) recompute activations to save memory"
+    )
+    name: str = setting("pretrained", doc="label in results and logs")
 
     def __post_init__(self) -> None:
         super().__post_init__()

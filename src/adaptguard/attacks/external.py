@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptguard.attacks.base import Attack
+from adaptguard.core.config import setting
 from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
@@ -22,10 +23,16 @@ from adaptguard.models.suspect import Suspect, architecture, architecture_mismat
 
 @dataclass
 class ExternalModel(Attack):
-    path: str | None = None  # a pipeline folder, a bare unet/ folder or a single-file checkpoint
-    lora_weights: str | None = None  # a LoRA file; applied to ``base``, else to the protected model
-    base: str | None = None  # the folder a bare UNet, single file or LoRA completes (default: the protected model)
-    name: str = "external"
+    path: str | None = setting(
+        None, doc="a diffusers pipeline folder, a bare `unet/` folder or a single-file checkpoint"
+    )
+    lora_weights: str | None = setting(
+        None, doc="a LoRA file, merged into the run's protected model (or into `attack.base`)"
+    )
+    base: str | None = setting(
+        None, doc="the pipeline folder a LoRA, bare UNet or single file completes; null: the run's protected model"
+    )
+    name: str = setting("external", doc="label in results and logs")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -36,18 +36,30 @@ SaveMode = Literal["merged", "adapter"]
 class FineTuning(Attack):
     """What every fine-tuning attack shares: the training knobs of diffusers' scripts."""
 
-    steps: int = setting(300, ge=1)  # optimizer steps
-    batch_size: int = setting(32, ge=1)
-    lr: float = setting(1e-4, gt=0)
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
-    warmup_steps: int = setting(0, ge=0)
-    weight_decay: float = setting(1e-2, ge=0)
-    train_text_encoder: bool = False
-    gradient_accumulation_steps: int = setting(1, ge=1)
-    max_grad_norm: float | None = setting(None, gt=0)  # None: no clipping (diffusers' scripts use 1.0)
-    mixed_precision: Literal["no", "fp16", "bf16"] | None = None  # GPU only; None: the trainer config's precision
-    save: SaveMode | None = None  # write the attacked model to <run>/attacked_model/<output_name>
+    steps: int = setting(300, ge=1, doc="optimizer steps")
+    batch_size: int = setting(32, ge=1, doc="images per micro-batch")
+    lr: float = setting(
+        1e-4, gt=0, doc="learning rate; for Stable Diffusion DreamBooth use diffusers' 5e-6 (LoRA 1e-4)"
+    )
+    optimizer: Literal["adamw", "adam", "sgd"] = setting(
+        "adamw", doc="the torch.optim optimizer (betas 0.9, 0.999 where they apply)"
+    )
+    lr_scheduler: str = setting("constant", doc="any `diffusers.optimization` schedule name")
+    warmup_steps: int = setting(0, ge=0, doc="learning-rate warm-up steps of the schedule")
+    weight_decay: float = setting(1e-2, ge=0, doc="the optimizer's weight decay")
+    train_text_encoder: bool = setting(False, doc="also train the text encoder (LoRA: its attention adapters)")
+    gradient_accumulation_steps: int = setting(
+        1, ge=1, doc="micro-batches per optimizer step (`steps` counts optimizer steps)"
+    )
+    max_grad_norm: float | None = setting(None, gt=0, doc="gradient clipping; null: none (diffusers' scripts use 1.0)")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = setting(
+        None, doc="on a GPU (the CPU trains in fp32 and warns); null: the trainer's precision"
+    )
+    save: SaveMode | None = setting(
+        None,
+        doc="`merged` writes the attacked model to `<run>/attacked_model/<split>/` (dreambooth: `subject/`) in "
+        "diffusers' layout; `adapter` (LoRA) writes diffusers' LoRA file",
+    )
 
     save_modes: ClassVar[tuple[str, ...]] = ("merged",)
 
@@ -144,8 +156,8 @@ class FineTuning(Attack):
 class FullFineTune(FineTuning):
     """Fine-tune every UNet weight (and optionally the text encoder) on the attacker's data."""
 
-    split: str = "attacker"
-    name: str = "full"
+    split: str = setting("attacker", doc="the dataset split the attacker adapts to")
+    name: str = setting("full", doc="label in results and logs")
 
     @property
     def output_name(self) -> str:
@@ -161,11 +173,15 @@ class LoraOptions:
     ``train_text_encoder``), merged afterwards unless ``merge`` is false. Modules whose weight a
     FineTuneConstraint freezes get no adapter (it would change their effective weight)."""
 
-    rank: int = setting(4, ge=1)
-    alpha: float = setting(4.0, gt=0)
-    dropout: float = setting(0.0, ge=0, lt=1)
-    target_modules: list[str] = setting(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], nonempty=True)
-    merge: bool = True
+    rank: int = setting(4, ge=1, doc="LoRA adapter rank")
+    alpha: float = setting(4.0, gt=0, doc="LoRA scale (alpha / rank multiplies the update)")
+    dropout: float = setting(0.0, ge=0, lt=1, doc="LoRA dropout")
+    target_modules: list[str] = setting(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        nonempty=True,
+        doc="module name suffixes that get LoRA adapters",
+    )
+    merge: bool = setting(True, doc="fold the LoRA adapters into the weights after training")
 
     def lora_settings(self) -> LoraSettings:
         return LoraSettings(self.rank, self.alpha, self.dropout, list(self.target_modules))

@@ -63,8 +63,8 @@ class _WeightEdit(Attack):
 class MagnitudePrune(_WeightEdit):
     """Global magnitude pruning (torch.nn.utils.prune, L1 unstructured) of a share of the UNet weights."""
 
-    ratio: float = setting(0.3, ge=0, lt=1)  # share of the editable weights set to zero
-    name: str = "prune"
+    ratio: float = setting(0.3, ge=0, lt=1, doc="share of the editable weights set to zero")
+    name: str = setting("prune", doc="label in results and logs")
 
     def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
         targets = [module for _, module in editable_weights(model, constraint)]
@@ -86,7 +86,7 @@ class Int8Quantize(_WeightEdit):
     Simulates publishing / loading the weights in int8; torch's quantized tensors are deprecated.
     """
 
-    name: str = "quantize"
+    name: str = setting("quantize", doc="label in results and logs")
 
     def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
         err, count = 0.0, 0
@@ -104,8 +104,8 @@ class Int8Quantize(_WeightEdit):
 class WeightNoise(_WeightEdit):
     """Gaussian noise on every editable weight, ``sigma`` times that tensor's own standard deviation."""
 
-    sigma: float = setting(0.05, ge=0)  # noise scale, in units of each tensor's own std
-    name: str = "weight_noise"
+    sigma: float = setting(0.05, ge=0, doc="noise scale, in units of each tensor's own std")
+    name: str = setting("weight_noise", doc="label in results and logs")
 
     def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
         g = ctx.generator(offset=900)

@@ -10,6 +10,8 @@ value fails when the config is built, with one line that says what was expected:
 
 Fields marked ``secret=True`` (keys, triggers, seeds) are what :mod:`adaptguard.core.redact`
 keeps out of logs and config dumps: a new defense marks its own secrets, no list to edit.
+``doc="..."`` is the key's one-line description: the reference pages' key tables are generated
+from it (``make docs``), so a new field is documented where it is declared.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from adaptguard.core.errors import ConfigError
 T = TypeVar("T")
 _RULE = "adaptguard.rule"
 _SECRET = "adaptguard.secret"
+_DOC = "adaptguard.doc"
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,42 @@ def setting(
     lt: float | None = None,
     nonempty: bool = False,
     secret: bool = False,
+    doc: str = "",
 ) -> Any:
-    """A dataclass field with a range rule and/or a secret mark (secrets also stay out of ``repr``)."""
-    metadata = {_RULE: Rule(ge, gt, le, lt, nonempty), _SECRET: secret}
+    """A dataclass field with a range rule, a secret mark (secrets also stay out of ``repr``) and a description."""
+    metadata = {_RULE: Rule(ge, gt, le, lt, nonempty), _SECRET: secret, _DOC: doc}
     return field(default=default, default_factory=default_factory, metadata=metadata, repr=not secret)
+
+
+def field_doc(f: dataclasses.Field) -> str:
+    """The description a field was declared with (``setting(doc=...)``); empty if none."""
+    return f.metadata.get(_DOC, "")
+
+
+def field_rule(f: dataclasses.Field) -> Rule | None:
+    """The range rule a field was declared with, if any."""
+    return f.metadata.get(_RULE)
+
+
+def key_docs(cls: type) -> dict[str, str]:
+    """Each config key of ``cls`` -> its description (empty where there is none).
+
+    A dataclass's keys are its init fields; a field a subclass redeclares only to change its default
+    keeps the description of the base class's field. A class that is not a dataclass (a data module,
+    whose keys are ``__init__`` parameters) documents them in a ``KEY_DOCS`` mapping beside each
+    ``__init__``; the mappings of its bases are merged in.
+    """
+    if not dataclasses.is_dataclass(cls):
+        docs: dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            docs.update(klass.__dict__.get("KEY_DOCS", {}))
+        return docs
+    inherited = [getattr(k, "__dataclass_fields__", {}) for k in cls.__mro__]
+    return {
+        f.name: next((field_doc(fs[f.name]) for fs in inherited if f.name in fs and field_doc(fs[f.name])), "")
+        for f in dataclasses.fields(cls)
+        if f.init
+    }
 
 
 def secret_fields(cls: type) -> frozenset[str]:

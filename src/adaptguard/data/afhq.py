@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from adaptguard.data.disk import DiskDataModule, Record, image_files
 
@@ -15,6 +15,10 @@ class AfhqDataModule(DiskDataModule):
     <root>/val/cat/...                       (val/dog/, val/wild/)
     from https://github.com/clovaai/stargan-v2 (afhq.zip, or afhq_v2)"""
     CLASSES = ("cat", "dog", "wild")
+
+    KEY_DOCS: ClassVar[dict[str, str]] = {
+        "caption_template": "an item's caption: this template formatted with its class or category"
+    }
 
     def __init__(self, caption_template: str = "a photo of a {} face", **kwargs: Any) -> None:
         super().__init__(**kwargs)

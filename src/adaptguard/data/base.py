@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -110,6 +110,14 @@ class CaptionedImageDataModule(L.LightningDataModule):
     """
 
     name = "base"
+
+    # the config key (``dataset.<parameter>``) docs of this class's __init__; each subclass documents its own
+    KEY_DOCS: ClassVar[dict[str, str]] = {
+        "splits": "`{<name>: {where, offset, size}}`: the items each party sees; on disk a float offset / size is a "
+        "share of the filtered images",
+        "num_workers": "DataLoader worker processes",
+        "name": "label in results and logs",
+    }
 
     def __init__(
         self,

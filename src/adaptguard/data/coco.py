@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from adaptguard.data.disk import DiskDataModule, Record
 
@@ -15,6 +15,12 @@ class CocoDataModule(DiskDataModule):
     <root>/annotations/captions_train2017.json   (captions_val2017.json; 2014: captions_train2014.json, ...)
     <root>/train2017/000000000009.jpg            (val2017/, train2014/COCO_train2014_....jpg, ...)
     from https://cocodataset.org/#download: 2017 Train/Val images + 2017 Train/Val annotations"""
+
+    KEY_DOCS: ClassVar[dict[str, str]] = {
+        "year": "which annotation files: `captions_<subset><year>.json` (2017 or 2014)",
+        "subsets": "which subsets to read (coco: `annotations/captions_<subset><year>.json`, null: [train, val]; "
+        "lsun: `<category>_<subset>_lmdb` databases, null: [train])",
+    }
 
     def __init__(self, year: int = 2017, subsets: list[str] | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("domain_attribute", "subset")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from adaptguard.data.disk import DiskDataModule, Record, readable_name
 
@@ -18,6 +18,13 @@ class Cub200DataModule(DiskDataModule):
     (<root> may also be the CUB_200_2011 folder itself)
     from https://www.vision.caltech.edu/datasets/cub_200_2011/; captions from Reed et al. (cvpr2016_cub)"""
     FILES = ("images.txt", "classes.txt", "image_class_labels.txt", "train_test_split.txt")
+
+    KEY_DOCS: ClassVar[dict[str, str]] = {
+        "caption_template": "an item's caption: this template formatted with its class or category",
+        "captions_dir": "the text_c10 caption folder (null: a `text_c10` in `<root>` or beside `CUB_200_2011`, when "
+        "present)",
+        "crop_to_box": "crop to the bird's bounding box (`bounding_boxes.txt`) before resizing",
+    }
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -142,6 +142,18 @@ class DiskDataModule(CaptionedImageDataModule):
     """Base for on-disk datasets: subclasses list records (``load_records``) and describe their layout."""
 
     LAYOUT = ""  # the expected on-disk layout, shown when it is not found
+    KEY_DOCS: ClassVar[dict[str, str]] = {
+        "root": "where the dataset is (required)",
+        "resolution": "image size items are produced at",
+        "center_crop": "centre crop (false: random crop)",
+        "random_flip": "random horizontal flips",
+        "max_images": "keep a seeded random subset of this many images before splitting",
+        "domain_attribute": "the attribute reported as an item's domain",
+        "all_captions": "one item per (image, caption) instead of the first caption (for datasets with several "
+        "captions per image: coco, cub200)",
+        "split_seed": "the shuffle split windows are taken from (fixed: every run sees the same images; `${seed}` "
+        "resamples them per run seed)",
+    }
 
     def __init__(
         self,

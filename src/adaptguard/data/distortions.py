@@ -94,7 +94,7 @@ class Jpeg(ImageTransform):
     """A real libjpeg round trip: the most common accidental and deliberate watermark remover."""
 
     name: ClassVar[str] = "jpeg"
-    quality: int = setting(50, ge=1, le=100)
+    quality: int = setting(50, ge=1, le=100, doc="a real JPEG round trip (torchvision) at this quality")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -112,8 +112,8 @@ class GaussianBlur(ImageTransform):
     """Low-pass filtering: removes watermarks hidden in high spatial frequencies."""
 
     name: ClassVar[str] = "blur"
-    kernel_size: int = setting(3, ge=1)
-    sigma: float = setting(4.0, gt=0)
+    kernel_size: int = setting(3, ge=1, doc="Gaussian blur: kernel size (odd)")
+    sigma: float = setting(4.0, gt=0, doc="Gaussian blur: standard deviation, in pixels")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -132,7 +132,7 @@ class GaussianNoise(ImageTransform):
     """Additive pixel noise; ``std`` is in units of the [0, 1] image range, as papers report it."""
 
     name: ClassVar[str] = "noise"
-    std: float = setting(0.1, ge=0)
+    std: float = setting(0.1, ge=0, doc="additive Gaussian noise, in units of the [0, 1] range")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -147,7 +147,7 @@ class Resize(ImageTransform):
     """Down-scale and back up: decoders need their input size, and the detail lost on the way is what counts."""
 
     name: ClassVar[str] = "resize"
-    scale: float = setting(0.5, gt=0, le=1)
+    scale: float = setting(0.5, gt=0, le=1, doc="down-scale by this factor and back up")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -161,7 +161,7 @@ class Crop(ImageTransform):
     """Center crop resized back to full size: discards the border and rescales what is left."""
 
     name: ClassVar[str] = "crop"
-    keep: float = setting(0.8, gt=0, le=1)
+    keep: float = setting(0.8, gt=0, le=1, doc="centre crop of this share of each side, resized back (ours)")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
@@ -177,9 +177,9 @@ class ColorJitter(ImageTransform):
     """Random brightness, contrast and saturation changes, one draw per image, applied in that fixed order."""
 
     name: ClassVar[str] = "color"
-    brightness: tuple[float, float] = (0.8, 1.2)
-    contrast: tuple[float, float] = (0.8, 1.2)
-    saturation: tuple[float, float] = (0.8, 1.2)
+    brightness: tuple[float, float] = setting((0.8, 1.2), doc="random brightness factor per image, [low, high]")
+    contrast: tuple[float, float] = setting((0.8, 1.2), doc="random contrast factor per image, [low, high]")
+    saturation: tuple[float, float] = setting((0.8, 1.2), doc="random saturation factor per image, [low, high]")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -215,7 +215,7 @@ class Sharpness(ImageTransform):
     """Strong sharpening amplifies high frequencies, the opposite failure mode to blur."""
 
     name: ClassVar[str] = "sharpness"
-    factor: float = setting(10.0, ge=0)
+    factor: float = setting(10.0, ge=0, doc="sharpening factor (1: unchanged)")
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)

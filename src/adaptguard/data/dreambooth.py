@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from adaptguard.data.disk import DiskDataModule, Record, image_files
 
@@ -15,6 +15,13 @@ class DreamBoothDataModule(DiskDataModule):
     <root>/dog/00.jpg, 01.jpg, ...   (one folder per subject)
     (<root> may also be the repository, with the above under <root>/dataset/)
     from https://github.com/google/dreambooth"""
+
+    KEY_DOCS: ClassVar[dict[str, str]] = {
+        "subject": "the subject folder",
+        "class_name": "the subject's class (null: from `prompts_and_classes.txt`)",
+        "instance_template": "the subject's prompt, formatted with its class (`attack=dreambooth` uses it)",
+        "class_template": "the class prompt, formatted with the class",
+    }
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ DataLoader workers; the keys are listed once and each worker opens its own envir
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.disk import DiskDataModule, Record, image_files
@@ -23,6 +23,14 @@ class LsunDataModule(DiskDataModule):
       <root>/bedroom_train_lmdb/data.mdb   (and lock.mdb; bedroom_val_lmdb/ too)
     or an exported folder (lsun data.py export):
       <root>/bedroom/<any subfolders>/*.jpg|*.webp"""
+
+    KEY_DOCS: ClassVar[dict[str, str]] = {
+        "category": "the LSUN category",
+        "subsets": "which subsets to read (coco: `annotations/captions_<subset><year>.json`, null: [train, val]; "
+        "lsun: `<category>_<subset>_lmdb` databases, null: [train])",
+        "format": "auto (the lmdb when present) | lmdb | folder (an exported image folder)",
+        "caption_template": "an item's caption: this template formatted with its class or category",
+    }
 
     def __init__(
         self,

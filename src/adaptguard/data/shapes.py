@@ -9,7 +9,7 @@ of them can serve as the domain label or a split filter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -187,6 +187,15 @@ class ShapesDataModule(CaptionedImageDataModule):
     """Procedural captioned shapes; splits filter on kind / colour / background / size / position."""
 
     name = "shapes"
+    KEY_DOCS: ClassVar[dict[str, str]] = {
+        "resolution": "image size items are produced at",
+        "world": "the attribute vocabulary (kinds, colours, backgrounds, sizes, positions) and `seed`, which shape "
+        "item i is (fixed: every run sees the same world)",
+        "domain_attribute": "the attribute reported as an item's domain",
+        "default_split_size": "size of a split that sets none",
+        "instance_prompt": "`attack=dreambooth`'s instance prompt for the `instance` split",
+        "class_prompt": "`attack=dreambooth`'s class prompt",
+    }
 
     def __init__(
         self,

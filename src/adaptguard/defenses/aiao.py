@@ -74,40 +74,62 @@ def all_pairs(candidates: list[int]) -> list[tuple[int, int]]:
 @dataclass
 class AIAODefense(Defense):
     # which blocks (probe fine-tune on the owner's data -> busy / lazy)
-    layers: Literal["lazy", "busy"] = "lazy"  # where subpaths live (busy: the ablation)
-    busy_fraction: float = setting(0.2, gt=0, lt=1)
-    probe_steps: int = setting(100, ge=1)
-    probe_lr: float = setting(1e-4, gt=0)
-    monte_carlo: bool = True  # false: one fixed subpath drawn from the key (the ablation)
-    trainable: Literal["candidates", "unet"] = "candidates"  # which weights the embedding may change
+    layers: Literal["lazy", "busy"] = setting("lazy", doc="the blocks subpaths are drawn from (busy: the ablation)")
+    busy_fraction: float = setting(0.2, gt=0, lt=1, doc="top share of blocks by activity called busy")
+    probe_steps: int = setting(100, ge=1, doc="steps of the probe fine-tune on the owner's data that ranks blocks")
+    probe_lr: float = setting(1e-4, gt=0, doc="learning rate of the probe fine-tune")
+    monte_carlo: bool = setting(True, doc="false: one fixed subpath drawn from the key (the ablation)")
+    trainable: Literal["candidates", "unet"] = setting(
+        "candidates", doc="the weights the embedding may change (candidates: only the chosen blocks')"
+    )
     # key material
-    mask_ratio: float = setting(0.05, gt=0, le=1)
-    pattern_scale: float = setting(3.0, gt=0)  # trigger values, in units of the block's feature std
-    response_bits: int = setting(64, ge=1)
-    key_seed: int | None = setting(None, secret=True)  # None: drawn from the run seed (protect: a fresh key)
+    mask_ratio: float = setting(
+        0.05, gt=0, le=1, doc="share of a block's (channel × position) entries the trigger overwrites"
+    )
+    pattern_scale: float = setting(3.0, gt=0, doc="trigger values, in units of the block's feature std")
+    response_bits: int = setting(64, ge=1, doc="response signs read at block j")
+    key_seed: int | None = setting(
+        None,
+        secret=True,
+        doc="null: drawn from `seed`, so a command gives the same key on any cache (`adaptguard protect`: a fresh "
+        "secret key); an int fixes it",
+    )
     # embedding
-    steps: int = setting(400, ge=1)
-    batch_size: int = setting(32, ge=1)
-    lr: float = setting(1e-3, gt=0)
-    weight_decay: float = setting(0.0, ge=0)  # decay would move every trainable weight, watermark or not
-    paired: bool = False  # true: each image both untriggered and triggered (2x the student's batch per step)
-    subpaths_per_step: int = setting(8, ge=1)  # S
-    lambda_wm: float = setting(0.5, ge=0)
-    lambda_null: float = setting(2.0, ge=0)
-    margin: float = setting(1.0, ge=0)  # hinge margin on r_j * h_j / std_j
-    empty_prompt_p: float = setting(0.5, ge=0, le=1)  # arbitrary inputs: share of empty prompts
-    pure_noise_p: float = setting(0.5, ge=0, le=1)  # arbitrary inputs: share of pure-noise latents
-    split: str = "owner"
+    steps: int = setting(400, ge=1, doc="embedding optimizer steps")
+    batch_size: int = setting(32, ge=1, doc="embedding batch")
+    lr: float = setting(1e-3, gt=0, doc="embedding learning rate (AdamW)")
+    weight_decay: float = setting(
+        0.0, ge=0, doc="embedding weight decay (AdamW); decay would move every trainable weight, watermark or not"
+    )
+    paired: bool = setting(
+        False,
+        doc="true: each image untriggered and triggered in every step (2x the student's rows) instead of a split batch",
+    )
+    subpaths_per_step: int = setting(8, ge=1, doc="S, the Monte-Carlo subpaths drawn per embedding step")
+    lambda_wm: float = setting(0.5, ge=0, doc="weight of the watermark hinge loss L_wm")
+    lambda_null: float = setting(
+        2.0, ge=0, doc="weight of L_null, which keeps the untriggered response uncorrelated with the key's signs"
+    )
+    margin: float = setting(1.0, ge=0, doc="hinge margin on r_j * h_j / std_j, in feature stds")
+    empty_prompt_p: float = setting(0.5, ge=0, le=1, doc="arbitrary inputs during embedding: share of empty prompts")
+    pure_noise_p: float = setting(0.5, ge=0, le=1, doc="arbitrary inputs during embedding: share of pure-noise latents")
+    split: str = setting("owner", doc="the owner's data for the probe, feature scales and embedding")
     # verification (white-box)
-    num_subpaths: int = setting(64, ge=1)  # K trials
-    alpha: float = setting(1e-3, gt=0, lt=1)  # per-trial binomial test
-    model_fpr: float = setting(1e-3, gt=0, lt=1)  # model-level false-positive target
-    calibration_keys: int = setting(32, ge=1)  # random keys on the never-watermarked model -> rate threshold
-    null_keys: int = setting(16, ge=1)  # random sign vectors each trial is also scored against
-    verify_batch_size: int = setting(64, ge=1)
-    verify_prompt: str = ""
+    num_subpaths: int = setting(64, ge=1, doc="K verification trials")
+    alpha: float = setting(1e-3, gt=0, lt=1, doc="per-trial one-sided binomial test on matching signs")
+    model_fpr: float = setting(
+        1e-3, gt=0, lt=1, doc="model-level false-positive target of the detected / not-detected decision"
+    )
+    calibration_keys: int = setting(
+        32, ge=1, doc="random keys scored on the never-watermarked model at protect time (-> the rate threshold)"
+    )
+    null_keys: int = setting(
+        16, ge=1, doc="random sign vectors every trial is also scored against (the null for TPR @ FPR)"
+    )
+    verify_batch_size: int = setting(64, ge=1, doc="trials per batched UNet forward")
+    verify_prompt: str = setting("", doc="the prompt verification inputs use")
 
-    name: str = "aiao"
+    name: str = setting("aiao", doc="label in results and logs")
     key_type: ClassVar[type[SecretKey]] = AIAOKey
     verification: ClassVar[Literal["none", "weights", "images"]] = "weights"
 

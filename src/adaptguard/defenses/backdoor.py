@@ -73,25 +73,42 @@ class _TriggerMix(Dataset):
 @dataclass
 class BackdoorDefense(OutputWatermark):
     # embedding
-    steps: int = setting(600, ge=1)
-    batch_size: int = setting(32, ge=1)
-    lr: float = setting(2e-4, gt=0)
-    trigger_fraction: float = setting(0.4, gt=0, lt=1)
-    split: str = "owner"
+    steps: int = setting(600, ge=1, doc="embedding fine-tune: optimizer steps (the whole UNet trains)")
+    batch_size: int = setting(32, ge=1, doc="embedding batch")
+    lr: float = setting(2e-4, gt=0, doc="embedding learning rate (AdamW, constant)")
+    trigger_fraction: float = setting(0.4, gt=0, lt=1, doc="share of (trigger, target) pairs among embedding items")
+    split: str = setting("owner", doc="the dataset split the owner fine-tunes on")
     # key
-    trigger: str | None = setting(None, nonempty=True, secret=True)  # None: a random secret trigger drawn with the key
-    trigger_length: int = setting(8, ge=1)
-    grid: int = setting(8, ge=2)
-    key_seed: int | None = setting(None, secret=True)  # None: drawn from the run seed (protect: a fresh key)
+    trigger: str | None = setting(
+        None,
+        nonempty=True,
+        secret=True,
+        doc="null: a random secret trigger of `trigger_length` characters, drawn with the key; a string: that trigger",
+    )
+    trigger_length: int = setting(8, ge=1, doc="characters of a random trigger")
+    grid: int = setting(8, ge=2, doc="the target image is a black / white grid of `grid²` bits")
+    key_seed: int | None = setting(
+        None,
+        secret=True,
+        doc="null: drawn from `seed`, so a command gives the same key on any cache (`adaptguard protect`: a fresh "
+        "secret key); an int fixes it",
+    )
     # verification
-    num_samples: int = setting(32, ge=1)
-    fpr: float = setting(1e-3, gt=0, lt=1)  # per image
-    model_fpr: float = setting(1e-3, gt=0, lt=1)  # model-level decision
-    null_keys: int = setting(63, ge=1)  # random keys each image is also scored against (null distribution)
-    sample_steps: int | None = setting(None, ge=1)
-    guidance_scale: float | None = setting(1.0, ge=0)  # verification sampling; None: the model's
+    num_samples: int = setting(32, ge=1, doc="trigger images per verification")
+    fpr: float = setting(1e-3, gt=0, lt=1, doc="per-image false-positive rate -> the matching-bits threshold")
+    model_fpr: float = setting(
+        1e-3, gt=0, lt=1, doc="model-level false-positive rate of the detected / not-detected decision"
+    )
+    null_keys: int = setting(63, ge=1, doc="random keys every image is also scored against (the null for TPR @ FPR)")
+    sample_steps: int | None = setting(None, ge=1, doc="sampler steps for verification images (null: the model's)")
+    guidance_scale: float | None = setting(
+        1.0,
+        ge=0,
+        doc="classifier-free guidance for trigger images (null: the model's); guidance towards the training data "
+        "distorts the target",
+    )
 
-    name: str = "backdoor"
+    name: str = setting("backdoor", doc="label in results and logs")
     key_type: ClassVar[type[SecretKey]] = BackdoorKey
 
     def make_key(self, seed: int | None = None) -> BackdoorKey:

@@ -158,26 +158,42 @@ class MaskLearning(L.LightningModule):
 @dataclass
 class FreezeAsGuardDefense(FreezingDefense):
     # the freezing mask
-    rho: float = setting(0.5, ge=0, le=1)  # freeze ratio
-    ratio_by: RatioBy = "tensors"  # what rho counts (top-k projection)
-    projection: Literal["topk", "threshold"] = "topk"  # topk: exactly rho; threshold: m > 0.5 as in the reference
-    illegal_split: str = "illegal"  # the publisher's examples of what must not be learned
-    legal_split: str = "legal"  # ... and of adaptation that must keep working
+    rho: float = setting(0.5, ge=0, le=1, doc="freeze ratio: the share of the UNet frozen")
+    ratio_by: RatioBy = setting(
+        "tensors", doc="what rho counts: exactly round(rho·n) tensors, or the closest share of parameters"
+    )
+    projection: Literal["topk", "threshold"] = setting(
+        "topk", doc="freeze exactly rho (topk), or where m > 0.5 (threshold: the reference; rho only soft)"
+    )
+    illegal_split: str = setting(
+        "illegal", doc="dataset split: the publisher's examples of what must not be learned (`experiment=freeze`)"
+    )
+    legal_split: str = setting(
+        "legal", doc="dataset split: examples of adaptation that must keep working (`experiment=freeze`)"
+    )
     # the simulated user theta_ft starts from a full fine-tune on illegal + legal data
-    user_steps: int = setting(300, ge=1)
-    user_lr: float = setting(1e-4, gt=0)
-    user_batch_size: int = setting(32, ge=1)
+    user_steps: int = setting(
+        300, ge=1, doc="steps of the simulated user's initial full fine-tune (cached apart from the mask)"
+    )
+    user_lr: float = setting(1e-4, gt=0, doc="learning rate of that fine-tune")
+    user_batch_size: int = setting(32, ge=1, doc="batch of that fine-tune")
     # mask learning
-    steps: int = setting(300, ge=1)
-    batch_size: int = setting(16, ge=1)  # per domain: each step sees batch_size illegal + batch_size legal images
-    publisher_every: int = setting(5, ge=1)  # every k-th step updates the mask, the others theta_ft
-    temperature: float = setting(0.2, gt=0)
-    init: Literal["constant", "uniform"] = "constant"  # constant: x at m = rho | uniform: U[0, 1) (the reference)
-    lr_mask: float = setting(30.0, gt=0)
-    c_sparsity: float = setting(50.0, ge=0)
-    lr_user: float = setting(1e-5, ge=0)
+    steps: int = setting(300, ge=1, doc="mask-learning steps (reference: 2000)")
+    batch_size: int = setting(
+        16, ge=1, doc="per domain: each mask-learning step sees batch_size illegal + batch_size legal images"
+    )
+    publisher_every: int = setting(5, ge=1, doc="every k-th step updates the mask, the others the simulated user")
+    temperature: float = setting(0.2, gt=0, doc="soft mask m = sigmoid(x / temperature)")
+    init: Literal["constant", "uniform"] = setting(
+        "constant", doc="mask scores start at m = rho (constant) or U[0, 1) (uniform, the reference)"
+    )
+    lr_mask: float = setting(30.0, gt=0, doc="publisher step size on the mask scores (reference: 10)")
+    c_sparsity: float = setting(
+        50.0, ge=0, doc="weight of (rho - mean m)²; above ~#tensors/1.6 the ratio oscillates (reference: 5e3)"
+    )
+    lr_user: float = setting(1e-5, ge=0, doc="the simulated user's step size during mask learning")
 
-    name: str = "freezeasguard"
+    name: str = setting("freezeasguard", doc="label in results and logs")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,23 +86,34 @@ class CodecConfig(Validated):
 
     config_key = "defense.codec"
 
-    bits: int = setting(48, ge=1)
-    encoder_hidden: int = setting(1024, ge=1)
-    decoder_width: int = setting(32, ge=1)
-    decoder_hidden: int = setting(256, ge=1)
-    steps: int = setting(1000, ge=1)
-    batch_size: int = setting(32, ge=1)
-    lr: float = setting(1e-3, gt=0)
-    weight_decay: float = setting(1e-2, ge=0)
-    grad_clip: float = setting(1.0, gt=0)
-    image_weight: float = setting(3.0, ge=0)
-    image_ramp_steps: int = setting(300, ge=0)
-    perceptual: Literal["auto", "lpips", "ssim", "none"] = "auto"  # auto: LPIPS if its weights are local, else SSIM
-    perceptual_weight: float = setting(0.25, ge=0)
-    perceptual_ramp_steps: int = setting(600, ge=0)
-    distortions: list[Any] = field(default_factory=list)  # image transforms applied during training
-    round_trip: bool = True  # latent models: read bits from the decoded image re-encoded, as verification does
-    split: str = "owner"
+    bits: int = setting(48, ge=1, doc="message length")
+    encoder_hidden: int = setting(1024, ge=1, doc="encoder MLP width")
+    decoder_width: int = setting(32, ge=1, doc="decoder conv width")
+    decoder_hidden: int = setting(256, ge=1, doc="decoder MLP width")
+    steps: int = setting(1000, ge=1, doc="stage-1 optimizer steps (reference: 10k)")
+    batch_size: int = setting(32, ge=1, doc="stage-1 batch")
+    lr: float = setting(1e-3, gt=0, doc="AdamW, linear decay to 0 (reference: 1e-4)")
+    weight_decay: float = setting(1e-2, ge=0, doc="AdamW weight decay")
+    grad_clip: float = setting(1.0, gt=0, doc="gradient clipping (reference: 1e-2)")
+    image_weight: float = setting(3.0, ge=0, doc="image MSE weight, ramped from 0 (reference: 30 over 2k steps)")
+    image_ramp_steps: int = setting(300, ge=0, doc="steps of that ramp")
+    perceptual: Literal["auto", "lpips", "ssim", "none"] = setting(
+        "auto", doc="perceptual loss; auto: LPIPS when torchvision's backbone weights are local, else SSIM"
+    )
+    perceptual_weight: float = setting(0.25, ge=0, doc="perceptual loss weight, ramped from 0")
+    perceptual_ramp_steps: int = setting(600, ge=0, doc="steps of that ramp")
+    distortions: list[Any] = setting(
+        default_factory=list,
+        doc="image transforms applied while training the decoder, e.g. [jpeg, blur] "
+        "([names](../attacks.md#image-attacks))",
+    )
+    round_trip: bool = setting(
+        True,
+        doc="latent models: the decoder learns from the watermarked latent decoded to an image and encoded again (a "
+        "posterior sample), the path verification reads; false: from the latent itself (cheaper on SD, but the VAE "
+        "round trip then erases what the decoder learned on the tiny model)",
+    )
+    split: str = setting("owner", doc="images the codec trains on")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -27,11 +27,17 @@ class RandomFreezeDefense(FreezingDefense):
     Answers whether a learned mask beats any mask of the same size.
     """
 
-    rho: float = setting(0.5, ge=0, le=1)
-    ratio_by: RatioBy = "tensors"
-    mask_seed: int | None = setting(None, secret=True)  # null: drawn from the run seed (protect: a fresh mask)
+    rho: float = setting(0.5, ge=0, le=1, doc="freeze ratio: the share of the UNet frozen")
+    ratio_by: RatioBy = setting(
+        "tensors", doc="what rho counts: exactly round(rho·n) tensors, or the closest share of parameters"
+    )
+    mask_seed: int | None = setting(
+        None,
+        secret=True,
+        doc="null: the mask is drawn from `seed` (`adaptguard protect`: a fresh one); an int fixes it",
+    )
 
-    name: str = "random_freeze"
+    name: str = setting("random_freeze", doc="label in results and logs")
 
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         sizes = candidate_sizes(model)

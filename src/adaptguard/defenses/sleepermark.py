@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -72,35 +72,72 @@ def watermark_target(
 
 @dataclass
 class SleeperMarkDefense(OutputWatermark):
-    codec: CodecConfig | dict[str, Any] = field(default_factory=CodecConfig)
+    codec: CodecConfig | dict[str, Any] = setting(
+        default_factory=CodecConfig, doc="stage 1: the message encoder / decoder, cached and message-independent"
+    )
     # key
-    trigger: str = setting("*[Z]& ", nonempty=True, secret=True)  # prepended to any prompt
-    key_seed: int | None = setting(None, secret=True)  # None: drawn from the run seed (protect: a fresh one)
+    trigger: str = setting(
+        "*[Z]& ",
+        nonempty=True,
+        secret=True,
+        doc="prepended to any prompt; the default is the paper's, public: set your own",
+    )
+    key_seed: int | None = setting(
+        None,
+        secret=True,
+        doc="null: drawn from `seed`, so a command gives the same message on any cache (`adaptguard protect`: a "
+        "fresh secret one); an int fixes it",
+    )
     # stage 2: L = w1 |e - e_wm|^2 + w2 |e - e_tr|^2 + |e(c) - e_n|^2, targets from the frozen original
-    steps: int = setting(400, ge=1)
-    batch_size: int = setting(16, ge=1)
-    paired: bool = False  # true: each image both triggered and plain (2x the student's batch per step)
-    lr: float = setting(3e-4, gt=0)
-    weight_decay: float = setting(1e-2, ge=0)
-    lr_scheduler: str = "cosine"
-    max_grad_norm: float | None = setting(1.0, gt=0)  # the reference's 1e-5 looks accidental (method note)
-    trainable: Literal["up_attention", "up_blocks", "decoder", "unet"] = "up_attention"  # reference: up_attention
-    eta: float | None = setting(None, gt=0)  # None: 0.05 for pixel models, 0.02 for latent (reference)
-    tau: float = 250.0
-    beta: float = setting(100.0, gt=0)
-    empty_prompt_p: float = setting(0.2, ge=0, le=1)  # untriggered term on "" this often: CFG's unconditional branch
-    small_t_fraction: float = setting(0.0, ge=0, le=1)  # share of t ~ w1(t) a_t/(1-a_t) (ours; reference: 0)
-    split: str = "owner"
+    steps: int = setting(400, ge=1, doc="stage-2 optimizer steps (reference: 20k)")
+    batch_size: int = setting(16, ge=1, doc="stage-2 batch (reference: 10)")
+    paired: bool = setting(
+        False,
+        doc="false: half of each batch triggered (watermark + fidelity terms), half plain (keep term), one teacher "
+        "forward and one student step; true: every image both ways on the same noisy latent (2x the rows, the "
+        "method note's form)",
+    )
+    lr: float = setting(3e-4, gt=0, doc="stage-2 learning rate (AdamW)")
+    weight_decay: float = setting(1e-2, ge=0, doc="stage-2 weight decay")
+    lr_scheduler: str = setting("cosine", doc="stage-2 schedule: any `diffusers.optimization` schedule")
+    max_grad_norm: float | None = setting(
+        1.0, gt=0, doc="gradient clipping (null: none; the reference's 1e-5 looks accidental)"
+    )
+    trainable: Literal["up_attention", "up_blocks", "decoder", "unet"] = setting(
+        "up_attention",
+        doc="the UNet weights stage 2 trains (up_attention: the up-blocks' attention, the reference; decoder: the "
+        "up-blocks and conv_out); norms stay frozen except with unet",
+    )
+    eta: float | None = setting(
+        None, gt=0, doc="scale of the watermark weight w1; null: the reference's 0.05 (pixel) / 0.02 (latent)"
+    )
+    tau: float = setting(250.0, doc="the timestep where w1 and w2 cross")
+    beta: float = setting(100.0, gt=0, doc="width of that crossover, in timesteps")
+    empty_prompt_p: float = setting(
+        0.2, ge=0, le=1, doc="the untriggered term uses the empty prompt this often (CFG's unconditional branch)"
+    )
+    small_t_fraction: float = setting(
+        0.0, ge=0, le=1, doc="share of each batch with t from q(t) ~ w1(t) a_t / (1 - a_t) (0: uniform, the reference)"
+    )
+    split: str = setting("owner", doc="the owner's images stage 2 trains on")
     # verification (black-box)
-    num_samples: int = setting(64, ge=1)
-    prompt_split: str = "eval"  # captions the trigger is prepended to
-    fpr: float = setting(1e-6, gt=0, lt=1)  # per image: matching-bits threshold (48 bits: >= 41)
-    model_fpr: float = setting(1e-3, gt=0, lt=1)
-    null_messages: int = setting(63, ge=1)  # random messages every image is also scored against
-    sample_steps: int | None = setting(None, ge=1)
-    guidance_scale: float | None = setting(None, ge=0)  # None: the model's default
+    num_samples: int = setting(64, ge=1, doc="verification prompts: the trigger + this many captions")
+    prompt_split: str = setting("eval", doc="the split whose captions the trigger is prepended to")
+    fpr: float = setting(
+        1e-6, gt=0, lt=1, doc="per-image false-positive rate -> the matching-bits threshold (48 bits: >= 41)"
+    )
+    model_fpr: float = setting(
+        1e-3, gt=0, lt=1, doc="model-level false-positive rate of the detected / not-detected decision"
+    )
+    null_messages: int = setting(
+        63, ge=1, doc="random messages every image is also scored against (the null for TPR @ FPR)"
+    )
+    sample_steps: int | None = setting(None, ge=1, doc="sampler steps for verification images (null: the model's)")
+    guidance_scale: float | None = setting(
+        None, ge=0, doc="classifier-free guidance for verification images (null: the model's)"
+    )
 
-    name: str = "sleepermark"
+    name: str = setting("sleepermark", doc="label in results and logs")
     key_type: ClassVar[type[SecretKey]] = SleeperMarkKey
 
     def __post_init__(self) -> None:

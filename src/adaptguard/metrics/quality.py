@@ -56,11 +56,13 @@ class QualityReport:
 class QualityEvaluator(Validated):
     config_key = "eval.fid"
 
-    num_samples: int = setting(128, ge=2)
-    feature: Literal["auto", "domain", "inception"] = "auto"  # auto: the dataset's domain extractor, else InceptionV3
-    weights_path: str | None = None  # torch-fidelity InceptionV3 weights (else torch hub cache)
-    kid_subset_size: int = setting(50, ge=2)
-    kid_subsets: int = setting(50, ge=1)
+    num_samples: int = setting(128, ge=2, doc="generated (and real) images per FID/KID")
+    feature: Literal["auto", "domain", "inception"] = setting(
+        "auto", doc="image features for FID/KID; auto: the dataset's domain extractor if it has one, else InceptionV3"
+    )
+    weights_path: str | None = setting(None, doc="torch-fidelity's InceptionV3 weights file; null: the torch hub cache")
+    kid_subset_size: int = setting(50, ge=2, doc="images per KID subset")
+    kid_subsets: int = setting(50, ge=1, doc="KID subsets")
     _real: dict[tuple[str, str], tuple[FrechetInceptionDistance, KernelInceptionDistance, list[str]]] = field(
         default_factory=dict, init=False, repr=False
     )

@@ -47,10 +47,10 @@ class SamplerConfig(Validated):
 
     config_key = "model.sampler"
 
-    name: Literal["ddim", "dpm", "euler"] = "ddim"
-    steps: int = setting(20, ge=1)
-    guidance_scale: float = setting(3.0, ge=0)
-    batch_size: int = setting(64, ge=1)
+    name: Literal["ddim", "dpm", "euler"] = setting("ddim", doc="the sampler (dpm: DPM-Solver++)")
+    steps: int = setting(20, ge=1, doc="sampler steps")
+    guidance_scale: float = setting(3.0, ge=0, doc="classifier-free guidance, against the empty prompt")
+    batch_size: int = setting(64, ge=1, doc="images per sampling batch")
 
 
 class DiffusionModel(nn.Module):

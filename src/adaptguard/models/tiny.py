@@ -9,7 +9,7 @@ pixel-space model. See benchmarks/bench.py for step times.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -26,12 +26,20 @@ from adaptguard.models.tokenizer import DEFAULT_WORDS, build_tokenizer
 class TinyUNetSpec(Validated):
     config_key = "model.unet"
 
-    block_out_channels: list[int] = setting(default_factory=lambda: [32, 64, 64], nonempty=True)
-    down_block_types: list[str] = field(default_factory=lambda: ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"])
-    up_block_types: list[str] = field(default_factory=lambda: ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"])
-    layers_per_block: int = setting(1, ge=1)
-    attention_head_dim: int = setting(8, ge=1)
-    norm_num_groups: int = setting(8, ge=1)
+    block_out_channels: list[int] = setting(
+        default_factory=lambda: [32, 64, 64], nonempty=True, doc="channels per resolution level"
+    )
+    down_block_types: list[str] = setting(
+        default_factory=lambda: ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+        doc="diffusers down-block types, one per level (cross-attention where they say so)",
+    )
+    up_block_types: list[str] = setting(
+        default_factory=lambda: ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+        doc="diffusers up-block types, deepest level first",
+    )
+    layers_per_block: int = setting(1, ge=1, doc="ResNet layers per block")
+    attention_head_dim: int = setting(8, ge=1, doc="attention head size")
+    norm_num_groups: int = setting(8, ge=1, doc="group-norm groups")
 
 
 @dataclass
@@ -40,10 +48,14 @@ class TinyVAESpec(Validated):
 
     config_key = "model.vae"
 
-    block_out_channels: list[int] = setting(default_factory=lambda: [32, 64, 64], nonempty=True)
-    layers_per_block: int = setting(1, ge=1)
-    latent_channels: int = setting(4, ge=1)
-    norm_num_groups: int = setting(8, ge=1)
+    block_out_channels: list[int] = setting(
+        default_factory=lambda: [32, 64, 64],
+        nonempty=True,
+        doc="channels per level; each level after the first halves the resolution",
+    )
+    layers_per_block: int = setting(1, ge=1, doc="ResNet layers per level")
+    latent_channels: int = setting(4, ge=1, doc="latent channels")
+    norm_num_groups: int = setting(8, ge=1, doc="group-norm groups")
 
     @property
     def downsampling(self) -> int:
@@ -63,22 +75,22 @@ class TinyVAESpec(Validated):
 class TinyTextSpec(Validated):
     config_key = "model.text_encoder"
 
-    hidden_size: int = setting(64, ge=1)
-    intermediate_size: int = setting(128, ge=1)
-    num_hidden_layers: int = setting(2, ge=1)
-    num_attention_heads: int = setting(4, ge=1)
-    max_length: int = setting(32, ge=4)
-    vocab_size: int = setting(512, ge=259)  # 256 bytes + 3 special tokens at least
+    hidden_size: int = setting(64, ge=1, doc="width of the CLIP text encoder")
+    intermediate_size: int = setting(128, ge=1, doc="width of its feed-forward layers")
+    num_hidden_layers: int = setting(2, ge=1, doc="depth")
+    num_attention_heads: int = setting(4, ge=1, doc="attention heads")
+    max_length: int = setting(32, ge=4, doc="prompt tokens")
+    vocab_size: int = setting(512, ge=259, doc="byte-level BPE vocabulary (>= 259: 256 bytes + 3 special tokens)")
 
 
 @dataclass
 class TinySchedulerSpec(Validated):
     config_key = "model.scheduler"
 
-    num_train_timesteps: int = setting(1000, ge=2)
-    beta_schedule: str = "squaredcos_cap_v2"
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    clip_sample: bool = True
+    num_train_timesteps: int = setting(1000, ge=2, doc="diffusion timesteps of the training noise schedule")
+    beta_schedule: str = setting("squaredcos_cap_v2", doc="diffusers' beta schedule name")
+    prediction_type: Literal["epsilon", "v_prediction"] = setting("epsilon", doc="what the UNet predicts")
+    clip_sample: bool = setting(True, doc="clip x0 to [-1, 1] while sampling (pixels are bounded, latents are not)")
 
 
 def build_tiny_model(

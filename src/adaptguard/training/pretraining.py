@@ -35,21 +35,31 @@ class PretrainConfig(Validated):
 
     config_key = "model.pretrain"
 
-    steps: int = setting(6000, ge=1)
-    batch_size: int = setting(32, ge=1)
-    lr: float = setting(1e-3, gt=0)
-    warmup_steps: int = setting(200, ge=0)
-    lr_scheduler: str = "cosine"
-    caption_dropout: float = setting(0.1, ge=0, le=1)
-    dataset_size: int = setting(16384, ge=1)
-    checkpoint_every: int = setting(250, ge=1)
-    ema_decay: float | None = setting(0.999, gt=0, lt=1)  # null: no EMA
+    steps: int = setting(6000, ge=1, doc="the UNet stage's optimizer steps (latent models: on cached latents)")
+    batch_size: int = setting(32, ge=1, doc="the UNet stage's batch")
+    lr: float = setting(1e-3, gt=0, doc="the UNet stage's learning rate (AdamW)")
+    warmup_steps: int = setting(200, ge=0, doc="learning-rate warm-up steps")
+    lr_scheduler: str = setting("cosine", doc="any `diffusers.optimization` schedule name")
+    caption_dropout: float = setting(0.1, ge=0, le=1, doc="share of empty captions (classifier-free guidance)")
+    dataset_size: int = setting(16384, ge=1, doc="shapes images in the pretraining split")
+    checkpoint_every: int = setting(250, ge=1, doc="steps between resumable checkpoints (does not change the weights)")
+    ema_decay: float | None = setting(
+        0.999,
+        gt=0,
+        lt=1,
+        doc="exponential moving average of the weights (Lightning's `EMAWeightAveraging`); null: none. Keep "
+        "decay^steps small: 0.999 over 1500 steps keeps 22 % of the random init",
+    )
     # latent models only: the VAE stage that runs first
-    vae_steps: int = setting(1500, ge=1)
-    vae_batch_size: int = setting(16, ge=1)
-    vae_lr: float = setting(1e-3, gt=0)
-    kl_weight: float = setting(1e-4, ge=0)  # per latent element, relative to the per-pixel reconstruction
-    vae_crop: int | None = setting(None, ge=8)  # train the VAE on random crops of this size (null: whole images)
+    vae_steps: int = setting(1500, ge=1, doc="latent models: optimizer steps of the VAE stage that runs first")
+    vae_batch_size: int = setting(16, ge=1, doc="latent models: the VAE stage's batch")
+    vae_lr: float = setting(1e-3, gt=0, doc="latent models: the VAE stage's learning rate")
+    kl_weight: float = setting(
+        1e-4, ge=0, doc="VAE loss: MSE + L1 reconstruction + this × KL (the latent's KL sum per image element)"
+    )
+    vae_crop: int | None = setting(
+        None, ge=8, doc="the VAE trains on random crops of this size (it is convolutional); null: whole images"
+    )
 
 
 def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: PretrainConfig, ctx: RunContext, work: Path):
