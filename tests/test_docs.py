@@ -20,7 +20,7 @@ from adaptguard.attacks import (
     WeightNoise,
 )
 from adaptguard.cli import reference
-from adaptguard.cli.key_table import class_keys
+from adaptguard.cli.key_table import class_keys, names_class
 from adaptguard.core.config import key_docs, setting
 from adaptguard.data import (
     AfhqDataModule,
@@ -187,3 +187,10 @@ def test_check_names_a_stale_page_and_rewriting_fixes_it(tmp_path, capsys):
     assert "| `attack.steps` | 300 (dreambooth 400) | optimizer steps |" in text  # the yaml's value beside the class's
     assert "| `attack.instance_dir` | null | *dreambooth*: " in text  # a key only some classes have names them
     assert reference.main(["--check", str(page)]) == 0
+
+
+def test_an_option_whose_target_does_not_import_configures_no_class():
+    """conf/ may hold options for code outside the package (``examples.*``): the tables skip them, not crash."""
+    assert names_class("adaptguard.attacks.finetune.FullFineTune", FullFineTune)
+    assert names_class("adaptguard.attacks.FullFineTune", FullFineTune)  # a re-export names it too
+    assert not names_class("examples.nowhere.MyAttack", FullFineTune)

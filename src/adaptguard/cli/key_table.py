@@ -60,6 +60,19 @@ def load_class(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def names_class(target: Any, cls: type) -> bool:
+    """Whether a yaml's ``_target_`` is ``cls``; one that does not import (``examples.*`` outside the package,
+    run from elsewhere) is no class of the library's tables."""
+    if not target:
+        return False
+    if target == f"{cls.__module__}.{cls.__qualname__}":
+        return True
+    try:
+        return load_class(str(target)) is cls
+    except (ImportError, AttributeError):
+        return False
+
+
 def class_keys(cls: type) -> list[Key]:
     """The config keys of ``cls`` in declaration order (base classes first)."""
     docs, secrets = key_docs(cls), secret_fields(cls)
@@ -164,7 +177,7 @@ def _options_of(
         if node is None:
             continue
         target = node.get("_target_")
-        if (target and load_class(str(target)) is cls) or (not target and len(classes) == 1):
+        if names_class(target, cls) or (not target and len(classes) == 1):
             found.append((option, node))
     return found
 

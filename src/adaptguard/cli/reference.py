@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from adaptguard.cli.config import config_dir
-from adaptguard.cli.key_table import Option, load_class, load_options, table
+from adaptguard.cli.key_table import Option, load_class, load_options, names_class, table
 
 MARKER = re.compile(r"(<!-- keys: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /keys -->)", re.DOTALL)
 
@@ -107,8 +107,7 @@ def _ordered(options: Sequence[Option], pairs: Sequence[tuple[str, type]]) -> li
 
     def rank(option: Option) -> int:
         target = option.config.get("_target_")
-        cls = load_class(str(target)) if target else None
-        return classes.index(cls) if cls in classes else len(classes)
+        return next((i for i, cls in enumerate(classes) if names_class(target, cls)), len(classes))
 
     return sorted(options, key=rank)
 
