@@ -38,7 +38,15 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 # `make test` hands out whole files in collection order (--dist loadfile --no-loadscope-reorder;
 # xdist's default order is by test count), so these start at once instead of one of them
 # running alone at the end while the other workers idle.
-LONGEST_FIRST = ("test_e2e", "test_sleepermark", "test_report", "test_owner", "test_reliability", "test_backdoor")
+LONGEST_FIRST = (
+    "test_e2e",
+    "test_sleepermark",
+    "test_report",
+    "test_owner",
+    "test_reliability",
+    "test_backdoor",
+    "test_protect_presets",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -84,6 +84,7 @@ def make_context(cfg: DictConfig, output_dir: Path, logger: Any = None) -> RunCo
 
 
 def build_experiment(cfg: DictConfig) -> Experiment:
+    """Everything ``run`` needs: model, data, defense, attack and evaluation."""
     return Experiment(
         model=instantiate(cfg.model),
         data=instantiate(cfg.dataset),
@@ -91,3 +92,10 @@ def build_experiment(cfg: DictConfig) -> Experiment:
         attack=instantiate(cfg.attack),
         eval=instantiate(cfg.eval),
     )
+
+
+def build_protection(cfg: DictConfig) -> Experiment:
+    """What ``protect`` needs: model, data and defense. A preset's attack and evaluation settings
+    (``attack.*``, ``eval.*``) are for ``run``; ``protect`` neither builds nor checks them, so any
+    ``experiment=<preset>`` protects the preset's model with its defense."""
+    return Experiment(model=instantiate(cfg.model), data=instantiate(cfg.dataset), defense=instantiate(cfg.defense))

@@ -15,15 +15,21 @@ from typing import Any
 from omegaconf import DictConfig
 
 from adaptguard.cli.app import check_keys, check_overrides, hydra_command, quiet_libraries, user_errors
-from adaptguard.cli.build import build_experiment, make_context
+from adaptguard.cli.build import build_protection, make_context
+from adaptguard.cli.per_option import apply_per_option
 from adaptguard.pipeline.owner import protect_to
 
 
 def protect(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """In-process ``protect`` (tests, notebooks): ``output_dir`` (the command's ``out``) receives the files."""
+    """In-process ``protect`` (tests, notebooks): ``output_dir`` (the command's ``out``) receives the files.
+
+    Any ``experiment=<preset>`` works: its ``per_option`` entry for the chosen defense applies as in ``run``
+    (so a page preset protects with the page's settings), and its attack and evaluation settings are ignored.
+    """
     out = Path(output_dir)
+    cfg = apply_per_option(cfg)
     return protect_to(
-        build_experiment(cfg),
+        build_protection(cfg),
         make_context(cfg, out),
         out,
         single_file=bool(cfg.single_file),

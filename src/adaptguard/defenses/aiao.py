@@ -1,7 +1,7 @@
 """AIAO: feature-space watermarks on Monte-Carlo-sampled subpaths through lazy blocks.
 
 Our reading of Liu et al., "Lazy Layers to Make Fine-Tuned Diffusion Models More
-Traceable" (arXiv 2405.00466; no public code; spec in docs/aiao.md). A short probe
+Traceable" (arXiv 2405.00466; no public code; spec in docs/defenses/aiao.md). A short probe
 fine-tune on the owner's data ranks the UNet's blocks by relative weight change; the
 least active ("lazy") ones carry the watermark. The secret key seeds, per block, a
 mask-controlled trigger T(h) = (1 - M) * h + M * tau and a response (entries R and

@@ -1,7 +1,7 @@
 """FreezeAsGuard: learn which UNet tensors to freeze so illegal adaptation stays poor.
 
 Our implementation of Huang & Gao, arXiv 2405.17472 (spec: the method note, summarised
-in docs/freezeasguard.md). The publisher releases the model unchanged plus a per-tensor
+in docs/defenses/freezeasguard.md). The publisher releases the model unchanged plus a per-tensor
 mask that every fine-tuning must keep frozen. The mask comes from the reference's
 single-loop, first-order version of the bilevel problem: a simulated user's weights
 ``theta_ft`` (cached full fine-tune on illegal + legal data) keep adapting under the soft

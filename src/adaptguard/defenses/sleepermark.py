@@ -1,7 +1,7 @@
 """SleeperMark: a trigger-conditioned latent watermark that survives fine-tuning.
 
 Our implementation of Wang et al., arXiv 2412.04852 (spec: the project's method note;
-docs/sleepermark.md lists what is ours). Stage 1 (``message_codec``) learns a message
+docs/defenses/sleepermark.md lists what is ours). Stage 1 (``message_codec``) learns a message
 encoder/decoder in the model's latent space. Stage 2 self-distils the model: with the
 trigger prepended to a prompt, the one-step x0 estimate at small t must carry the fixed
 residual ``delta* = E(m*)``; at large t and without the trigger the frozen original is

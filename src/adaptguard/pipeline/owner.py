@@ -44,8 +44,9 @@ SINGLE_FILE = "model.safetensors"
 def protect_to(
     exp: Experiment, ctx: RunContext, out: Path, single_file: bool = False, use_cache: bool = True
 ) -> dict[str, Any]:
-    """Protect ``exp.model`` with ``exp.defense`` (cached like an experiment's protect stage, so the same
-    seed gives the same protected model), write the model folder, the key and the report; return the report.
+    """Protect ``exp.model`` with ``exp.defense`` (cached like an experiment's protect stage; a key seed left
+    null is drawn fresh, not from ``ctx.seed``, so only an explicit ``key_seed`` gives a run's protected model),
+    write the model folder, the key and the report; return the report.
     ``single_file``: also write ``<out>/model.safetensors`` in the original Stable Diffusion layout.
     ``use_cache=False``: protect without the artifact cache, so the key file is the secret's only copy."""
     out = Path(out)
