@@ -4,6 +4,7 @@ page, its refusal to average different experiments, and the wandb names, group a
 import csv
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -15,6 +16,7 @@ from adaptguard.reporting.seeds import MixedConfigsError, aggregate, group_by_co
 from tests.helpers import REPO, assert_secrets_only_in_owner_only_keys, cli
 
 KEY_SEED = "918273645"
+DEFENSES = ("backdoor", "aiao", "aiao_busy", "sleepermark")
 STEPS = [  # compare_watermarks at reduced steps: every defense of the preset, a training and a weight attack
     "++per_option.defense.backdoor={steps: 10, num_samples: 8, null_keys: 15}",
     "++per_option.defense.aiao={steps: 5, probe_steps: 2, calibration_keys: 4, num_subpaths: 16, null_keys: 4}",
@@ -67,8 +69,10 @@ def test_compare_watermarks_runs_on_micro_and_the_page_averages_its_seeds(micro_
     text = (tmp_path / "results.md").read_text()
     assert "python -m experiments.run -m experiment=compare_watermarks model=micro seed=0,1 attack=full,prune" in text
     assert KEY_SEED not in text and "defense.key_seed=<redacted>" in text
-    rows = [line for line in text.splitlines() if line.startswith(("| backdoor ×", "| aiao", "| sleepermark ×"))]
-    assert len(rows) == 8 and all(" | 2 | " in r and "0: " in r and "1: " in r for r in rows)
+    rows = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} ×" for d in DEFENSES))]
+    assert len(rows) == 8 and all(" | 0 1 | " in r and "0: " in r and "1: " in r for r in rows)
+    models = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} |" for d in DEFENSES))]
+    assert len(models) == 4 and all(" | 0 1 | 1 | " in r for r in models)  # a protected model once, not per attack
     with (tmp_path / "results" / "summary.csv").open() as f:
         summary = list(csv.DictReader(f))
     assert len(summary) == 8 and {r["seeds"] for r in summary} == {"0 1"}
@@ -95,9 +99,84 @@ def test_a_later_sweep_without_image_attacks_does_not_hide_the_heatmap(micro_swe
     page = cli(["report", str(micro_sweep), str(curves), "--out", str(tmp_path / "results")])
     assert page.code == 0, page.stderr
     text = (tmp_path / "results.md").read_text()
-    assert all(text.count(f"| {w} × full (attack.steps=100) | 1 |") == 1 for w in watermarks)
-    assert "](results/image_attacks.png)" in text
+    assert all(text.count(f"| {w} × full (steps=100) | 0 |") == 1 for w in watermarks)
+    assert "](results/image_attacks.png)" in text and "**Warning:**" not in text  # no image attacks is no conflict
     assert (tmp_path / "results" / "image_attacks.png").stat().st_size > 5000
+
+
+def _copy_as_another_sweep(micro_sweep, folder, edit):
+    """Seed 0's full fine-tunes of ``micro_sweep`` as a second sweep whose shared settings differ: the same
+    protected models, evaluated again by another experiment (``edit`` changes each record)."""
+    jobs = {}
+    for path in sorted(micro_sweep.glob("*/results.json")):
+        record = json.loads(path.read_text())
+        if record["run"]["seed"] == 0 and record["run"]["attack"] == "full":
+            experiment = record["config"]["experiment"]
+            experiment["eval"]["image_attacks"], experiment["eval"]["at_steps"] = [], [0, 3]
+            experiment["attack"]["steps"] = 100
+            record["protected"]["image_attacks"] = {}
+            edit(record)
+            shutil.copytree(path.parent, folder / path.parent.name, ignore=shutil.ignore_patterns("wandb"))
+            (folder / path.parent.name / "results.json").write_text(json.dumps(record))
+            jobs[record["run"]["defense"]] = folder / path.parent.name
+    return jobs
+
+
+@pytest.mark.slow
+def test_merged_sweeps_read_as_comparisons_with_short_labels_per_seed_decisions_and_one_number_per_model(
+    micro_sweep, tmp_path, monkeypatch
+):
+    from matplotlib.text import Text
+
+    from adaptguard.reporting import figures
+    from adaptguard.reporting.page import write_page
+
+    runs = [RunResult.read(p) for p in sorted(micro_sweep.glob("*/results.json"))]
+    assert runs[0].report["defense"].options and "rho" not in runs[0].report["defense"].options  # the class's
+    other = _copy_as_another_sweep(micro_sweep, tmp_path / "other", lambda record: None)
+    texts, legends, save = {}, {}, figures._save
+
+    def spy(fig, plt, path):  # every text a PNG shows, and its legends' entries
+        texts[path.name] = [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+        legends[path.name] = [len(leg.legend_handles) for leg in fig.legends]
+        return save(fig, plt, path)
+
+    monkeypatch.setattr(figures, "_save", spy)
+    page = write_page([micro_sweep, tmp_path / "other"], tmp_path / "results")
+    text = page.markdown.read_text()
+    assert "## Comparison 1. sweep" in text and "## Comparison 2. other" in text
+    first_cells = [line.split(" | ")[0][2:] for line in text.splitlines()
+                   if line.startswith("| ") and not line.startswith(("| `", "| setting"))]  # fmt: skip
+    assert first_cells and max(map(len, first_cells)) <= 60, max(first_cells, key=len)
+    assert "| backdoor × full | 0 |" in text  # the second comparison: only defense × attack vary in it
+    with (tmp_path / "results" / "summary.csv").open() as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 12 and max(len(r["group"]) for r in summary) <= 60
+    assert len({(r["comparison"], r["group"]) for r in summary}) == 12  # unique within a comparison
+    assert {"robustness_vs_cost.png", "image_attacks.png"} <= set(texts)
+    too_long = [t for ts in texts.values() for t in ts if len(t) > 60]
+    assert not too_long, too_long
+    assert legends["robustness_vs_cost.png"] == [4, 2]  # a colour per defense, a marker per attack: not per point
+    assert all((tmp_path / "results" / name).stat().st_size > 5000 for name in texts)
+    # per-seed decisions, before (protected models) and after the attack
+    decided = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} " for d in DEFENSES))]
+    assert all(re.search(r"0: (yes|no) \d\.\d\d \[", line) for line in decided), decided
+    assert "detected before" in text and "detected after" in text
+    # one protected model, one row: both sweeps' jobs of each defense's seed 0 share it
+    models = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} |" for d in DEFENSES))]
+    assert len(models) == 4 and all(" | 0 1 | 1, 2 | " in r for r in models), models
+    assert "**Warning:**" not in text
+    # a second job that read another number for the same protected model is named, not averaged away
+    for job in other.values():
+        shutil.rmtree(job)
+    other = _copy_as_another_sweep(micro_sweep, tmp_path / "other", lambda r: r["protected"]["verification"].update(
+        rate=r["protected"]["verification"]["rate"] / 2 + 0.01))  # fmt: skip
+    text = write_page([micro_sweep, tmp_path / "other"], tmp_path / "results").markdown.read_text()
+    warnings = [line for line in text.splitlines() if line.startswith("**Warning:**")]
+    assert len(warnings) == 4 and all(sum(str(job) in w for w in warnings) == 1 for job in other.values()), warnings
+    assert all("`verify/rate_before`" in w and "seed 0" in w for w in warnings)
+    models = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} |" for d in DEFENSES))]
+    assert len(models) == 4 and all(" ⚠ |" in line for line in models)  # the cell says it, too
 
 
 @pytest.mark.slow

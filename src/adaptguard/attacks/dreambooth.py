@@ -70,6 +70,7 @@ class DreamBooth(LoraOptions, FineTuning):
 
     name: str = setting("dreambooth", doc="label in results and logs")
     save_modes: ClassVar[tuple[str, ...]] = ("merged", "adapter")
+    report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "rank", "num_class_images")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from adaptguard.attacks.base import Attack
 from adaptguard.core.config import setting
@@ -33,6 +33,7 @@ class ExternalModel(Attack):
         None, doc="the pipeline folder a LoRA, bare UNet or single file completes; null: the run's protected model"
     )
     name: str = setting("external", doc="label in results and logs")
+    report_options: ClassVar[tuple[str, ...]] = ("path", "lora_weights")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -206,6 +206,7 @@ class LoraFineTune(LoraOptions, FullFineTune):
 
     lr: float = setting(1e-3, gt=0)
     name: str = "lora"
+    report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "rank")
 
     save_modes: ClassVar[tuple[str, ...]] = ("merged", "adapter")
 

@@ -18,6 +18,7 @@ class NoAttack(Attack):
 
     name: str = "none"
     adapts: ClassVar[bool] = False
+    report_options: ClassVar[tuple[str, ...]] = ()
 
     def run(
         self,

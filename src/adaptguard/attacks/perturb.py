@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -65,6 +65,7 @@ class MagnitudePrune(_WeightEdit):
 
     ratio: float = setting(0.3, ge=0, lt=1, doc="share of the editable weights set to zero")
     name: str = setting("prune", doc="label in results and logs")
+    report_options: ClassVar[tuple[str, ...]] = ("ratio",)
 
     def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
         targets = [module for _, module in editable_weights(model, constraint)]
@@ -87,6 +88,7 @@ class Int8Quantize(_WeightEdit):
     """
 
     name: str = setting("quantize", doc="label in results and logs")
+    report_options: ClassVar[tuple[str, ...]] = ()
 
     def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
         err, count = 0.0, 0
@@ -106,6 +108,7 @@ class WeightNoise(_WeightEdit):
 
     sigma: float = setting(0.05, ge=0, doc="noise scale, in units of each tensor's own std")
     name: str = setting("weight_noise", doc="label in results and logs")
+    report_options: ClassVar[tuple[str, ...]] = ("sigma",)
 
     def edit(self, model: DiffusionModel, constraint: FineTuneConstraint | None, ctx: RunContext) -> dict[str, Any]:
         g = ctx.generator(offset=900)

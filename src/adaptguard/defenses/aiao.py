@@ -131,6 +131,7 @@ class AIAODefense(Defense):
 
     name: str = setting("aiao", doc="label in results and logs")
     key_type: ClassVar[type[SecretKey]] = AIAOKey
+    report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "probe_steps", "num_subpaths")
     verification: ClassVar[Literal["none", "weights", "images"]] = "weights"
 
     # ------------------------------------------------------------------ key

@@ -110,6 +110,7 @@ class BackdoorDefense(OutputWatermark):
 
     name: str = setting("backdoor", doc="label in results and logs")
     key_type: ClassVar[type[SecretKey]] = BackdoorKey
+    report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "num_samples")
 
     def make_key(self, seed: int | None = None) -> BackdoorKey:
         seed = seed if seed is not None else self.key_seed

@@ -34,6 +34,10 @@ class Defense(Validated, ABC):
     verification: ClassVar[Literal["none", "weights", "images"]] = "none"
     # bump when a change to verification makes keys written before it read differently (owner key files)
     version: ClassVar[int] = 1
+    # results pages (recorded in results.json's ``report``): the option keys its settings row shows (nested:
+    # ``codec.steps``), and whether it is the unconstrained reference other defenses' attack FIDs are measured against
+    report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr")
+    report_reference: ClassVar[bool] = False
 
     @abstractmethod
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
@@ -194,6 +194,7 @@ class FreezeAsGuardDefense(FreezingDefense):
     lr_user: float = setting(1e-5, ge=0, doc="the simulated user's step size during mask learning")
 
     name: str = setting("freezeasguard", doc="label in results and logs")
+    report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "rho", "user_steps")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -18,6 +18,8 @@ class NoDefense(Defense):
 
     name: str = "none"
     modifies_weights: ClassVar[bool] = False
+    report_options: ClassVar[tuple[str, ...]] = ()
+    report_reference: ClassVar[bool] = True  # what constrained fine-tuning is measured against
 
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         return Protected(model=model, key=None, info={})

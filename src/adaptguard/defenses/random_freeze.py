@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from adaptguard.core.config import setting
 from adaptguard.core.context import RunContext
@@ -38,6 +39,7 @@ class RandomFreezeDefense(FreezingDefense):
     )
 
     name: str = setting("random_freeze", doc="label in results and logs")
+    report_options: ClassVar[tuple[str, ...]] = ("rho",)
 
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         sizes = candidate_sizes(model)

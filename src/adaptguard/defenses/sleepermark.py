@@ -139,6 +139,7 @@ class SleeperMarkDefense(OutputWatermark):
 
     name: str = setting("sleepermark", doc="label in results and logs")
     key_type: ClassVar[type[SecretKey]] = SleeperMarkKey
+    report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "codec.steps", "num_samples")
 
     def __post_init__(self) -> None:
         self.codec = from_mapping(CodecConfig, self.codec)

@@ -32,7 +32,7 @@ from adaptguard.pipeline.evaluator import Evaluator
 from adaptguard.pipeline.experiment import Experiment
 from adaptguard.reporting.logger import log_results
 from adaptguard.reporting.plots import plot_curves
-from adaptguard.reporting.results import AttackReport, CurvePoint, ModelReport, RunInfo, RunResult
+from adaptguard.reporting.results import AttackReport, CurvePoint, ModelReport, ReportSettings, RunInfo, RunResult
 
 log = logging.getLogger(__name__)
 
@@ -220,4 +220,5 @@ def build_result(
         stages=ev.tracker.to_dict(),
         files=ev.files,
         cached=ev.shared.hits,
+        report={"defense": ReportSettings.of(exp.defense), "attack": ReportSettings.of(exp.attack)},
     )

@@ -45,6 +45,12 @@ NAMES: Mapping[str, str] = {
 }
 
 
+def before_attack(name: str) -> bool:
+    """Is ``name`` measured on the base or protected model (one number per protected model, whichever attack
+    followed)? Costs are the job's own (a cached protection costs 0), so they are not."""
+    return not name.startswith(("cost/", "curve/")) and "_after" not in name and "attacked" not in name
+
+
 def _verification(out: dict[str, float], v: VerificationReport | None, when: str, suffix: str = "") -> None:
     if v is None:
         return

@@ -1,15 +1,20 @@
 """The results page ``adaptguard report <sweeps> --out docs/results`` writes: markdown, CSV and PNGs.
 
 Every number is a mean across seeds with its 95 % t interval and the number of seeds; each seed's own
-Clopper-Pearson interval stays beside it, so the reader sees both the key-to-key spread and each key's
-sampling error. Sections appear when the sweeps measured what they show.
+decision and Clopper-Pearson interval stay beside it, so the reader sees both the key-to-key spread and each
+key's sampling error. The protected models come first, each counted once (numbers before any attack); then a
+section per comparison (reporting.comparisons) with what the attacks left. Sections appear when the sweeps
+measured what they show; which options a settings row lists and which defense is the unconstrained reference
+come from the classes' declarations recorded in results.json (reporting.declared), never from names here.
 """
 
 from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +23,14 @@ import yaml
 
 from adaptguard.metrics.stats import SeedInterval
 from adaptguard.reporting import figures
+from adaptguard.reporting.comparisons import UNSET, Comparison, shared, split
+from adaptguard.reporting.declared import declared
 from adaptguard.reporting.headline import headline
-from adaptguard.reporting.results import RunResult
-from adaptguard.reporting.seeds import SeedGroup, group_by_config, varying_keys
+from adaptguard.reporting.protected import ProtectedRow, protected_rows, warnings
+from adaptguard.reporting.results import RunResult, VerificationReport
+from adaptguard.reporting.seeds import SeedGroup, group_by_config, identity
 from adaptguard.reporting.sweep import collect, failed_table
+from adaptguard.reporting.table import label
 
 
 @dataclass
@@ -39,26 +48,62 @@ def estimate(s: SeedInterval | None, digits: int = 3) -> str:
     return f"{s.mean:.{digits}f} ± {(s.high - s.low) / 2:.{digits}f}"
 
 
-def seed_rates(group: SeedGroup) -> str:
-    """Each seed's rate after the attack with its own Clopper-Pearson interval."""
-    cells = []
-    for run in group.runs:
-        attack = next(iter(run.attacks.values()), None)
-        v = attack.model.verification if attack else run.protected.verification
-        if v is not None:
-            ci = f" [{v.ci[0]:.2f}, {v.ci[1]:.2f}]" if v.ci else ""
-            cells.append(f"{run.run.seed}: {v.rate:.2f}{ci}")
-    return "; ".join(cells) or "-"
+def table(head: Sequence[str], rows: Sequence[Sequence[str]], keep: int = 2) -> str:
+    """A markdown table without the columns that are ``-`` in every row (past the first ``keep``)."""
+    cols = [i for i in range(len(head)) if i < keep or any(r[i] != "-" for r in rows)]
+    cell = [[str(x).replace("|", "\\|") for x in r] for r in [head, *rows]]
+    lines = ["| " + " | ".join(r[i] for i in cols) + " |" for r in cell]
+    return "\n".join([lines[0], "|" + "---|" * len(cols), *lines[1:]])
 
 
-def labels(groups: Sequence[SeedGroup]) -> list[str]:
-    """``aiao × full`` plus the settings that tell groups apart (``defense.rho=0.2``)."""
-    keys = varying_keys(groups)
+def decision(seed: int, v: VerificationReport | None) -> str | None:
+    """``0: yes 0.78 [0.66, 0.87]``: a seed's decision (declared detected or not), rate and Clopper-Pearson."""
+    if v is None:
+        return None
+    ci = f" [{v.ci[0]:.2f}, {v.ci[1]:.2f}]" if v.ci else ""
+    return f"{seed}: {'yes' if v.detected else 'no'} {v.rate:.2f}{ci}"
+
+
+def decisions(cells: Sequence[str | None]) -> str:
+    return "; ".join(c for c in cells if c) or "-"
+
+
+def detected(values: Sequence[float | None]) -> str:
+    """How many seeds were declared detected, of those verified (``2/3``)."""
+    known = [v for v in values if v is not None]
+    return f"{sum(v > 0.5 for v in known)}/{len(known)}" if known else "-"
+
+
+def fprs(names: Sequence[str], when: str) -> list[str]:
+    """The FPRs TPR was measured at (``verify/tpr_<when>@fpr<f>``), largest first."""
+    found = {m.group(1) for n in names if (m := re.fullmatch(rf"verify/tpr_{when}@fpr([^/]+)", n))}
+    return sorted(found, key=lambda f: -float(f))
+
+
+SEED_COLUMN = "per seed: detected, rate [CP 95 %]"
+
+
+def protected_table(rows: Sequence[ProtectedRow]) -> str:
+    """A row per protected model setting: its numbers before any attack, each model counted once."""
+    names = list(dict.fromkeys(n for r in rows for n in r.stats))
+    tprs = fprs(names, "before")
+    facts = [n for n in names if n.startswith("defense/")]
+    head = ["protected model", "seeds", "in comparisons", "rate before", "detected before", SEED_COLUMN,
+            *(f"TPR@FPR {f}" for f in tprs), "never-watermarked", "FID base", "FID protected", "FID Δ (protection)",
+            *(label(n[len("defense/") :]) for n in facts)]  # fmt: skip
     out = []
-    for g in groups:
-        extra = ", ".join(f"{k}={g.identity[k]}" for k in keys if k in g.identity)
-        out.append(f"{g.defense} × {g.attack}" + (f" ({extra})" if extra else ""))
-    return out
+    for r in rows:
+
+        def est(name: str, digits: int = 3, row: ProtectedRow = r) -> str:
+            return estimate(row.stats.get(name), digits) + (" ⚠" if row.conflicting(name) else "")
+
+        out.append([r.label, " ".join(map(str, r.seeds)), ", ".join(map(str, r.comparisons)), est("verify/rate_before"),
+                    detected([m.values.get("verify/detected_before") for m in r.models]),
+                    decisions([decision(m.seed, m.verification) for m in r.models]),
+                    *(est(f"verify/tpr_before@fpr{f}") for f in tprs), est("verify/rate_never_watermarked"),
+                    est("quality/fid_base", 1), est("quality/fid_protected", 1), est("quality/fid_delta", 1),
+                    *(est(n, 2) for n in facts)])  # fmt: skip
+    return table(head, out, keep=3)
 
 
 def _domain_fid(group: SeedGroup) -> SeedInterval | None:
@@ -66,27 +111,35 @@ def _domain_fid(group: SeedGroup) -> SeedInterval | None:
     return group.stats.get(name) if name else None
 
 
-def watermark_table(groups: Sequence[SeedGroup], names: Sequence[str]) -> str:
-    head = ["defense × attack", "seeds", "rate before", "rate after", "never-watermarked", "FID base",
-            "FID protected", "FID Δ (protection)", "FID attacked", "attack-domain FID", "rate after, per seed [CP 95 %]"]  # fmt: skip
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for g, name in zip(groups, names, strict=True):
+def attack_table(c: Comparison) -> str:
+    """A row per defense × attack of one comparison: what the attack left, mean ± 95 % interval across seeds."""
+    tprs = fprs([n for g in c.groups for n in g.stats], "after")
+    head = ["defense × attack", "seeds", "rate after", "detected after", SEED_COLUMN,
+            *(f"TPR@FPR {f}" for f in tprs), "FID attacked", "attack-domain FID"]  # fmt: skip
+    rows = []
+    for g, name in zip(c.groups, c.labels, strict=True):
         s = g.stats
-        cells = [name, str(len(g.runs)), estimate(s.get("verify/rate_before")), estimate(s.get("verify/rate_after")),
-                 estimate(s.get("verify/rate_never_watermarked")), estimate(s.get("quality/fid_base"), 1),
-                 estimate(s.get("quality/fid_protected"), 1), estimate(s.get("quality/fid_delta"), 1),
-                 estimate(s.get("quality/fid_attacked"), 1), estimate(_domain_fid(g), 1), seed_rates(g)]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        after = [decision(r.run.seed, a.model.verification) if (a := next(iter(r.attacks.values()), None)) else None
+                 for r in g.runs]  # fmt: skip
+        rows.append([name, " ".join(map(str, g.seeds)), estimate(s.get("verify/rate_after")),
+                     detected(g.values("verify/detected_after")), decisions(after),
+                     *(estimate(s.get(f"verify/tpr_after@fpr{f}")) for f in tprs),
+                     estimate(s.get("quality/fid_attacked"), 1), estimate(_domain_fid(g), 1)])  # fmt: skip
+    return table(head, rows)
+
+
+def is_reference(group: SeedGroup) -> bool:
+    """Its defense declares itself the unconstrained reference (``Defense.report_reference``)."""
+    return declared(group.runs[0], "defense").reference
 
 
 def _reference(group: SeedGroup, groups: Sequence[SeedGroup]) -> SeedGroup | None:
-    """The unconstrained run (defense none) with every other setting equal: what freezing is measured against."""
+    """The reference defense's group with every other setting equal: what constrained fine-tuning is measured against."""
 
     def rest(g: SeedGroup) -> dict[str, object]:
         return {k: v for k, v in g.identity.items() if not k.startswith("defense.")}
 
-    return next((o for o in groups if o.defense == "none" and o is not group and rest(o) == rest(group)), None)
+    return next((o for o in groups if is_reference(o) and o is not group and rest(o) == rest(group)), None)
 
 
 def fid_change(group: SeedGroup, reference: SeedGroup, domain: str) -> SeedInterval:
@@ -101,44 +154,74 @@ def fid_change(group: SeedGroup, reference: SeedGroup, domain: str) -> SeedInter
     return SeedInterval.of(changes)
 
 
-def freezing_table(groups: Sequence[SeedGroup], names: Sequence[str]) -> str | None:
-    """Illegal vs legal FID change against unconstrained fine-tuning (eval.adaptation runs with those domains)."""
-    rows = []
-    for g, name in zip(groups, names, strict=True):
-        domains = [d for d in ("illegal", "legal") if f"quality/fid_attacked/{d}" in g.stats]
-        ref = _reference(g, groups)
-        if len(domains) < 2 or ref is None or g.defense == "none":
+def reference_table(c: Comparison) -> tuple[list[str], str] | None:
+    """FID change on each attack domain the runs have, against the reference defense with the same attack
+    (eval.adaptation runs: did the constraint hold back one domain's adaptation more than another's?).
+    Returns the references' names and the table."""
+    prefix = "quality/fid_attacked/"
+    rows, refs = [], []
+    domains = list(dict.fromkeys(k[len(prefix) :] for g in c.groups for k in g.stats if k.startswith(prefix)))
+    for g, name in zip(c.groups, c.labels, strict=True):
+        ref = None if is_reference(g) else _reference(g, c.groups)
+        if ref is None or not any(f"{prefix}{d}" in g.stats for d in domains):
             continue
-        ratio = g.stats.get("defense/frozen_params_ratio")
-        rows.append([name, str(len(g.runs)), estimate(ratio, 2), *(estimate(fid_change(g, ref, d), 1) for d in domains),
-                     *(estimate(g.stats.get(f"quality/fid_attacked/{d}"), 1) for d in domains)])  # fmt: skip
+        refs.append(ref.defense)
+        rows.append([name, " ".join(map(str, g.seeds)), *(estimate(fid_change(g, ref, d), 1) for d in domains),
+                     *(estimate(g.stats.get(f"{prefix}{d}"), 1) for d in domains)])  # fmt: skip
     if not rows:
         return None
-    head = ["defense × attack", "seeds", "frozen params", "illegal FID change %", "legal FID change %",
-            "illegal FID", "legal FID"]  # fmt: skip
-    return "\n".join(
-        ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
-    )
+    head = ["defense × attack", "seeds", *(f"{d} FID change %" for d in domains), *(f"{d} FID" for d in domains)]
+    return list(dict.fromkeys(refs)), table(head, rows)
 
 
 SHARED_SETTINGS = ("model.name", "model.resolution", "dataset.name", "model.sampler.name", "model.sampler.steps",
                    "eval.fid.num_samples", "eval.fid.kid_subset_size", "eval.image_attacks", "eval.at_steps")  # fmt: skip
-OPTION_SETTINGS = ("steps", "batch_size", "lr", "probe_steps", "codec.steps", "rank", "rho", "user_steps",
-                   "num_samples", "num_subpaths", "num_class_images", "ratio")  # fmt: skip
 
 
-def settings_table(groups: Sequence[SeedGroup]) -> str:
-    """What every job shared, then each defense's and attack's own step counts and sizes."""
-    lines = ["| setting | value |", "|---|---|"]
-    for key in SHARED_SETTINGS:
-        values = list(dict.fromkeys(str(g.identity.get(key, "-")) for g in groups))
-        lines.append(f"| `{key}` | {' / '.join(values)} |")
+def option_rows(c: Comparison) -> dict[str, str]:
+    """``defense=<name>`` / ``attack=<name>`` -> the option keys its class declares for pages
+    (``report_options``), with every value the comparison ran."""
+    out = {}
     for section in ("defense", "attack"):
-        for option in dict.fromkeys(str(g.identity.get(f"{section}.name")) for g in groups):
-            ident = next(g.identity for g in groups if str(g.identity.get(f"{section}.name")) == option)
-            shown = [f"{k}={ident[f'{section}.{k}']}" for k in OPTION_SETTINGS if f"{section}.{k}" in ident]
-            lines.append(f"| `{section}={option}` | {', '.join(shown) or 'no training'} |")
+        for name in dict.fromkeys(str(g.identity.get(f"{section}.name")) for g in c.groups):
+            members = [g for g in c.groups if str(g.identity.get(f"{section}.name")) == name]
+            shown = []
+            for option in declared(members[0].runs[0], section).options:
+                values = list(dict.fromkeys(str(g.identity[f"{section}.{option}"]) for g in members
+                                            if f"{section}.{option}" in g.identity))  # fmt: skip
+                if values:
+                    shown.append(f"{option}={' / '.join(values)}")
+            out[f"{section}={name}"] = ", ".join(shown) or "-"
+    return out
+
+
+def _common_options(comparisons: Sequence[Comparison]) -> dict[str, str]:
+    """Option rows that read the same in every comparison that has them: stated once, on top."""
+    seen: dict[str, set[str]] = {}
+    for c in comparisons:
+        for k, v in option_rows(c).items():
+            seen.setdefault(k, set()).add(v)
+    return {k: next(iter(v)) for k, v in seen.items() if len(v) == 1}
+
+
+def settings_table(comparisons: Sequence[Comparison]) -> str:
+    """What every comparison shared, then each defense's and attack's declared options where they agree."""
+    apart = {k for c in comparisons for k in c.settings}
+    ident = comparisons[0].groups[0].identity
+    lines = ["| setting | value |", "|---|---|"]
+    lines += [f"| `{k}` | {ident[k]} |" for k in SHARED_SETTINGS if k not in apart and k in ident]
+    lines += [f"| `{k}` | {v} |" for k, v in _common_options(comparisons).items()]
     return "\n".join(lines)
+
+
+def comparison_settings(c: Comparison, comparisons: Sequence[Comparison]) -> str | None:
+    """What sets ``c`` apart: its shared settings that other comparisons differ in, and option rows that differ."""
+    common = _common_options(comparisons)
+    rows = [(k, str(v)) for k, v in c.settings.items() if v != UNSET]  # settings it lacks: said by the others
+    rows += [(k, v) for k, v in option_rows(c).items() if k not in common]
+    if not rows:
+        return None
+    return "\n".join(["| setting | value |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in rows)])
 
 
 def sweep_commands(folders: Sequence[Path]) -> list[str]:
@@ -162,31 +245,40 @@ def compute_seconds(runs: Sequence[RunResult]) -> float:
     return sum(float(v.get("wall_s", 0.0)) for r in runs for v in r.stages.values() if isinstance(v, dict))
 
 
-def group_rows(groups: Sequence[SeedGroup], names: Sequence[str]) -> tuple[list[str], list[list[object]]]:
-    """A row per group: its label, defense, attack, seeds, then mean / low / high of every headline number."""
+def group_rows(comparisons: Sequence[Comparison]) -> tuple[list[str], list[list[object]]]:
+    """A row per group: its label, defense, attack, seeds, comparison, then mean / low / high of every
+    headline number (labels are unique within a comparison)."""
+    groups = [g for c in comparisons for g in c.groups]
     metrics = list(dict.fromkeys(n for g in groups for n in g.stats))
-    columns = ["group", "defense", "attack", "seeds", *(f"{m} {p}" for m in metrics for p in ("mean", "low", "high"))]
+    columns = ["group", "defense", "attack", "seeds", "comparison",
+               *(f"{m} {p}" for m in metrics for p in ("mean", "low", "high"))]  # fmt: skip
     rows = []
-    for g, name in zip(groups, names, strict=True):
-        cells = [(s.mean, s.low, s.high) if (s := g.stats.get(m)) else (None, None, None) for m in metrics]
-        rows.append([name, g.defense, g.attack, " ".join(map(str, g.seeds)), *(v for c in cells for v in c)])
+    for c in comparisons:
+        for g, name in zip(c.groups, c.labels, strict=True):
+            cells = [(s.mean, s.low, s.high) if (s := g.stats.get(m)) else (None, None, None) for m in metrics]
+            rows.append([name, g.defense, g.attack, " ".join(map(str, g.seeds)), c.number,
+                         *(v for cell in cells for v in cell)])  # fmt: skip
     return columns, rows
 
 
-def write_csv(groups: Sequence[SeedGroup], names: Sequence[str], runs: Sequence[RunResult], folder: Path) -> list[Path]:
-    """``summary.csv``: a row per group, mean / low / high / n per headline number; ``jobs.csv``: a row per job."""
+def write_csv(comparisons: Sequence[Comparison], runs: Sequence[RunResult], folder: Path) -> list[Path]:
+    """``summary.csv``: a row per group, mean / low / high / n per headline number; ``jobs.csv``: a row per job,
+    with its comparison and the protected model it evaluated."""
     folder.mkdir(parents=True, exist_ok=True)
     summary, jobs = folder / "summary.csv", folder / "jobs.csv"
-    columns, rows = group_rows(groups, names)
+    columns, rows = group_rows(comparisons)
     with summary.open("w", newline="") as f:
         csv.writer(f).writerows([columns, *rows])
+    number = {json.dumps(shared(c.groups[0].identity), sort_keys=True, default=str): c.number for c in comparisons}
     job_metrics = list(dict.fromkeys(n for r in runs for n in headline(r)))
     with jobs.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["job", "defense", "attack", "seed", *job_metrics])
+        w.writerow(["job", "defense", "attack", "seed", "comparison", "protected model", *job_metrics])
         for r in runs:
             h = headline(r)
-            w.writerow([r.run.out_dir, r.run.defense, r.run.attack, r.run.seed, *(h.get(m) for m in job_metrics)])
+            c = number.get(json.dumps(shared(identity(r)), sort_keys=True, default=str))
+            w.writerow([r.run.out_dir, r.run.defense, r.run.attack, r.run.seed, c, r.run.protection,
+                        *(h.get(m) for m in job_metrics)])  # fmt: skip
     return [summary, jobs]
 
 
@@ -199,25 +291,36 @@ def write_page(folders: Sequence[Path], out: Path, intro: str | None = None, com
     failed = [r for f in folders for r in collect(f, failed=True)]
     if not runs and not failed:
         raise FileNotFoundError(f"no results.json under {', '.join(map(str, folders))}")
-    groups = group_by_config(runs)
-    names = labels(groups)
-    files = write_csv(groups, names, runs, assets)
+    comparisons = split(group_by_config(runs), folders)
+    files = write_csv(comparisons, runs, assets)
     rel = assets.name
-    lines = [
-        "# Results\n",
-        *(([intro.strip(), ""]) if intro else []),
-        _provenance(folders, runs, failed, out, command),
-        "",
-    ]
-    if groups:
-        lines += ["## Settings", "", settings_table(groups), "", "## Verification and quality, mean ± 95 % interval "
-                  "across seeds", "", watermark_table(groups, names), ""]  # fmt: skip
-    figs = _figures(groups, names, assets)
-    files += [p for _, p in figs]
-    lines += [f"## {title}\n\n![{title}]({rel}/{p.name})\n" for title, p in figs]
-    if groups and (table := freezing_table(groups, names)):
-        lines += ["## Freezing: FID change against unconstrained fine-tuning, per seed then averaged", "", table, ""]
-    dropped = [r for g in groups for r in g.dropped]
+    lines = ["# Results\n", *(([intro.strip(), ""]) if intro else []), _provenance(folders, runs, failed, out, command),
+             ""]  # fmt: skip
+    models = protected_rows(comparisons)
+    figs = dict(_figures(comparisons, models, assets))
+    files += list(figs.values())
+
+    def figure(title: str) -> list[str]:
+        return [f"## {title}\n\n![{title}]({rel}/{figs[title].name})\n"] if title in figs else []
+
+    if comparisons:
+        lines += ["## Settings", "", "Shared by every comparison below (each states what sets it apart):", "",
+                  settings_table(comparisons), "", "## Protected models, before any attack", "",
+                  "One row per protection setting; each protected model (defense, key, seed) counts once, whichever "
+                  "attacks and sweeps evaluated it. Mean ± 95 % interval across seeds; per seed: declared "
+                  "detected (yes / no), rate and its Clopper-Pearson interval.", "", protected_table(models), ""]  # fmt: skip
+        lines += [*(f"{w}\n" for w in warnings(models)), *figure(IMAGE_ATTACKS)]
+    for c in comparisons:
+        lines += [f"## Comparison {c.title}", ""]
+        if apart := comparison_settings(c, comparisons):
+            lines += [apart, ""]
+        lines += ["After the attack, mean ± 95 % interval across seeds:", "", attack_table(c), ""]
+        if found := reference_table(c):
+            refs, tab = found
+            lines += [f"FID change on each attack domain against the unconstrained reference ({', '.join(refs)}), "
+                      "per seed then averaged:", "", tab, ""]  # fmt: skip
+    lines += [*figure(ROBUSTNESS), *figure(CURVES)]
+    dropped = [r for c in comparisons for g in c.groups for r in g.dropped]
     if dropped:
         lines += [f"Repeated seeds, older job left out: {', '.join(r.run.out_dir for r in dropped)}", ""]
     if failed:
@@ -240,18 +343,16 @@ def _provenance(folders: Sequence[Path], runs: Sequence[RunResult], failed: Sequ
             f"```\n{commands}\n{report}\n```")  # fmt: skip
 
 
-def _figures(groups: Sequence[SeedGroup], names: Sequence[str], assets: Path) -> list[tuple[str, Path]]:
-    # one group per defense (the protected model does not depend on the attack), from a sweep that ran image
-    # attacks: a sweep without them (the curves) must not hide the one with them
-    one_per_defense: dict[str, SeedGroup] = {}
-    for g in groups:
-        if figures.has_image_attacks(g):
-            one_per_defense.setdefault(g.defense, g)
+IMAGE_ATTACKS = "Image attacks on the protected models' images"
+ROBUSTNESS = "Robustness vs quality cost"
+CURVES = "Verification vs attack steps"
+
+
+def _figures(comparisons: Sequence[Comparison], models: Sequence[ProtectedRow], assets: Path) -> list[tuple[str, Path]]:
     made = [
-        ("Robustness vs quality cost", figures.robustness_vs_cost(groups, names, assets / "robustness_vs_cost.png")),
-        ("Verification vs attack steps", figures.curves(groups, names, assets / "curves.png")),
-        ("Image attacks on the protected model's images", figures.image_attack_heatmap(
-            list(one_per_defense.values()), list(one_per_defense),
-            assets / "image_attacks.png")),
+        (ROBUSTNESS, figures.robustness_vs_cost(comparisons, assets / "robustness_vs_cost.png")),
+        (CURVES, figures.curves(comparisons, assets / "curves.png")),
+        # a row per protected model setting: the images do not depend on the attack that followed
+        (IMAGE_ATTACKS, figures.image_attack_heatmap([(m.label, m.stats) for m in models], assets / "image_attacks.png")),
     ]  # fmt: skip
     return [(title, path) for title, path in made if path is not None]

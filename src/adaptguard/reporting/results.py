@@ -147,6 +147,29 @@ class RunInfo:
     device: str = ""
     torch_threads: int = 0
     sweep: str = ""  # the sweep directory this job belongs to ("" for a single run)
+    # the protected model's artifact id (a hash of what determines it, no secret): jobs with the same id
+    # evaluated the same protected model, so their numbers for it are one measurement
+    protection: str = ""
+
+
+@dataclass
+class ReportSettings:
+    """How a results page shows a defense or attack, as its class declares (``report_options``,
+    ``report_reference``): recorded with the run so ``adaptguard report`` needs only the files."""
+
+    options: list[str] = field(default_factory=list)  # option keys its settings row shows (``codec.steps``)
+    reference: bool = False  # the unconstrained control other defenses' attack-domain FID is measured against
+
+    @classmethod
+    def of(cls, obj: object) -> ReportSettings:
+        """What ``obj``'s class (a Defense or Attack, or the class itself) declares."""
+        return cls(list(getattr(obj, "report_options", ())), bool(getattr(obj, "report_reference", False)))
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReportSettings:
+        return cls(list(d.get("options") or []), bool(d.get("reference", False)))
+
+
 
 
 @dataclass
@@ -165,6 +188,8 @@ class RunResult:
     stages: dict[str, Any] = field(default_factory=dict)  # wall time and peak memory per stage
     files: dict[str, str] = field(default_factory=dict)  # sample grids and plots, relative to the run dir
     cached: list[str] = field(default_factory=list)  # evaluations read from the cache (eval.cache), e.g. verify_base
+    # {defense, attack}: what their classes declare for results pages; {} in files written before it
+    report: dict[str, ReportSettings] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def models(self) -> dict[str, ModelReport]:
@@ -201,6 +226,7 @@ class RunResult:
             stages=dict(d.get("stages") or {}),
             files=dict(d.get("files") or {}),
             cached=list(d.get("cached") or []),
+            report={k: ReportSettings.from_dict(v) for k, v in (d.get("report") or {}).items()},
         )
 
     @classmethod

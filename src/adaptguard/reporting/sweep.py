@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from adaptguard.metrics.quality import QualityReport
+from adaptguard.reporting.declared import declared
 from adaptguard.reporting.results import AttackReport, CurvePoint, RunResult, VerificationReport
 from adaptguard.reporting.table import fmt, label
 
@@ -55,10 +56,10 @@ def _rows(runs: list[RunResult]) -> list[Row]:
 
 
 def _reference(runs: list[RunResult], row: Row) -> QualityReport | None:
-    """The same attack on the same domain without a defense, when the sweep has it."""
+    """The same attack on the same domain under the unconstrained reference defense, when the sweep has it."""
     r, dom, _ = row
     for other in runs:
-        if other.run.defense == "none" and other.run.attack == r.run.attack and dom in other.attacks:
+        if declared(other, "defense").reference and other.run.attack == r.run.attack and dom in other.attacks:
             return other.attacks[dom].model.quality.get(dom)
     return None
 
@@ -77,7 +78,7 @@ def sweep_table(folder: Path) -> str:
                                      for k in a.model.verification.figures))  # fmt: skip
     head = ["defense", "attack", "domain", *map(label, summary_keys), "rate before", "rate after", "never-watermarked",
             *(f"{label(k)} (after)" for k in figure_keys), "FID/KID base", "FID/KID protected", "FID/KID attacked",
-            "FID/KID base (domain)", "FID/KID attacked (domain)", "FID vs none (domain)", "trainable params", "step s",
+            "FID/KID base (domain)", "FID/KID attacked (domain)", "FID vs reference (domain)", "trainable params", "step s",
             "peak MB"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in _rows(runs):

@@ -12,7 +12,8 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from adaptguard.reporting.page import Page, group_rows, labels, write_csv
+from adaptguard.reporting.comparisons import split
+from adaptguard.reporting.page import Page, group_rows, write_csv
 from adaptguard.reporting.seeds import group_by_config
 from adaptguard.reporting.sweep import collect
 
@@ -28,15 +29,15 @@ def log_summary(folders: Sequence[Path], page: Page, project: str = "adaptguard"
         if not runs:
             continue
         group = runs[0].run.sweep or str(folder)
-        groups = group_by_config(runs)
-        columns, rows = group_rows(groups, labels(groups))
+        comparisons = split(group_by_config(runs), [folder])
+        columns, rows = group_rows(comparisons)
         run = wandb.init(project=project, group=group, job_type="report", name=f"report {group}", dir=str(folder),
                          mode=os.environ.get("WANDB_MODE", "offline"), config={"sweep": group, "jobs": len(runs)},
                          reinit="create_new")  # fmt: skip
         run.log({"summary": wandb.Table(columns=columns, data=rows)})
         artifact = wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]+", "-", f"summary-{group}").strip("-"), type="results")
         with tempfile.TemporaryDirectory() as tmp:
-            for csv_file in write_csv(groups, labels(groups), runs, Path(tmp)):
+            for csv_file in write_csv(comparisons, runs, Path(tmp)):
                 artifact.add_file(str(csv_file))
             for file in page.files:
                 if file.suffix == ".png":
