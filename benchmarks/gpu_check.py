@@ -153,7 +153,7 @@ class Checker:
         report: dict[str, Any] = {"plain_diffusers_step": self.measure(self.plain_step)}
         lora = LoraFineTune(steps=steps, batch_size=bs, mixed_precision=precision)
         full = FullFineTune(steps=steps, batch_size=bs, mixed_precision=precision)
-        aiao = AIAODefense(steps=steps, batch_size=bs, probe_steps=steps, calibration_keys=2, num_subpaths=16,
+        aiao = AIAODefense(steps=steps, batch_size=bs, probe_steps=steps, num_subpaths=16,
                            verify_batch_size=8, key_seed=1)  # fmt: skip
         mark = SleeperMarkDefense(steps=steps, batch_size=bs, codec={"steps": steps, "batch_size": bs, "bits": 16},
                                   num_samples=4, null_messages=7, key_seed=1, sample_steps=10)  # fmt: skip

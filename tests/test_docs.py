@@ -114,11 +114,9 @@ def test_readme_links_point_at_existing_pages():
 
 
 def undocumented(cls: type, prefix: str) -> list[str]:
-    """Keys of ``cls`` without a description (in code, or in the generator's fallback for a layer it cannot edit)."""
-    fallback = reference.fallback_docs().get(cls, {})
+    """Keys of ``cls`` without a description in code."""
     docs = key_docs(cls)
-    return sorted(k for k in config_keys(cls, prefix) if not (docs.get(k.rpartition(".")[2]) or "").strip()
-                  and not fallback.get(k.rpartition(".")[2]))  # fmt: skip
+    return sorted(k for k in config_keys(cls, prefix) if not (docs.get(k.rpartition(".")[2]) or "").strip())
 
 
 @pytest.mark.parametrize("page", list(PAGES))
@@ -147,13 +145,6 @@ def test_data_modules_document_exactly_their_init_parameters(cls):
     documented = {f"dataset.{name}" for name in key_docs(cls)}
     generated = {f"dataset.{key.name}" for key in class_keys(cls)}
     assert documented == config_keys(cls, "dataset") == generated
-
-
-def test_fallback_descriptions_only_stand_in_for_missing_ones():
-    """Once a class carries its own doc for a key, the generator's fallback for it must go."""
-    for cls, docs in reference.fallback_docs().items():
-        both = sorted(name for name in docs if key_docs(cls).get(name))
-        assert not both, f"{cls.__name__}: {both} are documented in code; delete them from FALLBACK_DOCS"
 
 
 @pytest.mark.parametrize("page", list(PAGES))

@@ -24,7 +24,7 @@ FAST = ["model=micro", "logger=none", "model.sampler.steps=3", "eval.fid.num_sam
 WATERMARK = ["defense.steps=8", "defense.batch_size=4"]
 TRAIN = ["attack.steps=3", "attack.batch_size=4"]
 DIAGONAL = {
-    "aiao-lora": ["defense=aiao", "attack=lora", *WATERMARK, "defense.probe_steps=3", "defense.calibration_keys=2",
+    "aiao-lora": ["defense=aiao", "attack=lora", *WATERMARK, "defense.probe_steps=3",
                   "defense.num_subpaths=8", "model.gradient_checkpointing=true", *TRAIN, "attack.save=adapter"],
     "sleepermark-full": ["defense=sleepermark", "attack=full", *WATERMARK, "defense.codec.steps=20",
                          "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
@@ -36,7 +36,7 @@ DIAGONAL = {
     "random_freeze-prune": ["defense=random_freeze", "attack=prune"],
     "none-weight_noise": ["defense=none", "attack=weight_noise"],
     "aiao_busy-none": ["defense=aiao_busy", "attack=none", *WATERMARK, "defense.probe_steps=3",
-                       "defense.calibration_keys=2", "defense.num_subpaths=8"],
+                       "defense.num_subpaths=8"],
 }  # fmt: skip
 
 
@@ -106,7 +106,7 @@ def test_aiao_on_a_stable_diffusion_folder_with_gradient_checkpointing(tmp_path,
     result = run_config(["model=sd15", f"model.path={sd}", "model.resolution=64", "model.gradient_checkpointing=true",
                          "model.sampler.steps=2", "model.sampler.batch_size=8", "defense=aiao", "attack=lora",
                          "defense.steps=3", "defense.batch_size=4", "defense.probe_steps=2",
-                         "defense.calibration_keys=2", "defense.num_subpaths=8", "defense.response_bits=16",
+                         "defense.num_subpaths=8", "defense.response_bits=16",
                          "defense.busy_fraction=0.3", "attack.steps=2", "attack.batch_size=4", "logger=none",
                          "eval.fid=null", "eval.grid_samples=4"], tmp_path / "run")  # fmt: skip
     assert result.status == "ok"

@@ -18,13 +18,12 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
-from adaptguard.cli.build import instantiate
 from adaptguard.core.artifacts import ArtifactCache, shipped_dir
 from adaptguard.core.owner_key import OwnerKey
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.models.single_file import save_single_file
 from adaptguard.reporting.results import RunResult
-from tests.helpers import cli, compose, model_source, run_config
+from tests.helpers import cli, model_source, run_config
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +33,6 @@ BACKDOOR = ["defense=backdoor", "defense.steps=300", "defense.batch_size=16", "d
             "defense.trigger_fraction=0.6", "defense.num_samples=32", "defense.key_seed=7", "defense.grid=4", "defense.fpr=1e-2"]  # fmt: skip
 RUN = [*MICRO, *BACKDOOR, "logger=none", "eval.fid=null"]
 ATTACK = ["attack.steps=5", "attack.batch_size=8", "attack.save=merged"]
-# an independently pretrained micro base: another init seed, a short pretraining of its own
-OTHER_BASE = ["model=micro", "model.init_seed=1", "model.pretrain.steps=15", "model.pretrain.vae_steps=15"]
 NUMBERS = ("rate", "successes", "trials", "p_value", "detected")
 
 
@@ -194,23 +191,31 @@ def test_a_lora_file_saved_by_diffusers_is_verified_on_its_base(owner):
 
 
 def test_never_watermarked_models_are_not_detected_and_calibrate_measures_the_fpr(owner):
+    """models=auto: calibrate makes the never-watermarked models itself (the base, its full fine-tune, an
+    independently initialised base with a short pretraining of its own), then scores the owner's key and
+    20 random keys on each."""
+    out = owner.tmp / "calibration.json"
     with pytest.MonkeyPatch.context() as m:
         m.setenv("ADAPTGUARD_CACHE", str(owner.tmp / "cache"))
-        tuned = run_config([*OTHER_BASE, "defense=none", "attack=full", *ATTACK, "logger=none", "eval.fid=null",
-                            "progress=false"], owner.tmp / "other_tuned")  # fmt: skip
-    source = instantiate(compose(OTHER_BASE).model)
-    other = ArtifactCache(owner.tmp / "cache").path("base", source.describe()) / "model"
-    base = ArtifactCache().shipped("base", model_source("micro").describe()) / "model"  # what was protected
-    models = [base, other, owner.saved(tuned)]
-    out = owner.tmp / "calibration.json"
-    result = cli(["calibrate", f"key={owner.key}", f"models=[{','.join(map(str, models))}]", f"out={out}"])
+        result = cli(["calibrate", f"key={owner.key}", "models=auto", "model=micro", "attacks=[full]",
+                      "overrides=[attack.steps=5,attack.batch_size=8]", "independent_pretrain=[steps=15,vae_steps=15]",
+                      "null_keys=20", f"out={out}"])  # fmt: skip
     assert result.code == 0, result.stderr
     report = json.loads(out.read_text())
+    assert [v["suspect"] for v in report["verdicts"]] == ["base", "base+full", "independent"]
     assert report["models"] == 3 and report["false_positives"] == 0 and report["empirical_fpr"] == 0.0
     assert report["analytic_fpr"] == 1e-3 and 0.5 < report["empirical_fpr_ci"][1] < 0.8  # 3 models: a wide interval
     assert report["trials"] == 96 and report["empirical_trial_fpr"] <= 0.05
     assert all(not v["detected"] for v in report["verdicts"])
     assert "0/3 false positives" in result.stdout
+    null = report["null_keys"]
+    assert null["decisions"] == 60 and [m["decisions"] for m in null["models"]] == [20, 20, 20]
+    assert null["false_positives"] <= 1 and null["fpr_ci"][1] < 0.1 and null["target"] == 1e-3
+    assert len(set(null["models"][0]["bit_accuracies"])) > 1  # 20 different keys, not one key 20 times
+    assert "random keys (20 per model)" in result.stdout
+    cache = owner.tmp / "cache"
+    assert len(list(cache.glob("never_watermarked/*/model/unet"))) == 1  # the fine-tune is cached like any model
+    assert len(list(cache.glob("base/*/model/unet"))) >= 1  # the independent base too
 
 
 def test_bad_input_is_one_line_with_exit_status_2(owner, monkeypatch):
@@ -239,7 +244,7 @@ def test_bad_input_is_one_line_with_exit_status_2(owner, monkeypatch):
 
 PROTECT_FAST = {
     "aiao": ["defense=aiao", "defense.steps=8", "defense.batch_size=4", "defense.probe_steps=3",
-             "defense.calibration_keys=2", "defense.num_subpaths=8"],
+             "defense.num_subpaths=8"],
     "sleepermark": ["defense=sleepermark", "defense.steps=8", "defense.batch_size=4", "defense.codec.steps=20",
                     "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
                     "defense.null_messages=7"],
@@ -248,8 +253,8 @@ PROTECT_FAST = {
 
 @pytest.mark.parametrize("defense", list(PROTECT_FAST))
 def test_every_watermark_defense_verifies_from_its_key_file(tmp_path, monkeypatch, defense):
-    """AIAO (white-box, a calibrated rate threshold) and SleeperMark (black-box, a codec in the key): the key file
-    alone reproduces the protect-time verification of the protected and the base folder."""
+    """AIAO (white-box, response bits grouped by block) and SleeperMark (black-box, a codec in the key): the key
+    file alone reproduces the protect-time verification of the protected and the base folder."""
     monkeypatch.setenv("ADAPTGUARD_CACHE", str(tmp_path / "cache"))
     protect = cli(["protect", *MICRO, *PROTECT_FAST[defense], f"out={tmp_path / 'release'}"])
     assert protect.code == 0, protect.stderr
@@ -259,7 +264,8 @@ def test_every_watermark_defense_verifies_from_its_key_file(tmp_path, monkeypatc
     base = ArtifactCache().shipped("base", model_source("micro").describe()) / "model"
     same_numbers(verify(key, f"suspect={base}"), report["base"])
     decision = OwnerKey.load(tmp_path / "release" / "owner.key").decision
-    assert ("rate_threshold" in decision) == (defense == "aiao")
+    assert decision["test"] == "key randomization" and decision["model_fpr"] == 1e-3  # each defense's own rule
+    assert decision["random_keys"] == report["protected"]["details"]["random_keys"] == 10_000
 
 
 def test_attack_external_names_its_missing_path_before_any_work(tmp_path):

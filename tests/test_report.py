@@ -19,8 +19,8 @@ KEY_SEED = "918273645"
 DEFENSES = ("backdoor", "aiao", "aiao_busy", "sleepermark")
 STEPS = [  # compare_watermarks at reduced steps: every defense of the preset, a training and a weight attack
     "++per_option.defense.backdoor={steps: 10, num_samples: 8, null_keys: 15}",
-    "++per_option.defense.aiao={steps: 5, probe_steps: 2, calibration_keys: 4, num_subpaths: 16, null_keys: 4}",
-    "++per_option.defense.aiao_busy={steps: 5, probe_steps: 2, calibration_keys: 4, num_subpaths: 16, null_keys: 4}",
+    "++per_option.defense.aiao={steps: 5, probe_steps: 2, num_subpaths: 16, null_keys: 4}",
+    "++per_option.defense.aiao_busy={steps: 5, probe_steps: 2, num_subpaths: 16, null_keys: 4}",
     "++per_option.defense.sleepermark={steps: 5, num_samples: 8, null_messages: 15, codec: {steps: 20}}",
     "++per_option.attack.full.steps=3",
     "eval.fid.num_samples=8", "eval.fid.kid_subset_size=4", "eval.fid.kid_subsets=2", "eval.grid_samples=4",

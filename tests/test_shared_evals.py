@@ -27,7 +27,8 @@ def test_cached_evaluations_give_the_numbers_of_an_uncached_run(cli_env, tmp_pat
     assert first["cached"] == [] and uncached["cached"] == ["protect"]
     domains = sorted(first["base"]["quality"])
     assert domains == ["attacker", "clean"]
-    shared = {"verify_base", "verify_protected"} | {f"quality_{m}/{d}" for m in ("base", "protected") for d in domains}
+    shared = {"verify_base", "verify_protected", "verify_protected/jpeg"}
+    shared |= {f"quality_{m}/{d}" for m in ("base", "protected") for d in domains}
     assert set(cached["cached"]) == {"protect", *shared}
     for part in ("base", "protected"):
         assert cached[part] == uncached[part] == first[part], part
@@ -41,7 +42,7 @@ def test_cached_evaluations_give_the_numbers_of_an_uncached_run(cli_env, tmp_pat
     cache = tmp_path / "cache"
     assert len(list(cache.glob("real_features/*/features.pt"))) == 2  # clean and attacker splits
     verifications = list(cache.glob("evaluation/*/verification.json"))
-    assert len(verifications) == 2  # base (null) and protected
+    assert len(verifications) == 3  # base (null) and protected, as sampled and after the jpeg image attack
     for path in verifications:  # made with the owner's key: owner-only, the key only as a salted fingerprint
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         spec = json.loads((path.parent / "spec.json").read_text())

@@ -1,13 +1,16 @@
 import numpy as np
 import pytest
+import torch
 from scipy import stats
 
 from adaptguard.metrics.stats import (
     binomial_tail,
     binomial_threshold,
     bit_match_verification,
+    bit_matches,
     calibrate_threshold,
     clopper_pearson,
+    randomization_keys,
     tpr_at_fpr,
 )
 
@@ -55,7 +58,57 @@ def test_tpr_at_fpr_separates_shifted_scores_and_flags_small_null():
 
 
 def test_bit_match_verification_detects_only_strong_matches():
-    strong = bit_match_verification([60] * 30 + [30] * 2, n_bits=64, fpr=1e-3, model_fpr=1e-3)
+    rng = np.random.default_rng(2)
+    key = torch.from_numpy(rng.integers(0, 2, 64)).to(torch.uint8)
+    read = key.repeat(32, 1)
+    read[:, :4] ^= 1  # 60 of 64 bits match in 30 trials
+    read[30:] = torch.from_numpy(rng.integers(0, 2, (2, 64))).to(torch.uint8)
+    strong = bit_match_verification(read, key, fpr=1e-3, model_fpr=1e-3)
     assert strong.detected and strong.rate == pytest.approx(30 / 32) and strong.trial_threshold == 45
-    chance = bit_match_verification(np.random.default_rng(2).binomial(64, 0.5, size=32), 64, 1e-3, 1e-3)
+    # no random key comes close: 30 near-identical trials that pass by their count alone are one image's
+    # evidence (a random key passing one passes all, P = 7e-4), but 60 of 64 matching bits is not luck
+    assert strong.p_value == pytest.approx(1 / (1 + randomization_keys(1e-3)))
+    assert strong.details["independence_p_value"] < 1e-60
+    chance = bit_match_verification(torch.from_numpy(rng.integers(0, 2, (32, 64))), key, 1e-3, 1e-3)
     assert not chance.detected and chance.rate < 0.1
+
+
+def test_grouped_keys_score_each_trial_against_its_own_row():
+    rng = np.random.default_rng(3)
+    key = torch.from_numpy(rng.integers(0, 2, (3, 16))).to(torch.uint8)
+    groups = torch.tensor([0, 1, 2, 1])
+    assert bit_matches(key[groups], key, groups).tolist() == [16] * 4
+    assert bit_matches(1 - key[groups], key, groups).tolist() == [0] * 4
+    v = bit_match_verification(key[groups].repeat(8, 1), key, 1e-3, 1e-3, groups=groups.repeat(8))
+    assert v.detected and v.successes == 32
+
+
+def _false_positive_rates(
+    read: torch.Tensor, keys: int, fpr: float, model_fpr: float, seed: int
+) -> tuple[float, float]:
+    """Model-level false-positive rate of ``keys`` random owner keys on fixed read bits: (randomization rule,
+    the binomial rule that assumes independent trials)."""
+    g = torch.Generator().manual_seed(seed)
+    decisions = [bit_match_verification(read, torch.randint(0, 2, (read.shape[1],), generator=g), fpr, model_fpr)
+                 for _ in range(keys)]  # fmt: skip
+    return (np.mean([v.detected for v in decisions]), np.mean([v.details["independence_detected"] for v in decisions]))
+
+
+def test_randomization_test_holds_when_trials_are_identical_and_the_binomial_rule_does_not():
+    """32 identical images (a prompt that always draws the same picture): a random key matching one matches
+    all. The binomial rule, which multiplies the evidence of 32 "independent" trials, then accuses about
+    fpr = 5 % of innocent keys at a 1 % target; the randomization test stays at or under the target."""
+    read = torch.randint(0, 2, (1, 16), generator=torch.Generator().manual_seed(0)).repeat(32, 1)
+    # per trial fpr 0.05 over 16 bits: a trial passes at >= 12 matches, P = 0.038 for a random key
+    randomized, independent = _false_positive_rates(read, 400, fpr=0.05, model_fpr=0.01, seed=1)
+    lo, _ = clopper_pearson(round(independent * 400), 400)
+    assert lo > 0.01, independent  # the independence rule's interval lies above the target
+    _, hi = clopper_pearson(round(randomized * 400), 400)
+    assert randomized <= 0.01 and hi < 0.03, randomized
+
+
+def test_randomization_test_matches_the_binomial_rule_when_trials_are_independent():
+    rng = np.random.default_rng(4)
+    read = torch.from_numpy(rng.integers(0, 2, (32, 16))).to(torch.uint8)
+    randomized, independent = _false_positive_rates(read, 300, fpr=0.05, model_fpr=0.01, seed=2)
+    assert randomized <= 0.03 and independent <= 0.03

@@ -144,7 +144,7 @@ class DreamBooth(LoraOptions, FineTuning):
             for i, image in enumerate(images):
                 torchvision.utils.save_image(image * 0.5 + 0.5, work / f"{i:05d}.png")
 
-        folder = ctx.cache.get_or_build("class_images", spec, build)
+        folder = ctx.cache.get_or_build("class_images", spec, build, code=(type(self),))
         return load_image_folder(folder, model.resolution, "class images")
 
     def train_dataloader(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> DataLoader:

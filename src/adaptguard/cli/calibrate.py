@@ -1,11 +1,17 @@
 """``adaptguard calibrate`` / ``python -m experiments.calibrate``: false positives of a key, measured.
 
     adaptguard calibrate key=release/owner.key models=[base_folder,other_base,other_base_finetuned]
+    adaptguard calibrate key=release/owner.key models=auto null_keys=200 out=null.json
 
-Every listed model must never have seen the watermark (the unprotected base, independently trained
-models, their fine-tunes): each detection is a false positive. Prints the empirical model-level and
-per-trial false-positive rates with Clopper-Pearson intervals beside the analytic rates the
-decision rule targets. Options: base=<folder> (what LoRA files / bare UNets in the list complete),
+Every model must never have seen the watermark: each detection is a false positive. ``models=auto`` makes
+them (cached): the base of ``model=<config>`` (default tiny), the base fine-tuned by each of
+``attacks=[full,lora]`` on ``dataset=<config>`` (default shapes), and the same model config initialised
+from another seed and pretrained by adaptguard (``independent=false`` skips it; it pretrains once, like
+any base; ``independent_pretrain=[steps=1000,vae_steps=500]`` shortens that). ``null_keys=N`` verifies N random keys of the same defense on every model besides the owner's
+key: the decision's false-positive rate over keys, with its interval, beside the target it claims.
+``overrides=[k=v,...]``: Hydra overrides for the composed model / dataset / attack configs (e.g.
+``attack.steps=100``). Prints the empirical model-level and per-trial false-positive rates with
+Clopper-Pearson intervals. Options: base=<folder> (what LoRA files / bare UNets in the list complete),
 seed=<int>, device=..., out=<file.json>, --json.
 """
 
@@ -13,27 +19,67 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from adaptguard.cli.app import quiet_libraries, user_errors
 from adaptguard.cli.options import key_context, parse_options, paths
 from adaptguard.core.errors import ConfigError
 from adaptguard.core.owner_key import OwnerKey
 from adaptguard.models.suspect import Suspect
+from adaptguard.pipeline.null_models import NullModel
 from adaptguard.pipeline.owner import calibrate
 
-OPTIONS = {"key": str, "models": paths, "base": str, "seed": int, "device": str, "out": str}
+OPTIONS = {"key": str, "models": paths, "base": str, "seed": int, "device": str, "out": str, "null_keys": int,
+           "model": str, "dataset": str, "attacks": paths, "independent": lambda v: v.lower() in ("1", "true", "yes"),
+           "overrides": paths, "independent_pretrain": paths}  # fmt: skip
+AUTO = "auto"
+
+
+def auto_models(opts: dict[str, Any], seed: int) -> list[NullModel]:
+    """``models=auto``: never-watermarked models made from the composed configs (cached in the artifact cache)."""
+    from adaptguard.cli.build import instantiate, make_context
+    from adaptguard.cli.config import compose
+    from adaptguard.pipeline.null_models import never_watermarked
+
+    attacks = opts.get("attacks")
+    attacks = ["full", "lora"] if attacks is None else attacks
+    base = [f"model={opts.get('model') or 'tiny'}", f"dataset={opts.get('dataset') or 'shapes'}", f"seed={seed}",
+            "logger=none", *(opts.get("overrides") or [])]  # fmt: skip
+    if opts.get("device"):
+        base.append(f"device={opts['device']}")
+    work = Path(tempfile.mkdtemp(prefix="adaptguard-calibrate-"))  # fits leave their logs here, nothing else
+    cfg = compose(base, output_dir=work)
+    ctx = make_context(cfg, work)
+    made = [instantiate(compose([*base, f"attack={a}"]).attack) for a in attacks]
+    independent = opts.get("independent")
+    pretrain = {}
+    for item in opts.get("independent_pretrain") or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"independent_pretrain: expected [key=value,...] (model.pretrain keys), got {item!r}")
+        pretrain[name] = yaml.safe_load(value)
+    return never_watermarked(instantiate(cfg.model), instantiate(cfg.dataset), made, ctx, independent is not False,
+                             pretrain)  # fmt: skip
 
 
 def run_calibration(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     opts = parse_options(argv, OPTIONS, ["--json"], usage=__doc__ or "")
     if not opts.get("key") or not opts.get("models"):
-        raise ConfigError("models: required; key=<owner.key> models=[<folder or checkpoint>,...] (never-watermarked)")
+        raise ConfigError("models: required; key=<owner.key> models=[<folder or checkpoint>,...] (never-watermarked) "
+                          "or models=auto")  # fmt: skip
+    if (n := opts.get("null_keys")) is not None and n < 0:
+        raise ConfigError(f"null_keys: must be >= 0, got {n}")
     key = OwnerKey.load(opts["key"])
-    suspects = [Suspect(p, base=opts.get("base"), key=f"models[{i}]") for i, p in enumerate(opts["models"])]
-    ctx = key_context(key, opts)
-    report = calibrate(key, suspects, ctx)
+    listed = [p for p in opts["models"] if p != AUTO]
+    suspects = [Suspect(p, base=opts.get("base"), key=f"models[{i}]") for i, p in enumerate(listed)]
+    ctx = replace(key_context(key, opts), progress=True)
+    made = auto_models(opts, ctx.seed) if AUTO in opts["models"] else []
+    report = calibrate(key, suspects, ctx, null_keys=opts.get("null_keys") or 0, models=made)
     if out := opts.get("out"):
         Path(out).expanduser().write_text(json.dumps(report, indent=2))
     return report, opts
@@ -54,6 +100,14 @@ def text(report: dict[str, Any]) -> str:
         f"  trial level: {report['trial_false_positives']}/{report['trials']} trials passed, empirical "
         f"{report['empirical_trial_fpr']:.4f} [{tlo:.4f}, {thi:.4f}] vs analytic {report['trial_fpr']}"
     )
+    if null := report.get("null_keys"):
+        lines.append(f"  random keys ({null['keys_per_model']} per model), decisions detected / made:")
+        for m in [*null["models"], {**null, "model": "all models"}]:
+            lo, hi = m["fpr_ci"]
+            ilo, ihi = m["independence_fpr_ci"]
+            lines.append(f"    {m['model']:<16} {m['false_positives']}/{m['decisions']}: FPR {m['fpr']:.4f} "
+                         f"[{lo:.4f}, {hi:.4f}]; assuming independent trials {m['independence_fpr']:.4f} "
+                         f"[{ilo:.4f}, {ihi:.4f}]; target {m['target']}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -137,21 +137,17 @@ def _load(group_dir: Path, name: str) -> dict[str, Any]:
 def table(
     pairs: Sequence[tuple[str, type]],
     options: Sequence[Option],
-    fallback_docs: Mapping[type, Mapping[str, str]],
     nested: Callable[[str], str | None],
 ) -> str:
     """The markdown table of the keys of ``(prefix, class)`` pairs.
 
     ``nested(key)`` is the default cell of a key that has its own table on the page ("(below)"), else None.
-    ``fallback_docs`` holds descriptions of classes that cannot carry them yet (see the page generator).
     """
     rows: dict[str, list[tuple[type, Key, list[tuple[str, Any]]]]] = {}
     for prefix, cls in pairs:
         classes = [c for p, c in pairs if p == prefix]
         configured = _options_of(options, prefix, cls, classes)
         for key in class_keys(cls):
-            if not key.doc and key.name in fallback_docs.get(cls, {}):
-                key = dataclasses.replace(key, doc=fallback_docs[cls][key.name])
             values = [(o.name, node.get(key.name, key.default)) for o, node in configured]
             rows.setdefault(f"{prefix}.{key.name}", []).append((cls, key, values))
     lines = [HEADER]

@@ -29,27 +29,6 @@ from adaptguard.cli.key_table import Option, load_class, load_options, names_cla
 
 MARKER = re.compile(r"(<!-- keys: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(<!-- /keys -->)", re.DOTALL)
 
-# Descriptions of classes in a layer this change could not edit (src/adaptguard/pipeline/ was being
-# reworked at the time): move each into the field's setting(doc=...) and delete it here; tests/test_docs.py
-# fails while a description is in both places.
-FALLBACK_DOCS: dict[str, dict[str, str]] = {
-    "adaptguard.pipeline.experiment.EvalConfig": {
-        "fid": "FID/KID settings; `eval.fid=null` skips FID/KID",
-        "clean_split": "real images of the owner's domain (null: skip the clean domain)",
-        "attacker_split": "a plain run scores its attack here (DreamBooth: its subject instead)",
-        "fprs": "TPR is reported at these false-positive rates",
-        "grid_samples": "images per sample grid (`samples_<model>.png`, from the FID samples)",
-        "quality_of_base": "also score the base model (the cost of embedding)",
-        "cache": "read the base and protected models' FID/KID and verifications, and real-image features, from "
-        "the artifact cache when a job already computed them (identical numbers; [Cache](running.md#cache))",
-        "image_attacks": "verify after these image edits too ([names and settings](attacks.md#image-attacks))",
-        "adaptation": "`{<domain>: {train: <split>, eval: <split>}}`: the attack runs once per domain "
-        "(`experiment=freeze`)",
-        "at_steps": "attack-strength curve: verify and score at these fine-tuning steps "
-        "([curves](attacks.md#attack-strength-curves-evalat_steps))",
-    },
-}
-
 
 def docs_dir() -> Path:
     """The checkout's docs/, beside the conf/ the commands read."""
@@ -67,17 +46,11 @@ def parse_spec(spec: str) -> list[tuple[str, type]]:
     return pairs
 
 
-def fallback_docs() -> dict[type, dict[str, str]]:
-    """:data:`FALLBACK_DOCS` by class."""
-    return {load_class(path): docs for path, docs in FALLBACK_DOCS.items()}
-
-
 def render_page(text: str, conf: Path | None = None) -> str:
     """``text`` with every marked table regenerated."""
     conf = conf or config_dir()
     specs = [(m.start(), parse_spec(m["spec"])) for m in MARKER.finditer(text)]
     groups: dict[str, list[Option]] = {}
-    fallback = fallback_docs()
 
     def options(group: str) -> list[Option]:
         if group not in groups:
@@ -96,7 +69,7 @@ def render_page(text: str, conf: Path | None = None) -> str:
                     return "(below)" if start > match.start() else "(above)"
             return None
 
-        return f"{match[1]}{table(pairs, found, fallback, nested)}\n{match[4]}"
+        return f"{match[1]}{table(pairs, found, nested)}\n{match[4]}"
 
     return MARKER.sub(regenerate, text)
 

@@ -6,6 +6,10 @@ write into ``<hash>.partial`` and the folder is renamed into place only when com
 that was killed leaves its ``.partial``: the next build clears it, except ``checkpoints/`` (the
 resume points of its training stages), which are dropped once the artifact is complete. A file lock makes
 parallel sweep jobs wait for one builder instead of all building the same thing.
+
+The spec of an artifact that our code builds includes that code's fingerprint (``code=``, see
+:mod:`adaptguard.core.code_version`): editing a defense rebuilds its protections, editing evaluation
+re-scores. Each folder's ``provenance.json`` records the code, git commit and library versions that made it.
 """
 
 from __future__ import annotations
@@ -17,18 +21,22 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from adaptguard.core.code_version import code_fingerprint, provenance
 from adaptguard.core.private import make_private, private_file
 from adaptguard.core.redact import redact
 
-# Bump when a change to the code would make old artifacts wrong for the same config.
+# Bump when a change to the code would make old artifacts wrong for the same config. Artifacts built with a
+# ``code`` argument are keyed by their code already; this is for the shipped ones (base models, feature
+# extractors), which are released weights keyed by config alone.
 CACHE_VERSION = 1
 SPEC_FILE = "spec.json"
+PROVENANCE_FILE = "provenance.json"  # the code, commit and libraries that built an artifact (not in its key)
 RESUME_DIR = "checkpoints"  # inside a build folder: resume points, kept across a killed build
 
 
@@ -90,18 +98,28 @@ class ArtifactCache:
         spec: Mapping[str, Any],
         build: Callable[[Path], None],
         private: bool = False,
+        code: Sequence[Any] = (),
     ) -> Path:
         """Return the artifact folder for ``spec``, calling ``build(workdir)`` if absent.
 
         ``private`` folders (keys, masks) are readable by the owner only, every file in them included,
-        and their ``spec.json`` has secret config values (key seeds, triggers) redacted.
+        and their ``spec.json`` has secret config values (key seeds, triggers) redacted. ``code``: the
+        classes, functions or modules that build the artifact; their source (and what of adaptguard they
+        import) joins the key, so editing them rebuilds it (:func:`~adaptguard.core.code_version.code_fingerprint`).
         """
-        return self.fetch(kind, spec, build, private)[0]
+        return self.fetch(kind, spec, build, private, code)[0]
 
     def fetch(
-        self, kind: str, spec: Mapping[str, Any], build: Callable[[Path], None], private: bool = False
+        self,
+        kind: str,
+        spec: Mapping[str, Any],
+        build: Callable[[Path], None],
+        private: bool = False,
+        code: Sequence[Any] = (),
     ) -> tuple[Path, bool]:
         """:meth:`get_or_build`, also saying whether this call built it (False: it came from the cache)."""
+        if code:
+            spec = {**spec, "code": code_fingerprint(*code)}
         if shipped := self.shipped(kind, spec):
             return shipped, False
         final = self.path(kind, spec)
@@ -120,6 +138,8 @@ class ArtifactCache:
             shutil.rmtree(work / RESUME_DIR, ignore_errors=True)
             shown = redact(spec, fingerprint=self.fingerprint) if private else spec  # the hash is of the full spec
             (work / SPEC_FILE).write_text(json.dumps(shown, indent=2, sort_keys=True, default=str))
+            made = {**provenance(*code), **({"code": spec["code"]} if "code" in spec else {})}
+            (work / PROVENANCE_FILE).write_text(json.dumps(made, indent=2))
             if private:
                 make_private(work)
             os.replace(work, final)
@@ -136,9 +156,10 @@ class ArtifactCache:
         digest = hmac.new(salt_file.read_bytes(), json.dumps(value, default=str).encode(), hashlib.sha256)
         return f"hmac-sha256:{digest.hexdigest()[:16]}"
 
-    def resume_dir(self, kind: str, spec: Mapping[str, Any]) -> Path:
-        """Where a stage that is not itself cached (an attack) keeps its checkpoints until it completes."""
-        return self.root / "resume" / kind / spec_hash(spec)
+    def resume_dir(self, kind: str, spec: Mapping[str, Any], code: Sequence[Any] = ()) -> Path:
+        """Where a stage that is not itself cached (an attack) keeps its checkpoints until it completes (``code``:
+        as in :meth:`fetch`, so edited code never resumes from the old code's checkpoints)."""
+        return self.root / "resume" / kind / spec_hash({**spec, "code": code_fingerprint(*code)} if code else spec)
 
     @contextmanager
     def holding(self, folder: Path) -> Iterator[None]:

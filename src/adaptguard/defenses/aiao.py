@@ -8,7 +8,10 @@ mask-controlled trigger T(h) = (1 - M) * h + M * tau and a response (entries R a
 signs r). Embedding teaches: trigger at block i => sign(h_j[R_j]) = r_j at a later
 lazy block j, for subpaths (i, j) sampled afresh every step, while the untriggered
 model stays close to the original. Verification samples K subpaths with arbitrary
-inputs; each trial is a one-sided binomial test on matching signs.
+inputs; each trial is a one-sided binomial test on matching signs, and the model-level
+decision compares the passing trials with random response signs on the same features
+(the shared key-randomization test: the "rate threshold calibrated on never-watermarked
+models" of the method note, calibrated on the suspect itself, valid for any suspect).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import Defense, trigger_rows
 from adaptguard.defenses.subpath_hooks import BlockSecret, SubpathHooks
-from adaptguard.metrics.stats import binomial_tail, bit_match_verification, calibrate_threshold
+from adaptguard.metrics.stats import binomial_threshold, bit_match_verification
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import OptimConfig, TrainSettings, finetune
 
@@ -47,7 +50,6 @@ class AIAOKey(SecretKey):
     candidates: list[int]  # blocks subpaths are drawn from (forward-order indices)
     fixed_pair: list[int]  # [] for Monte-Carlo subpaths; [i, j] for one fixed subpath
     scales: list[float]  # per-block feature std of the original model (pattern and margin unit)
-    rate_threshold: float  # model-level decision, calibrated on the never-watermarked model
 
 
 def block_secret(
@@ -120,9 +122,6 @@ class AIAODefense(Defense):
     model_fpr: float = setting(
         1e-3, gt=0, lt=1, doc="model-level false-positive target of the detected / not-detected decision"
     )
-    calibration_keys: int = setting(
-        32, ge=1, doc="random keys scored on the never-watermarked model at protect time (-> the rate threshold)"
-    )
     null_keys: int = setting(
         16, ge=1, doc="random sign vectors every trial is also scored against (the null for TPR @ FPR)"
     )
@@ -133,6 +132,7 @@ class AIAODefense(Defense):
     key_type: ClassVar[type[SecretKey]] = AIAOKey
     report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "probe_steps", "num_subpaths")
     verification: ClassVar[Literal["none", "weights", "images"]] = "weights"
+    version: ClassVar[int] = 2  # 2: key-randomization decision, no calibrated rate threshold in the key
 
     # ------------------------------------------------------------------ key
     def secrets_for(self, key: AIAOKey, blocks: list[Block]) -> dict[int, BlockSecret]:
@@ -158,9 +158,12 @@ class AIAODefense(Defense):
             pairs = all_pairs(candidates)
             g = torch.Generator().manual_seed((seed * 31 + 1) % _SEED_MOD)
             fixed = list(pairs[int(torch.randint(len(pairs), (1,), generator=g))])
-        return AIAOKey(
-            seed=seed, candidates=list(candidates), fixed_pair=fixed, scales=list(scales), rate_threshold=1.0
-        )
+        return AIAOKey(seed=seed, candidates=list(candidates), fixed_pair=fixed, scales=list(scales))
+
+    def random_key(self, like: SecretKey, seed: int) -> AIAOKey:
+        """Another owner's key on the same blocks: fresh masks, patterns, response entries and signs."""
+        assert isinstance(like, AIAOKey)
+        return self.make_key(like.candidates, like.scales, seed=seed)
 
     def sample_pairs(self, key: AIAOKey, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n, 2) subpaths: uniform over pairs i < j of candidate blocks, or the fixed one."""
@@ -193,7 +196,6 @@ class AIAODefense(Defense):
         blocks = activity.blocks
         candidates = self.choose_candidates(activity)
         key = self.make_key(candidates, self.feature_scales(model, blocks, data), seed=ctx.key_seed(self.key_seed))
-        key.rate_threshold, calibration = self.calibrate(model, key, blocks, ctx)
         teacher = model.unet.requires_grad_(False)  # the frozen original: the untriggered target
         objective = _EmbeddingObjective(self, key, blocks, teacher, seed=ctx.seed)
         loader = data.dataloader(self.split, self.batch_size)
@@ -217,36 +219,11 @@ class AIAODefense(Defense):
             "activity": activity.activity,
             "busy": activity.busy,
             "candidates": candidates,
-            "rate_threshold": key.rate_threshold,
-            "calibration": calibration,
             "trainable_params": tuned.cost["trainable_params"],
         }
         return Protected(tuned.model, key, info)
 
     # ------------------------------------------------------------------ verify
-    def calibrate(
-        self, never_watermarked: DiffusionModel, key: AIAOKey, blocks: list[Block], ctx: RunContext
-    ) -> tuple[float, dict[str, Any]]:
-        """Rate threshold: the binomial bound, raised to what random keys reach on the original model."""
-        theory = next(
-            s for s in range(self.num_subpaths + 1) if binomial_tail(s, self.num_subpaths, self.alpha) <= self.model_fpr
-        )
-        g = torch.Generator().manual_seed(int(secrets.randbits(62)))
-        rates = []
-        for _ in range(self.calibration_keys):
-            seed = int(torch.randint(0, 2**62, (1,), generator=g))
-            other = self.make_key(key.candidates, key.scales, seed=seed)
-            rates.append(self._trials(never_watermarked, other, blocks, ctx)[0].rate)
-        empirical = calibrate_threshold(rates, self.model_fpr)
-        threshold = max(theory / self.num_subpaths, empirical)
-        return float(threshold), {
-            "binomial_rate_threshold": theory / self.num_subpaths,
-            "empirical_rate_threshold": float(empirical),
-            "null_rates_mean": float(sum(rates) / len(rates)),
-            "null_rates_max": float(max(rates)),
-            "keys": len(rates),
-        }
-
     @torch.no_grad()
     def _trials(
         self, model: DiffusionModel, key: AIAOKey, blocks: list[Block], ctx: RunContext, untriggered: bool = False
@@ -271,29 +248,29 @@ class AIAODefense(Defense):
                 hooks.trigger_at = pairs[sl, 0]
                 model.predict(*args)
                 values.append(hooks.responses(pairs[sl, 1]).float().cpu())
-        values = torch.cat(values)
-        signs = torch.stack([sec[j].response_sign for j in pairs[:, 1].tolist()])
-        agree = (torch.sign(values) == signs).sum(1)
-        n_bits = signs.shape[1]
+        # bits: is the response positive; the key's bits: is each response block's secret sign positive
+        read = (torch.cat(values) > 0).to(torch.uint8)
+        key_bits = torch.stack([(sec[j].response_sign > 0).to(torch.uint8) for j in key.candidates])
+        groups = torch.tensor([key.candidates.index(j) for j in pairs[:, 1].tolist()], dtype=torch.long)
+        n_bits = key_bits.shape[1]
         figures = {}
         if untriggered:
-            plain_agree = (torch.sign(torch.cat(plain)) == signs).sum(1)
-            control = bit_match_verification(plain_agree.tolist(), n_bits, self.alpha, self.model_fpr)
-            figures = {"untriggered_rate": control.rate, "untriggered_bit_accuracy": control.figures["bit_accuracy"]}
-        # random sign vectors are independent of the model: exact Binomial(n_bits, 1/2) null scores
-        rand = (
-            torch.randint(0, 2, (self.null_keys, n_bits), generator=torch.Generator().manual_seed(4242)).float() * 2 - 1
-        )
-        null = (torch.sign(values)[:, None, :] == rand[None]).sum(-1).flatten()
-        ver = bit_match_verification(agree.tolist(), n_bits, self.alpha, self.model_fpr, null.tolist(), figures)
+            plain_agree = ((torch.cat(plain) > 0).to(torch.uint8) == key_bits[groups]).sum(1)
+            figures = {
+                "untriggered_rate": float((plain_agree >= binomial_threshold(n_bits, self.alpha)).float().mean()),
+                "untriggered_bit_accuracy": float(plain_agree.float().mean() / n_bits),
+            }
+        # random sign vectors are independent of the model: exact Binomial(n_bits, 1/2) null scores (TPR@FPR)
+        rand = torch.randint(0, 2, (self.null_keys, n_bits), generator=torch.Generator().manual_seed(4242))
+        null = (read[:, None, :] == rand[None].to(torch.uint8)).sum(-1).flatten()
+        ver = bit_match_verification(read, key_bits, self.alpha, self.model_fpr, groups, null.tolist(), figures)
         return ver, pairs
 
     def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:
         assert isinstance(key, AIAOKey)
         blocks = unet_blocks(model.unet, model.latent_shape)
         ver, pairs = self._trials(model, key, blocks, ctx, untriggered=True)
-        ver.detected = ver.rate >= key.rate_threshold
-        ver.details.update(rate_threshold=key.rate_threshold, distinct_subpaths=len({tuple(p) for p in pairs.tolist()}))
+        ver.details.update(distinct_subpaths=len({tuple(p) for p in pairs.tolist()}))
         return ver
 
 

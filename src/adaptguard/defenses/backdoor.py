@@ -111,6 +111,7 @@ class BackdoorDefense(OutputWatermark):
     name: str = setting("backdoor", doc="label in results and logs")
     key_type: ClassVar[type[SecretKey]] = BackdoorKey
     report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "num_samples")
+    version: ClassVar[int] = 2  # 2: the key-randomization decision (1: binomial over independent images)
 
     def make_key(self, seed: int | None = None) -> BackdoorKey:
         seed = seed if seed is not None else self.key_seed
@@ -118,6 +119,13 @@ class BackdoorDefense(OutputWatermark):
         trigger = self.trigger or "".join(rng.choice(list(TRIGGER_ALPHABET), size=self.trigger_length))
         bits = torch.from_numpy(rng.integers(0, 2, size=self.grid * self.grid).astype(np.uint8))
         return BackdoorKey(trigger=trigger, bits=bits)
+
+    def random_key(self, like: SecretKey, seed: int) -> BackdoorKey:
+        return self.make_key(seed)  # a fresh trigger (unless the config fixes one) and fresh bits
+
+    def sampling_identity(self, key: SecretKey) -> Any:
+        assert isinstance(key, BackdoorKey)
+        return key.trigger  # the images depend on the trigger only
 
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         key = self.make_key(ctx.key_seed(self.key_seed))
@@ -145,6 +153,5 @@ class BackdoorDefense(OutputWatermark):
     ) -> Verification:
         assert isinstance(key, BackdoorKey)
         bits = read_bits(images["triggered"], self.grid)
-        matches = (bits == key.bits.to(bits.device)).sum(1)
         null = random_key_matches(bits, self.null_keys, seed=12345)
-        return bit_match_verification(matches.tolist(), self.grid**2, self.fpr, self.model_fpr, null.tolist())
+        return bit_match_verification(bits, key.bits, self.fpr, self.model_fpr, null_matches=null.tolist())

@@ -19,6 +19,7 @@ from adaptguard.core.redact import redact
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.data.distortions import ImageTransform
+from adaptguard.metrics.stats import decision_rule as stats_decision_rule
 from adaptguard.models.bundle import DiffusionModel
 
 
@@ -56,6 +57,18 @@ class Defense(Validated, ABC):
     ) -> tuple[Verification | None, dict[str, Verification]]:
         """``verify``, plus the verification after each image transform where the defense reads images."""
         return self.verify(model, key, ctx), {}
+
+    def random_key(self, like: SecretKey, seed: int) -> SecretKey:
+        """A key this defense could have drawn for another owner: ``like``'s public parts (where to look), fresh
+        secret parts from ``seed``. Verified against never-watermarked models, it measures the false-positive
+        rate of the decision (``adaptguard calibrate null_keys=...``). Watermark defenses implement it."""
+        raise NotImplementedError(f"defense {self.name} draws no random keys (it has nothing to verify)")
+
+    def decision_rule(self, verified: Verification) -> dict[str, Any]:
+        """How this defense's verification becomes DETECTED, without secrets: what the owner's key file and
+        ``protect.json`` record and ``verify`` prints. The shared key-randomization test of
+        :func:`adaptguard.metrics.stats.bit_match_verification` unless a defense decides another way."""
+        return stats_decision_rule(verified)
 
     def constraint(self, key: SecretKey | None) -> FineTuneConstraint | None:
         """What every fine-tuning of the published model must honour (e.g. frozen tensors)."""
@@ -113,6 +126,12 @@ class OutputWatermark(Defense):
         self, images: dict[str, torch.Tensor], key: SecretKey | None, model: DiffusionModel
     ) -> Verification:
         """Verification from images only; ``model`` is used for its latent space, never its weights."""
+
+    def sampling_identity(self, key: SecretKey) -> Any:
+        """What of ``key`` decides the images :meth:`verification_images` draws (a hashable): keys that agree on
+        it verify one sampling (SleeperMark's random messages share its trigger and prompts). None: every key
+        samples its own images."""
+        return None
 
     def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:
         return self.verify_images(self.verification_images(model, key, ctx), key, model)

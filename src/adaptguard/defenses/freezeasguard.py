@@ -271,7 +271,7 @@ def simulated_user(
         info = {"steps": cfg.user_steps, "images": len(both), **user.losses}
         (work / "info.json").write_text(json.dumps(info))
 
-    folder = ctx.cache.get_or_build("simulated_user", spec, build, private=True)
+    folder = ctx.cache.get_or_build("simulated_user", spec, build, private=True, code=(simulated_user, data))
     state = torch.load(folder / "unet.pt", weights_only=True)
     info = json.loads((folder / "info.json").read_text())
     return state, info

@@ -305,5 +305,5 @@ def train_codec(cfg: CodecConfig, model: DiffusionModel, data: CaptionedImageDat
         info.update(final_losses=final, owner_images=evaluate_codec(codec, model, owner, seed=ctx.seed + 1))
         torch.save(codec.state(), work / "codec.pt")
 
-    folder = ctx.cache.get_or_build("codec", spec, build, private=True)
+    folder = ctx.cache.get_or_build("codec", spec, build, private=True, code=(train_codec, data))
     return Codec.from_state(torch.load(folder / "codec.pt", weights_only=True))

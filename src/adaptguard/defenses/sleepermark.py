@@ -140,6 +140,7 @@ class SleeperMarkDefense(OutputWatermark):
     name: str = setting("sleepermark", doc="label in results and logs")
     key_type: ClassVar[type[SecretKey]] = SleeperMarkKey
     report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "codec.steps", "num_samples")
+    version: ClassVar[int] = 2  # 2: the key-randomization decision (1: binomial over independent images)
 
     def __post_init__(self) -> None:
         self.codec = from_mapping(CodecConfig, self.codec)
@@ -157,6 +158,16 @@ class SleeperMarkDefense(OutputWatermark):
         seed = seed if seed is not None else self.key_seed
         rng = np.random.default_rng(seed if seed is not None else secrets.randbits(128))
         return torch.from_numpy(rng.integers(0, 2, size=self.bits).astype(np.uint8))
+
+    def random_key(self, like: SecretKey, seed: int) -> SleeperMarkKey:
+        """Another owner's message with this trigger, prompts and codec (the message is what the key keeps secret
+        from someone who knows the method; the codec is trained once per latent space and owner data)."""
+        assert isinstance(like, SleeperMarkKey)
+        return SleeperMarkKey(like.trigger, self.make_message(seed), list(like.prompts), like.codec)
+
+    def sampling_identity(self, key: SecretKey) -> Any:
+        assert isinstance(key, SleeperMarkKey)
+        return (key.trigger, tuple(key.prompts))
 
     def trainable_parameters(self, model: DiffusionModel) -> list[torch.nn.Parameter]:
         pattern = re.compile(TRAINABLE[self.trainable])
@@ -214,7 +225,6 @@ class SleeperMarkDefense(OutputWatermark):
         codec = Codec.from_state(key.codec)
         message = key.message.to(torch.uint8)
         bits = codec.read_bits(model, images["triggered"])
-        matches = (bits == message).sum(1)
         null = random_key_matches(bits, self.null_messages, seed=4242)
         figures: dict[str, float] = {}
         details: dict[str, Any] = {}
@@ -225,9 +235,7 @@ class SleeperMarkDefense(OutputWatermark):
                 untriggered_bit_accuracy=float(plain.float().mean() / self.bits), untriggered_rate=hits / len(plain)
             )
             details["untriggered_ci"] = list(clopper_pearson(hits, len(plain)))
-        return bit_match_verification(
-            matches.tolist(), self.bits, self.fpr, self.model_fpr, null.tolist(), figures, details
-        )
+        return bit_match_verification(bits, message, self.fpr, self.model_fpr, None, null.tolist(), figures, details)
 
 
 class TriggerDistillation:

@@ -130,7 +130,7 @@ class QualityEvaluator(Validated):
             torch.save(feats, work / "features.pt")
             (work / "captions.json").write_text(json.dumps(captions))
 
-        folder = cache.get_or_build(REAL_FEATURES, spec, build)
+        folder = cache.get_or_build(REAL_FEATURES, spec, build, code=(type(self), data))
         feats = torch.load(folder / "features.pt", weights_only=True)
         return feats, json.loads((folder / "captions.json").read_text())
 

@@ -1,12 +1,22 @@
 """Verification statistics shared by every watermark defense.
 
-A verification runs ``trials`` independent checks (images for output-space watermarks,
-subpaths for AIAO); each trial yields a score, usually the number of matching bits out
-of ``n_bits``. Under the null hypothesis (model not watermarked with this key) matches
-are Binomial(n_bits, 1/2), which fixes the per-trial threshold from a target false-
-positive rate *before* any result is seen. The model-level decision tests the number of
-successful trials against Binomial(trials, per-trial FPR). TPR at a fixed FPR uses a
-threshold calibrated on scores of never-watermarked models only.
+A verification runs ``trials`` checks (images for output-space watermarks, subpaths for AIAO); each
+trial reads ``n_bits`` bits from the model and compares them with the key's bits. Under the null
+hypothesis (the model was not watermarked with this key) the key's bits are uniform and independent of
+what the model produces, so each trial's matches are Binomial(n_bits, 1/2): that fixes the per-trial
+threshold from a target false-positive rate *before* any result is seen.
+
+Trials are not independent of each other, though: images drawn from one prompt can be near-identical,
+and then a key that happens to match one matches them all. So the model-level decision does not
+multiply per-trial evidence. It is a **key-randomization test**: the same read bits are scored against
+many random keys (uniform bits, independent of the secret one), and the p-value is the share of random
+keys whose evidence reaches the owner's key's, ``(1 + #{>=}) / (1 + N)``. The evidence combines two
+summaries of the trials by their smaller p-value (:func:`trial_statistics`): the best trial, and the
+matches summed over the passing trials; nothing is detected without a passing trial. Conditional on
+the model's outputs the owner's key is one more uniform draw under the null, so this p-value is valid
+whatever the dependence between trials (a Monte-Carlo permutation test). The binomial p-value that
+assumes independent trials is kept in ``details`` for comparison. TPR at a fixed FPR uses a threshold
+calibrated on scores of never-watermarked models only.
 """
 
 from __future__ import annotations
@@ -131,26 +141,109 @@ def tpr_at_fpr(scores: Sequence[float], null_scores: Sequence[float], fpr: float
     )
 
 
+def randomization_keys(model_fpr: float) -> int:
+    """Random keys per decision: p-values resolve to ``model_fpr / 10``, so a clear watermark is detected at
+    the target, and the Monte-Carlo error of the decision is small."""
+    return max(999, math.ceil(10 / model_fpr))
+
+
+RANDOMIZATION_SEED = 20261203  # random keys are independent of any owner's key: a fixed draw is a valid null
+
+
+def bit_matches(read: torch.Tensor, key: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Matching bits of each trial: ``read`` (T, n) in {0, 1} against row ``groups[t]`` of ``key`` (G, n)
+    (a 1-d ``key``: every trial against it)."""
+    key = key.view(-1, read.shape[1]) if key.dim() == 1 else key
+    rows = key[groups] if groups is not None else key[0].expand_as(read)
+    return (read.to(torch.uint8) == rows.to(torch.uint8)).sum(1)
+
+
+def trial_statistics(matches: torch.Tensor, threshold: int) -> torch.Tensor:
+    """(..., 2): the two summaries of a verification's trials (last dimension) the decision combines.
+
+    - the best trial's matching bits: a few trials that read the key perfectly are strong evidence, however
+      many near-identical others there are (30 copies of one image are one image's evidence);
+    - matching bits summed over the passing trials: many trials that each pass clearly, none perfectly.
+    """
+    best = matches.max(-1).values
+    passing = (matches * (matches >= threshold - 0.5)).sum(-1)
+    return torch.stack([best, passing], -1)
+
+
+def random_key_statistics(
+    read: torch.Tensor, n_groups: int, groups: torch.Tensor | None, threshold: int, n_keys: int, seed: int
+) -> torch.Tensor:
+    """(n_keys, 2): :func:`trial_statistics` of ``read`` against each of ``n_keys`` uniform random keys."""
+    t, n = read.shape
+    r = read.float()
+    groups = groups if groups is not None else torch.zeros(t, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, n_keys, 4096):
+        c = min(4096, n_keys - start)
+        keys = torch.randint(0, 2, (n_groups, c, n), generator=g).float()
+        matches = torch.zeros(c, t)
+        for group in range(n_groups):
+            rows = groups == group  # matches = n - hamming, hamming = |read| + |key| - 2 <read, key>
+            if rows.any():
+                k, x = keys[group], r[rows]
+                matches[:, rows] = n - (x.sum(1)[None] + k.sum(1, keepdim=True) - 2 * k @ x.T)
+        out.append(trial_statistics(matches, threshold).double())
+    return torch.cat(out)
+
+
+def randomization_p_value(observed: torch.Tensor, null: torch.Tensor) -> float:
+    """Exact Monte-Carlo p-value of the smaller of the two statistics' p-values (a min-p combination).
+
+    The owner's key and the N random keys are exchangeable under the null, so each of the N + 1 gets, per
+    statistic, the share of the N + 1 at least as large; the combined statistic is the smaller share, and
+    the p-value is the share of the N + 1 whose combined statistic is at most the owner's.
+    """
+    values = torch.cat([observed.view(1, -1).double(), null], 0)  # (N + 1, 2); row 0 is the owner's key
+    n = values.shape[0]
+    shares = torch.empty_like(values)
+    for j in range(values.shape[1]):
+        column = values[:, j]
+        ordered = torch.sort(column).values
+        at_least = n - torch.searchsorted(ordered, column - 1e-9)  # how many values are >= each value
+        shares[:, j] = at_least.double() / n
+    combined = shares.min(1).values
+    return float((combined <= combined[0] + 1e-12).sum()) / n
+
+
 def bit_match_verification(
-    matches: Sequence[int],
-    n_bits: int,
+    read: torch.Tensor,
+    key: torch.Tensor,
     fpr: float,
     model_fpr: float,
+    groups: torch.Tensor | None = None,
     null_matches: Sequence[int] = (),
     figures: dict[str, float] | None = None,
     details: dict[str, Any] | None = None,
 ) -> Verification:
-    """Per-trial one-sided binomial test on matching bits, then a model-level test.
+    """Per-trial binomial threshold on matching bits, then the model-level key-randomization test.
 
-    A trial passes when its matches reach ``binomial_threshold(n_bits, fpr)``; the model is
-    detected when that many passing trials would happen with probability <= ``model_fpr``
-    in a model that does not carry the watermark.
+    ``read``: (trials, n_bits) bits read from the model; ``key``: the owner's bits, (n_bits,) or one row per
+    group (AIAO: per response block) with ``groups`` naming each trial's row. A trial passes at
+    ``binomial_threshold(n_bits, fpr)`` matches; the model is detected when the randomization p-value of its
+    passing trials is <= ``model_fpr``.
     """
-    matches = [int(m) for m in matches]
+    read = read.detach().cpu().to(torch.uint8)
+    key = key.detach().cpu().to(torch.uint8)
+    key = key.view(1, -1) if key.dim() == 1 else key
+    groups = groups.detach().cpu().long() if groups is not None else None
+    n_bits = read.shape[1] if read.dim() == 2 else key.shape[1]
+    matches = bit_matches(read, key, groups).tolist() if read.numel() else []
     k = binomial_threshold(n_bits, fpr)
     successes = sum(m >= k for m in matches)
     trials = len(matches)
-    p_value = binomial_tail(successes, trials, fpr)
+    n_keys = randomization_keys(model_fpr)
+    p_value, null_best = 1.0, None
+    if successes:  # without a passing trial nothing is detected, however the bits lean
+        observed = trial_statistics(torch.tensor(matches, dtype=torch.float64), k)
+        null = random_key_statistics(read, key.shape[0], groups, k, n_keys, RANDOMIZATION_SEED)
+        p_value, null_best = randomization_p_value(observed, null), float(null[:, 0].max())
+    independence_p = binomial_tail(successes, trials, fpr)
     return Verification(
         detected=trials > 0 and p_value <= model_fpr,
         rate=successes / trials if trials else 0.0,
@@ -163,5 +256,34 @@ def bit_match_verification(
         scores=[float(m) for m in matches],
         null_scores=[float(m) for m in null_matches],
         figures={**({"bit_accuracy": float(np.mean(matches) / n_bits)} if matches else {}), **(figures or {})},
-        details={"fpr": fpr, "model_fpr": model_fpr, **(details or {})},
+        details={
+            "fpr": fpr,
+            "model_fpr": model_fpr,
+            "test": "key randomization",
+            "random_keys": n_keys,
+            "statistic": "min-p of (best trial's matches, matches summed over passing trials)",
+            "random_key_best_trial_max": null_best,  # None: no trial passed, no random keys drawn
+            # what the decision would be if trials were independent (the rule before issue 28)
+            "independence_p_value": independence_p,
+            "independence_detected": trials > 0 and independence_p <= model_fpr,
+            **(details or {}),
+        },
     )
+
+
+def decision_rule(v: Verification) -> dict[str, Any]:
+    """How ``v`` was decided, without secrets: what a key file and ``protect.json`` record beside the verdict."""
+    d = v.details
+    return {
+        "statistic": v.statistic,
+        "trials": v.trials,
+        "trial_threshold": v.trial_threshold,
+        "trial_fpr": d.get("fpr"),
+        "model_fpr": d.get("model_fpr"),
+        "test": d.get("test"),
+        "random_keys": d.get("random_keys"),
+        "rule": "a trial passes at trial_threshold (binomial at trial_fpr); detected when some trial passes and at "
+        "most model_fpr of random keys reach the key's evidence: its best trial and its passing trials' summed "
+        "matches, combined by their smaller p-value (key randomization: valid whatever the dependence between "
+        "trials)",
+    }

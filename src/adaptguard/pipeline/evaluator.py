@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from adaptguard.reporting.results import ModelReport, VerificationReport
 log = logging.getLogger(__name__)
 QUALITY_SEED_OFFSET = 100  # every model samples its FID images from the same noise
 SHARED = ("base", "protected")  # models every job of a sweep evaluates alike: their evaluations are cached
+EVALUATION_CODE = __name__  # this module (and what it imports) samples and scores every cached FID/KID
 HINTS = {"attacked": "lower attack.lr or set attack.max_grad_norm", "protected": "lower defense.lr"}
 
 
@@ -100,22 +101,36 @@ class Evaluator:
         transforms: Sequence[ImageTransform],
         identity: dict[str, Any] | None = None,
     ) -> tuple[Verification | None, dict[str, Verification]]:
-        """``defense.verify_with`` of a base or protected model, through the evaluation cache (private)."""
+        """``defense.verify_with`` of a base or protected model, through the evaluation cache (private).
+
+        The verification as sampled is one entry per (model, key), and each image attack another: a model
+        verified with and without image attacks (two sweeps) reads one number, not two samplings' worth.
+        """
         if self.defense.verification == "none":  # nothing to verify, nothing to cache
             return None, {}
         spec = {"verification": identity or model_identity(model), "key": self.ctx.cache.fingerprint(key_digest(self.key)),
-                "defense": self.defense.describe(), "image_attacks": [t.describe() for t in transforms]}  # fmt: skip
+                "defense": self.defense.describe()}  # fmt: skip
+        computed: dict[str | None, Verification | None] = {}
 
-        def build(work: Path) -> None:
-            v, attacked = self.defense.verify_with(model, self.key, self.ctx, transforms)
-            stored = {"verification": verification_to_json(v),
-                      "image_attacks": {k: verification_to_json(a) for k, a in attacked.items()}}  # fmt: skip
-            (work / "verification.json").write_text(json.dumps(stored))
+        def build(name: str | None) -> Callable[[Path], None]:
+            def write(work: Path) -> None:
+                if not computed:  # one sampling serves every entry still missing
+                    v, attacked = self.defense.verify_with(model, self.key, self.ctx, transforms)
+                    computed.update({None: v, **attacked})
+                (work / "verification.json").write_text(json.dumps(verification_to_json(computed.get(name))))
 
-        with self.shared.entry(label, spec, build, private=True) as folder:
-            stored = json.loads((folder / "verification.json").read_text())
-        attacked = {k: verification_from_json(a) for k, a in stored["image_attacks"].items()}
-        return verification_from_json(stored["verification"]), attacked
+            return write
+
+        code = (self.defense, SharedEvaluations)  # the defense verifies; shared_evals stores it
+        out: dict[str | None, Verification | None] = {}
+        images = transforms if self.defense.verification == "images" else []  # weights: no images to attack
+        entries = [(None, label, spec)] + [
+            (t.label, f"{label}/{t.label}", {**spec, "image_attack": t.describe()}) for t in images
+        ]
+        for name, entry_label, entry_spec in entries:
+            with self.shared.entry(entry_label, entry_spec, build(name), private=True, code=code) as folder:
+                out[name] = verification_from_json(json.loads((folder / "verification.json").read_text()))
+        return out.pop(None), {k: v for k, v in out.items() if k is not None and v is not None}
 
     def quality(self, name: str, model: DiffusionModel, domains: list[EvalDomain]) -> dict[str, QualityReport]:
         """FID/KID on the clean domain and ``domains``; a sample grid of each."""
@@ -162,7 +177,7 @@ class Evaluator:
             (work / "quality.json").write_text(json.dumps(report.to_dict()))
             save_grid(images[: self.config.grid_samples], work / "grid.png")
 
-        with self.shared.entry(label, spec, build) as folder:
+        with self.shared.entry(label, spec, build, code=(self.config.fid, d.data, EVALUATION_CODE)) as folder:
             shutil.copyfile(folder / "grid.png", grid)
             return QualityReport(**json.loads((folder / "quality.json").read_text()))
 

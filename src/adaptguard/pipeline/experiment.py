@@ -43,20 +43,35 @@ class EvalConfig(Validated):
 
     config_key = "eval"
 
-    fid: QualityEvaluator | None = field(default_factory=QualityEvaluator)  # None: skip FID/KID
-    clean_split: str | None = "eval"  # real images of the domain the owner cares about (None: skip)
-    attacker_split: str | None = "attacker"  # the attacker's domain (did the adaptation work?)
-    fprs: list[float] = field(default_factory=lambda: [0.01, 0.001])  # TPR reported at these FPRs
-    grid_samples: int = setting(16, ge=0)  # images per sample grid (from the FID samples)
-    quality_of_base: bool = True  # also score the unprotected base model (cost of embedding)
-    # reuse evaluations that do not depend on the job (base and protected models, real-image features)
-    # from the artifact cache: identical numbers, paid once per sweep (false: compute them every run)
-    cache: bool = True
-    image_attacks: list[Any] = field(default_factory=list)  # names / {name: .., settings}: verify after each
-    # {domain: {train: split, eval: split}}: run the attack once per domain instead of once on its own split
-    adaptation: dict[str, Any] = field(default_factory=dict)
-    # fine-tuning steps at which to verify and score the attacker's domain during the attack (curves)
-    at_steps: list[int] = field(default_factory=list)
+    fid: QualityEvaluator | None = setting(
+        default_factory=QualityEvaluator, doc="FID/KID settings; `eval.fid=null` skips FID/KID"
+    )
+    clean_split: str | None = setting("eval", doc="real images of the owner's domain (null: skip the clean domain)")
+    attacker_split: str | None = setting(
+        "attacker", doc="a plain run scores its attack here (DreamBooth: its subject instead)"
+    )
+    fprs: list[float] = setting(
+        default_factory=lambda: [0.01, 0.001], doc="TPR is reported at these false-positive rates"
+    )
+    grid_samples: int = setting(16, ge=0, doc="images per sample grid (`samples_<model>.png`, from the FID samples)")
+    quality_of_base: bool = setting(True, doc="also score the base model (the cost of embedding)")
+    cache: bool = setting(
+        True,
+        doc="read the base and protected models' FID/KID and verifications, and real-image features, from the "
+        "artifact cache when a job already computed them (identical numbers; [Cache](running.md#cache))",
+    )
+    image_attacks: list[Any] = setting(
+        default_factory=list, doc="verify after these image edits too ([names and settings](attacks.md#image-attacks))"
+    )
+    adaptation: dict[str, Any] = setting(
+        default_factory=dict,
+        doc="`{<domain>: {train: <split>, eval: <split>}}`: the attack runs once per domain (`experiment=freeze`)",
+    )
+    at_steps: list[int] = setting(
+        default_factory=list,
+        doc="attack-strength curve: verify and score at these fine-tuning steps "
+        "([curves](attacks.md#attack-strength-curves-evalat_steps))",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()

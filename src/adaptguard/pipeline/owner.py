@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from adaptguard.models.bundle import DiffusionModel
 from adaptguard.models.single_file import save_single_file
 from adaptguard.models.suspect import Suspect, architecture, architecture_mismatch, load_suspect
 from adaptguard.pipeline.experiment import Experiment
+from adaptguard.pipeline.null_models import NullModel, measure_null_fpr
 from adaptguard.pipeline.run import protect_cached
 
 log = logging.getLogger(__name__)
@@ -99,7 +101,7 @@ def owner_key(
         defense_version=defense.version,
         config=defense.describe(),
         secret=secret,
-        decision=decision_rule(defense, protected, verified),
+        decision=decision_rule(defense, verified),
         protected_sha256=weights_sha256(protected.model.unet),
         architecture={**architecture(protected.model), "resolution": protected.model.resolution},
         model_path=str(model_dir),
@@ -109,32 +111,11 @@ def owner_key(
     )
 
 
-def decision_rule(defense: Defense, protected: Protected, verified: Verification | None) -> dict[str, Any]:
+def decision_rule(defense: Defense, verified: Verification | None) -> dict[str, Any]:
     """The threshold a verdict uses and how it was calibrated (non-secret; stored in the key and the report)."""
     if verified is None:
         return {"verification": "none", "rule": f"defense={defense.name} constrains fine-tuning; nothing to verify"}
-    d = verified.details
-    rule = {
-        "verification": defense.verification,
-        "statistic": verified.statistic,
-        "trials": verified.trials,
-        "trial_threshold": verified.trial_threshold,
-        "trial_fpr": d.get("fpr"),
-        "model_fpr": d.get("model_fpr"),
-    }
-    if "rate_threshold" in d:  # AIAO: a rate threshold calibrated on the base model with random keys
-        rule.update(
-            rate_threshold=d["rate_threshold"],
-            rule="detected when the rate of passing trials >= rate_threshold",
-            calibration={"method": "max(binomial bound, random keys on the unprotected base model)",
-                         **(protected.info or {}).get("calibration", {})},
-        )  # fmt: skip
-    else:
-        rule.update(
-            rule="detected when P(>= the passing trials | no watermark) <= model_fpr (binomial, exact)",
-            calibration={"method": "analytic: per-trial binomial tail at trial_fpr, model-level binomial tail"},
-        )
-    return rule
+    return {"verification": defense.verification, **defense.decision_rule(verified)}
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -219,11 +200,16 @@ def verify_suspect(key: OwnerKey, suspect: Suspect, ctx: RunContext) -> Verdict:
     """Does ``suspect`` carry the watermark of ``key``? Sampling is seeded by ``ctx.seed``."""
     start = time.perf_counter()
     defense = defense_from_key(key)
-    secret = defense.key_type(**key.secret)
-    model = open_suspect(key, suspect, ctx)
-    v = defense.verify(model, secret, ctx)
+    return judge(key, defense, open_suspect(key, suspect, ctx), suspect.describe(), ctx, start)
+
+
+def judge(key: OwnerKey, defense: Defense, model: DiffusionModel, name: str, ctx: RunContext,
+          start: float | None = None) -> Verdict:  # fmt: skip
+    """The verdict of ``key`` on a loaded ``model`` (``start``: when the work on it began, for ``wall_s``)."""
+    start = time.perf_counter() if start is None else start
+    v = defense.verify(model, defense.key_type(**key.secret), ctx)
     return Verdict(
-        suspect=suspect.describe(), defense=key.defense, detected=bool(v.detected), rate=v.rate, ci=tuple(v.ci),
+        suspect=name, defense=key.defense, detected=bool(v.detected), rate=v.rate, ci=tuple(v.ci),
         trials=v.trials, successes=v.successes, p_value=v.p_value, trial_threshold=v.trial_threshold,
         statistic=v.statistic, target_fpr=key.decision.get("model_fpr"), rule=str(key.decision.get("rule", "")),
         identical_to_protected=weights_sha256(model.unet) == key.protected_sha256, seed=ctx.seed,
@@ -232,16 +218,23 @@ def verify_suspect(key: OwnerKey, suspect: Suspect, ctx: RunContext) -> Verdict:
 
 
 # ---------------------------------------------------------------------------------------------- calibrate
-def calibrate(key: OwnerKey, suspects: list[Suspect], ctx: RunContext) -> dict[str, Any]:
+def calibrate(
+    key: OwnerKey, suspects: Sequence[Suspect], ctx: RunContext, null_keys: int = 0, models: Sequence[NullModel] = ()
+) -> dict[str, Any]:
     """Run ``key`` against models that never saw its watermark: every detection is a false positive.
 
-    The empirical false-positive rate (with its Clopper-Pearson interval) sits next to the analytic
-    model-level FPR the decision rule targets; with few models the interval is wide, which is the point.
+    ``suspects`` are opened from disk, ``models`` are already loaded (``models=auto``: the base, its fine-tunes,
+    an independent base). The empirical false-positive rate (with its Clopper-Pearson interval) sits next to
+    the model-level FPR the decision rule targets; with few models the interval is wide, which is the point.
+    ``null_keys``: also verify that many random keys of the same defense on every model (``null_keys`` in
+    the report): the decision's false-positive rate over keys, with enough decisions to bound it.
     """
-    verdicts = [verify_suspect(key, s, ctx) for s in suspects]
+    defense = defense_from_key(key)
+    named = [NullModel(s.describe(), "given", open_suspect(key, s, ctx)) for s in suspects] + list(models)
+    verdicts = [judge(key, defense, m.model, m.name, ctx) for m in named]
     false = sum(v.detected for v in verdicts)
     trial_false, trials = sum(v.successes for v in verdicts), sum(v.trials for v in verdicts)
-    return {
+    report = {
         "defense": key.defense,
         "models": len(verdicts),
         "false_positives": false,
@@ -255,3 +248,6 @@ def calibrate(key: OwnerKey, suspects: list[Suspect], ctx: RunContext) -> dict[s
         "empirical_trial_fpr_ci": list(clopper_pearson(trial_false, trials)),
         "verdicts": [v.to_dict() for v in verdicts],
     }
+    if null_keys:
+        report["null_keys"] = measure_null_fpr(defense, defense.key_type(**key.secret), named, null_keys, ctx)
+    return report

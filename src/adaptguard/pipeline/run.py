@@ -19,7 +19,8 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from adaptguard.attacks.base import Attack
-from adaptguard.core.artifacts import RESUME_DIR
+from adaptguard.core.artifacts import RESUME_DIR, spec_hash
+from adaptguard.core.code_version import code_fingerprint, provenance
 from adaptguard.core.config import secret_fields
 from adaptguard.core.context import RunContext
 from adaptguard.core.domains import EvalDomain
@@ -104,7 +105,7 @@ def check_at_steps(attack: Attack, at_steps: list[int]) -> None:
 def protect_spec(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     """What determines the protected model: base model, defense, owner data, seed."""
     spec = {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(),
-            "seed": ctx.seed}  # fmt: skip
+            "seed": ctx.seed, "code": code_fingerprint(exp.defense, exp.data)}  # fmt: skip
     seeds = [n for n in secret_fields(type(exp.defense)) if n.endswith("_seed")]
     fresh = ctx.fresh_keys and any(getattr(exp.defense, n) is None for n in seeds)  # not drawn from `seed`
     return {**spec, "keys": "fresh"} if fresh else spec  # an owner's fresh key is never a run's seed-drawn one
@@ -131,7 +132,8 @@ def run_attack(exp: Experiment, plan: AttackPlan, protected: Protected, ev: Eval
     if exp.eval.at_steps:
         probe = StepProbe(exp.eval.at_steps, lambda step, m: ev.curve_point(step, m, plan.domain), plan.attack.snapshot)
     resume = ctx.cache.resume_dir("attack", {"protected": protect_spec(exp, ctx), "attack": plan.attack.describe(),
-                                             "domain": plan.name, "at_steps": exp.eval.at_steps})  # fmt: skip
+                                             "domain": plan.name, "at_steps": exp.eval.at_steps,
+                                             "code": code_fingerprint(plan.attack, exp.data)})  # fmt: skip
     stage = "attack" if plan.label == "attacked" else f"attack_{plan.name}"
     with ev.tracker.stage(stage), ctx.cache.holding(resume):
         run_ctx = (ctx.with_callbacks(probe) if probe else ctx).with_checkpoints(resume)  # a rerun resumes here
@@ -150,6 +152,7 @@ def run_info(exp: Experiment, ctx: RunContext) -> RunInfo:
         model=exp.model.name, dataset=exp.data.name, defense=exp.defense.name, attack=exp.attack.name, seed=ctx.seed,
         finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), out_dir=str(ctx.out_dir),
         device=str(ctx.torch_device()), torch_threads=torch.get_num_threads(), sweep=ctx.sweep,
+        protection=ctx.cache.fingerprint(spec_hash(protect_spec(exp, ctx))),
     )  # fmt: skip
 
 
@@ -220,5 +223,6 @@ def build_result(
         stages=ev.tracker.to_dict(),
         files=ev.files,
         cached=ev.shared.hits,
+        provenance=provenance(exp.defense, exp.attack, exp.data, exp.model, Evaluator),
         report={"defense": ReportSettings.of(exp.defense), "attack": ReportSettings.of(exp.attack)},
     )

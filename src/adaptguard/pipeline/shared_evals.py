@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -93,16 +93,17 @@ class SharedEvaluations:
     hits: list[str] = field(default_factory=list)
 
     @contextmanager
-    def entry(self, label: str, spec: dict[str, Any], build: Callable[[Path], None], private: bool = False
-              ) -> Iterator[Path]:  # fmt: skip
-        """The entry's folder, built by ``build(folder)`` unless cached. With the cache off it is built in a
-        temporary folder: both ways the values are read back from the same files."""
+    def entry(self, label: str, spec: dict[str, Any], build: Callable[[Path], None], private: bool = False,
+              code: Sequence[Any] = ()) -> Iterator[Path]:  # fmt: skip
+        """The entry's folder, built by ``build(folder)`` unless cached (``code``: what computes it, part of the
+        key). With the cache off it is built in a temporary folder: both ways the values are read back from
+        the same files."""
         if self.cache is None:
             with tempfile.TemporaryDirectory(prefix="adaptguard-eval-") as tmp:  # 0700
                 build(Path(tmp))
                 yield Path(tmp)
             return
-        folder, built = self.cache.fetch(EVALUATION, {**spec, **self.context}, build, private=private)
+        folder, built = self.cache.fetch(EVALUATION, {**spec, **self.context}, build, private=private, code=code)
         if not built:
             self.hits.append(label)
         yield folder

@@ -170,8 +170,6 @@ class ReportSettings:
         return cls(list(d.get("options") or []), bool(d.get("reference", False)))
 
 
-
-
 @dataclass
 class RunResult:
     run: RunInfo
@@ -188,6 +186,8 @@ class RunResult:
     stages: dict[str, Any] = field(default_factory=dict)  # wall time and peak memory per stage
     files: dict[str, str] = field(default_factory=dict)  # sample grids and plots, relative to the run dir
     cached: list[str] = field(default_factory=list)  # evaluations read from the cache (eval.cache), e.g. verify_base
+    # the code that ran: fingerprint of the source, git commit (and whether the checkout had edits), libraries
+    provenance: dict[str, Any] = field(default_factory=dict)
     # {defense, attack}: what their classes declare for results pages; {} in files written before it
     report: dict[str, ReportSettings] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -212,7 +212,7 @@ class RunResult:
         if d.get("schema_version", 1) < 2:
             d = upgrade_v1(d)
         return cls(
-            run=RunInfo(**d["run"]),
+            run=RunInfo(**{k: v for k, v in d["run"].items() if k in RunInfo.__dataclass_fields__}),
             status=d.get("status", "ok"),
             error=d.get("error"),
             config=dict(d.get("config") or {}),
@@ -226,6 +226,7 @@ class RunResult:
             stages=dict(d.get("stages") or {}),
             files=dict(d.get("files") or {}),
             cached=list(d.get("cached") or []),
+            provenance=dict(d.get("provenance") or {}),
             report={k: ReportSettings.from_dict(v) for k, v in (d.get("report") or {}).items()},
         )
 
