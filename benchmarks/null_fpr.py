@@ -8,7 +8,8 @@
 
 1. the watermarked models: `experiment=page/compare_watermarks` for backdoor, aiao and sleepermark, attacks
    full and lora, seeds 0 and 1, without FID (their verifications carry both decisions);
-2. an owner key per defense: `adaptguard protect` with the page preset's settings and a fixed key seed;
+2. an owner key per defense: `adaptguard protect` with the page preset (its per-option settings) and a fixed
+   key seed;
 3. `adaptguard calibrate key=<it> models=auto null_keys=N`: the base, the base fine-tuned by attack=full and
    attack=lora (the page's 60 steps) and an independently initialised tiny model pretrained by our code,
    each with N random keys (AIAO: 925, so 3,700 decisions bound its rate below the target; others 200).
@@ -30,11 +31,6 @@ ROOT = Path("multirun/null_fpr")
 DEFENSES = {"backdoor": 200, "aiao": 925, "sleepermark": 200}  # random keys per never-watermarked model
 KEY_SEED = 20261203
 PAGE = ["experiment=page/compare_watermarks", "model.sampler.steps=10"]
-PRESET = {  # the page preset's per-option settings (protect composes no per_option)
-    "backdoor": ["defense.steps=200", "defense.batch_size=16", "defense.lr=1e-3", "defense.trigger_fraction=0.6"],
-    "aiao": ["defense.probe_steps=30", "defense.steps=150", "defense.batch_size=16"],
-    "sleepermark": ["defense.steps=300", "defense.batch_size=16", "defense.codec.batch_size=16"],
-}
 NULL_MODELS = ["overrides=[model.sampler.steps=10,attack.steps=60,attack.batch_size=16]", "attacks=[full,lora]"]
 
 
@@ -50,7 +46,7 @@ def run() -> None:
     for defense, keys in DEFENSES.items():
         release = ROOT / "keys" / defense
         if not (release / "owner.key").is_file():
-            _run([python, "-m", "adaptguard.cli.main", "protect", *PAGE, f"defense={defense}", *PRESET[defense],
+            _run([python, "-m", "adaptguard.cli.main", "protect", *PAGE, f"defense={defense}",
                   f"defense.key_seed={KEY_SEED}", "progress=false", f"out={release}"])  # fmt: skip
         out = ROOT / f"null_{defense}.json"
         if not out.is_file():
