@@ -79,5 +79,11 @@ class MyDefense(Defense):
         groups = torch.arange(self.trials)  # trial t is scored against row t of the key's bits
         return bit_match_verification(read, key.bits, self.fpr, self.model_fpr, groups=groups)
 
+    def random_key(self, like: SecretKey, seed: int) -> SignKey:
+        """Another owner's bits on the same weights (``adaptguard calibrate null_keys=N`` counts their detections)."""
+        assert isinstance(like, SignKey)
+        g = torch.Generator().manual_seed(seed)
+        return SignKey(positions=like.positions, bits=torch.randint(0, 2, like.bits.shape, generator=g).to(torch.uint8))
+
     def summary(self, protected: Protected) -> dict[str, Any]:
         return {"marked_weights": self.trials * self.bits}
