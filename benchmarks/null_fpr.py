@@ -6,13 +6,13 @@
 
 `run` is these commands, in order (each skipped when its output exists):
 
-1. the watermarked models: `experiment=page/compare_watermarks` for backdoor, aiao and sleepermark, attacks
-   full and lora, seeds 0 and 1, without FID (their verifications carry both decisions);
-2. an owner key per defense: `adaptguard protect` with the page preset (its per-option settings) and a fixed
-   key seed;
-3. `adaptguard calibrate key=<it> models=auto null_keys=N`: the base, the base fine-tuned by attack=full and
+1. an owner key per defense (backdoor, aiao, sleepermark): `adaptguard protect` with the page preset (its
+   per-option settings) and a fixed key seed;
+2. `adaptguard calibrate key=<it> models=auto null_keys=N`: the base, the base fine-tuned by attack=full and
    attack=lora (the page's 60 steps) and an independently initialised tiny model pretrained by our code,
-   each with N random keys (AIAO: 925, so 3,700 decisions bound its rate below the target; others 200).
+   each with N random keys (AIAO: 925, so 3,700 decisions bound its rate below the target; others 200);
+3. the watermarked models: `experiment=page/compare_watermarks` for the three, attacks full and lora, seeds
+   0 and 1, without FID (their verifications carry both decisions: the true-positive side).
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ def _run(cmd: list[str]) -> None:
 
 def run() -> None:
     python = sys.executable
-    _run([python, "-m", "experiments.run", "-m", *PAGE, f"defense={','.join(DEFENSES)}", "attack=full,lora",
-          "seed=0,1", "eval.fid=null", "eval.image_attacks=[]", f"hydra.sweep.dir={ROOT / 'tpr'}"])  # fmt: skip
     for defense, keys in DEFENSES.items():
         release = ROOT / "keys" / defense
         if not (release / "owner.key").is_file():
@@ -52,6 +50,8 @@ def run() -> None:
         if not out.is_file():
             _run([python, "-m", "adaptguard.cli.main", "calibrate", f"key={release / 'owner.key'}", "models=auto",
                   *NULL_MODELS, f"null_keys={keys}", f"out={out}"])  # fmt: skip
+    _run([python, "-m", "experiments.run", "-m", *PAGE, f"defense={','.join(DEFENSES)}", "attack=full,lora",
+          "seed=0,1", "eval.fid=null", "eval.image_attacks=[]", f"hydra.sweep.dir={ROOT / 'tpr'}"])  # fmt: skip
 
 
 def _interval(k: int, n: int) -> str:
