@@ -42,7 +42,8 @@ def test_a_sweep_runs_past_a_failed_job_and_says_so(cli_env, tmp_path, launcher)
     assert "| failed | config |" in row and str(sweep / "0") in row
     assert cli(["report", str(sweep), "--allow-failed", "--out", str(tmp_path / "page")]).code == 0
     page = (tmp_path / "page.md").read_text()  # the results page lists it too
-    assert "## Jobs that did not finish (1)" in page and row in page and "| none × full | 0 |" in page  # seed 0 finished
+    assert "## Jobs that did not finish (1)" in page and row in page
+    assert "| none × full | 0 |" in page  # seed 0 finished
     if launcher == "basic":  # the same sweep again in its own folder: the finished job is kept, the failed one reruns
         before = (sweep / "1" / "results.json").read_bytes()
         again = cli(args)
