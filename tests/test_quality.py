@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from adaptguard.core.errors import ConfigError
-from adaptguard.data.shapes import ShapesDataModule
+from adaptguard.data.shapes import ATTRIBUTES, ShapesDataModule
 from adaptguard.metrics.quality import QualityEvaluator
 from tests.helpers import model_source
 
@@ -20,11 +20,45 @@ def test_domain_fid_ranks_the_pretrained_model_above_random_init(name, ctx):
     pretrained.sampler.steps = random_init.sampler.steps = 10  # the ranking, not the best FID
     good, images = ev.evaluate(pretrained, data, "eval", ctx)
     bad, _ = ev.evaluate(random_init, data, "eval", ctx)
-    assert set(good.metrics()) == {"fid_shapesnet", "kid_shapesnet_mean", "kid_shapesnet_std"}
+    assert set(good.metrics()) == {"fid_shapesnet", "kid_shapesnet_mean", "kid_shapesnet_std", "fidelity_shapesnet",
+                                   "fidelity_shapesnet_kind+colour", "fidelity_shapesnet_real",
+                                   "fidelity_shapesnet_kind+colour_real"}  # fmt: skip
     assert good.extractor == "shapesnet" and good.num_samples == 32 and good.split == "eval"
     assert images.shape == (32, 3, res, res)
     assert good.fid < 0.5 * bad.fid, (good, bad)
     assert good.kid_mean < 0.5 * bad.kid_mean, (good, bad)
+    # prompt fidelity: the pretrained model draws more of what its prompts ask than noise does, and the real
+    # images (the ceiling) more than either
+    assert set(good.fidelity) == {"kind", "colour", "background", "size", "position", "kind+colour", "all"}
+    assert good.fidelity_real == bad.fidelity_real and good.fidelity_real["kind+colour"] >= 0.9
+    assert bad.fidelity["kind+colour"] < good.fidelity["kind+colour"] <= good.fidelity_real["kind+colour"] + 0.1
+    assert bad.fidelity["all"] <= good.fidelity["all"] <= good.fidelity_real["all"] + 0.1
+
+
+def test_caption_attributes_round_trip():
+    world = ShapesDataModule().world
+    for i in range(50):
+        a = world.attributes(i)
+        assert world.read_caption(world.caption(a)) == {k: a[k] for k in ATTRIBUTES}
+    assert world.read_caption("a photo of sks dog") is None
+    assert world.read_caption("a small red circle in the center on a pink background") is None  # no such colour
+
+
+def test_prompt_fidelity_of_real_images_with_their_own_and_with_shuffled_captions(ctx):
+    """Real images read as their captions say (the ceiling); with another image's caption they match about
+    as often as two random images share kind and colour."""
+    data = ShapesDataModule(resolution=32, splits={"eval": {"offset": 9000, "size": 256}})
+    ev = QualityEvaluator()
+    items = [data.dataset("eval")[i] for i in range(256)]
+    images = torch.stack([x["image"] for x in items])
+    captions = [x["caption"] for x in items]
+    _, own = ev._score_images(images, captions, data, ctx)
+    _, shuffled = ev._score_images(images, captions[1:] + captions[:1], data, ctx)
+    assert own["kind+colour"] >= 0.95 and own["all"] >= 0.85, own
+    assert shuffled["kind+colour"] < 0.2 and shuffled["kind"] < 0.4, shuffled
+    unreadable = ["a photo of sks dog"] * len(captions)
+    _, none = ev._score_images(images, unreadable, data, ctx)
+    assert none == {}  # no caption names an attribute: no fidelity, not a zero
 
 
 def test_quality_is_reproducible(micro_base, micro_data, ctx):

@@ -152,6 +152,16 @@ class CaptionedImageDataModule(L.LightningDataModule):
         """The labelled images that extractor is trained on (when ``feature_extractor_spec`` is not None)."""
         return None
 
+    def prompt_attributes(self, caption: str) -> dict[str, str] | None:
+        """The attribute values ``caption`` asks for, named like ``feature_training_data``'s labels, so the
+        domain extractor's heads can check a generated image against its prompt (prompt fidelity); None: the
+        caption is not one this dataset can read, or the dataset has no labelled attributes."""
+        return None
+
+    def fidelity_groups(self) -> dict[str, tuple[str, ...]]:
+        """Named attribute sets whose joint prompt fidelity is reported besides each attribute and all of them."""
+        return {}
+
     def check(self) -> None:
         """Raise a DataError now if the data is not where the config says (before any long work)."""
 

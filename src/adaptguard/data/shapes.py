@@ -8,6 +8,7 @@ of them can serve as the domain label or a split filter.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -43,6 +44,11 @@ POSITIONS = {
     "at the bottom right": (0.7, 0.7),
 }
 ATTRIBUTES = ("kind", "colour", "background", "size", "position")
+CAPTION = re.compile(
+    "a (?P<size>{}) (?P<colour>{}) (?P<kind>{}) (?P<position>{}) on a (?P<background>{}) background".format(
+        *("|".join(map(re.escape, values)) for values in (SIZES, PALETTE, KINDS, POSITIONS, PALETTE))
+    )
+)
 MIN_CONTRAST = 60.0  # luma difference between shape and background
 MAX_SCAN = 2_000_000
 
@@ -102,6 +108,12 @@ class ShapesWorld:
     @staticmethod
     def caption(a: dict[str, Any]) -> str:
         return f"a {a['size']} {a['colour']} {a['kind']} {a['position']} on a {a['background']} background"
+
+    @staticmethod
+    def read_caption(caption: str) -> dict[str, str] | None:
+        """The inverse of :meth:`caption`: its five attributes, or None for a caption of another form."""
+        m = CAPTION.fullmatch(caption.strip())
+        return {k: m.group(k) for k in ATTRIBUTES} if m else None
 
     @staticmethod
     def render(a: dict[str, Any], resolution: int, supersample: int = 4) -> np.ndarray:
@@ -252,6 +264,12 @@ class ShapesDataModule(CaptionedImageDataModule):
 
     def subject_prompts(self) -> tuple[str, str]:
         return self.instance_prompt, self.class_prompt
+
+    def prompt_attributes(self, caption: str) -> dict[str, str] | None:
+        return self.world.read_caption(caption)
+
+    def fidelity_groups(self) -> dict[str, tuple[str, ...]]:
+        return {"kind+colour": ("kind", "colour")}  # what the prompt is about; the base model's target
 
     def build_split(self, name: str, spec: SplitSpec) -> ShapesDataset:
         if spec.is_share:

@@ -80,6 +80,7 @@ class DomainFeatureNet(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(self.num_features, n) for k, n in heads.items()})
         self.register_buffer("mean", torch.zeros(self.num_features))
         self.register_buffer("std", torch.ones(self.num_features))
+        self.labels: dict[str, list[str]] = {}  # attribute -> its values in head order (set when loaded)
 
     def raw_features(self, images01: torch.Tensor) -> torch.Tensor:
         x = images01.float()
@@ -93,6 +94,11 @@ class DomainFeatureNet(nn.Module):
     def logits(self, images01: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.raw_features(images01)
         return {k: head(f) for k, head in self.heads.items()}
+
+    def features_and_logits(self, images01: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Both from one pass: FID's features and the attribute heads' logits (prompt fidelity)."""
+        f = self.raw_features(images01)
+        return (f - self.mean) / self.std, {k: head(f) for k, head in self.heads.items()}
 
 
 class _Classifier(L.LightningModule):
@@ -142,6 +148,7 @@ def domain_feature_net(data: CaptionedImageDataModule, ctx: RunContext) -> Domai
     net = DomainFeatureNet({k: len(v) for k, v in info["labels"].items()}, resolution)
     net.load_state_dict(torch.load(folder / "net.pt", weights_only=True))
     net.test_accuracy = info["test_accuracy"]
+    net.labels = info["labels"]
     return net.eval().requires_grad_(False)
 
 

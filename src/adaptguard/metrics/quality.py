@@ -25,7 +25,14 @@ from adaptguard.core.config import Validated, setting
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.metrics.features import InceptionFeatures, domain_feature_net, feature_spec, find_inception_weights
+from adaptguard.metrics.features import (
+    DomainFeatureNet,
+    InceptionFeatures,
+    domain_feature_net,
+    feature_spec,
+    find_inception_weights,
+)
+from adaptguard.metrics.fidelity import ALL, attribute_matches, fidelity_matches, shares
 from adaptguard.models.bundle import DiffusionModel
 
 REAL_FEATURES = "real_features"  # cache kind
@@ -34,7 +41,12 @@ CHUNK = 64  # images per feature-extractor call
 
 @dataclass
 class QualityReport:
-    """FID/KID of one model's samples against one domain's real images; ``extractor`` names the features."""
+    """FID/KID of one model's samples against one domain's real images; ``extractor`` names the features.
+
+    ``fidelity``: prompt fidelity of the samples (share matching their prompt, per attribute, per
+    ``fidelity_groups`` name and ``all``); ``fidelity_real``: the same on the real images, its ceiling.
+    Empty where the extractor has no attribute heads (InceptionV3) or the captions name no attributes.
+    """
 
     extractor: str  # shapesnet | inception
     fid: float
@@ -42,14 +54,36 @@ class QualityReport:
     kid_std: float
     num_samples: int
     split: str = ""
+    fidelity: dict[str, float] = field(default_factory=dict)
+    fidelity_real: dict[str, float] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
-        """Metric names that say which extractor produced them: ``fid_shapesnet``, ``kid_shapesnet_mean``."""
+        """Metric names that say which extractor produced them: ``fid_shapesnet``, ``kid_shapesnet_mean``,
+        ``fidelity_shapesnet`` (all attributes), ``fidelity_shapesnet_kind+colour``, ``..._real`` (ceiling)."""
         e = self.extractor
-        return {f"fid_{e}": self.fid, f"kid_{e}_mean": self.kid_mean, f"kid_{e}_std": self.kid_std}
+        out = {f"fid_{e}": self.fid, f"kid_{e}_mean": self.kid_mean, f"kid_{e}_std": self.kid_std}
+        for suffix, values in (("", self.fidelity), ("_real", self.fidelity_real)):
+            out.update({fidelity_name(e, k) + suffix: v for k, v in values.items() if k == ALL or "+" in k})
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def fidelity_name(extractor: str, what: str = ALL) -> str:
+    """``fidelity_shapesnet`` (all attributes) or ``fidelity_shapesnet_<attribute or group>``: the classifier
+    is part of the name, as the extractor is of FID's (a retrained classifier is a new metric)."""
+    return f"fidelity_{extractor}" + ("" if what == ALL else f"_{what}")
+
+
+@dataclass
+class _Real:
+    """One split's real-image side: FID/KID with the real features in, captions to sample, fidelity ceiling."""
+
+    fid: FrechetInceptionDistance
+    kid: KernelInceptionDistance
+    captions: list[str]
+    fidelity: dict[str, float]
 
 
 @dataclass
@@ -63,9 +97,7 @@ class QualityEvaluator(Validated):
     weights_path: str | None = setting(None, doc="torch-fidelity's InceptionV3 weights file; null: the torch hub cache")
     kid_subset_size: int = setting(50, ge=2, doc="images per KID subset")
     kid_subsets: int = setting(50, ge=1, doc="KID subsets")
-    _real: dict[tuple[str, str], tuple[FrechetInceptionDistance, KernelInceptionDistance, list[str]]] = field(
-        default_factory=dict, init=False, repr=False
-    )
+    _real: dict[tuple[str, str], _Real] = field(default_factory=dict, init=False, repr=False)
     _extractor: tuple[str, nn.Module] | None = field(default=None, init=False, repr=False)
 
     def settings(self) -> dict[str, Any]:
@@ -116,9 +148,9 @@ class QualityEvaluator(Validated):
 
     def _real_features(
         self, data: CaptionedImageDataModule, split: str, ctx: RunContext, cache: ArtifactCache | None
-    ) -> tuple[torch.Tensor, list[str]]:
-        """Features and captions of the split's ``num_samples`` real images (drawn with the run seed), cached
-        across runs when ``cache`` is given: identical tensors either way, so FID/KID do not move."""
+    ) -> tuple[torch.Tensor, list[str], dict[str, float]]:
+        """Features, captions and prompt fidelity of the split's ``num_samples`` real images (drawn with the run
+        seed), cached across runs when ``cache`` is given: identical tensors either way, so FID/KID do not move."""
         n = min(self.num_samples, len(data.dataset(split)))
         if cache is None:
             return self._compute_real(data, split, n, ctx)
@@ -126,40 +158,65 @@ class QualityEvaluator(Validated):
                 "extractor": self._extractor_id(data), "device": ctx.torch_device().type}  # fmt: skip
 
         def build(work: Path) -> None:
-            feats, captions = self._compute_real(data, split, n, ctx)
+            feats, captions, fidelity = self._compute_real(data, split, n, ctx)
             torch.save(feats, work / "features.pt")
             (work / "captions.json").write_text(json.dumps(captions))
+            (work / "fidelity.json").write_text(json.dumps(fidelity))
 
         folder = cache.get_or_build(REAL_FEATURES, spec, build, code=(type(self), data))
         feats = torch.load(folder / "features.pt", weights_only=True)
-        return feats, json.loads((folder / "captions.json").read_text())
+        fidelity = json.loads((folder / "fidelity.json").read_text())
+        return feats, json.loads((folder / "captions.json").read_text()), fidelity
 
     def _compute_real(
         self, data: CaptionedImageDataModule, split: str, n: int, ctx: RunContext
-    ) -> tuple[torch.Tensor, list[str]]:
+    ) -> tuple[torch.Tensor, list[str], dict[str, float]]:
+        ds = data.dataset(split)
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(ctx.seed))[:n].tolist()
+        images, captions = [], []
+        for batch in DataLoader(Subset(ds, idx), batch_size=CHUNK, num_workers=data.num_workers):
+            images.append(batch["image"])
+            captions.extend(batch["caption"])
+        feats, fidelity = self._score_images(torch.cat(images), captions, data, ctx)
+        return feats, captions, fidelity
+
+    def _score_images(
+        self, images: torch.Tensor, captions: list[str], data: CaptionedImageDataModule, ctx: RunContext
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """FID's features of ``images`` (in [-1, 1]) and, where the extractor classifies attributes and the
+        captions name them, their prompt fidelity."""
         _, net = self.extractor(data, ctx)
         device = ctx.torch_device()
         net.to(device)
-        ds = data.dataset(split)
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(ctx.seed))[:n].tolist()
-        feats, captions = [], []
-        for batch in DataLoader(Subset(ds, idx), batch_size=CHUNK, num_workers=data.num_workers):
-            feats.append(net((batch["image"].to(device) * 0.5 + 0.5).clamp(0, 1)).float().cpu())
-            captions.extend(batch["caption"])
-        return torch.cat(feats), captions
+        wanted = [data.prompt_attributes(c) for c in captions]
+        heads = isinstance(net, DomainFeatureNet) and net.labels and any(w is not None for w in wanted)
+        feats, logits = [], {}
+        for chunk in images.split(CHUNK):
+            x = (chunk.to(device) * 0.5 + 0.5).clamp(0, 1)
+            if heads:
+                f, chunk_logits = net.features_and_logits(x)
+                for k, v in chunk_logits.items():
+                    logits.setdefault(k, []).append(v.float().cpu())
+            else:
+                f = net(x)
+            feats.append(f.float().cpu())
+        if not heads:
+            return torch.cat(feats), {}
+        matches = attribute_matches({k: torch.cat(v) for k, v in logits.items()}, net.labels, wanted)
+        return torch.cat(feats), shares(fidelity_matches(matches, data.fidelity_groups()))
 
     def _metrics(self, data: CaptionedImageDataModule, split: str, ctx: RunContext, cache: ArtifactCache | None):
         key = (data.name, split)  # the same split name can exist in two datasets (DreamBooth's subject)
         if key in self._real:
             return self._real[key]
-        feats, captions = self._real_features(data, split, ctx, cache)
+        feats, captions, fidelity = self._real_features(data, split, ctx, cache)
         kw: dict[str, Any] = {"feature": _Precomputed(feats.shape[1]), "reset_real_features": False}
         fid = FrechetInceptionDistance(**kw)
         kid = KernelInceptionDistance(subset_size=min(self.kid_subset_size, len(feats)), subsets=self.kid_subsets, **kw)
         for chunk in feats.split(CHUNK):  # the chunks an image loader gives: the same sums to the last bit
             fid.update(chunk, real=True)
             kid.update(chunk, real=True)
-        self._real[key] = (fid, kid, captions)
+        self._real[key] = _Real(fid, kid, captions, fidelity)
         return self._real[key]
 
     @torch.no_grad()
@@ -175,21 +232,21 @@ class QualityEvaluator(Validated):
         """FID/KID of ``model`` on ``split``; also returns the generated images (in [-1, 1]).
 
         ``cache``: the real images' features are read from (or written to) it."""
-        fid, kid, captions = self._metrics(data, split, ctx, cache)
-        name, net = self.extractor(data, ctx)
+        real = self._metrics(data, split, ctx, cache)
+        fid, kid, captions = real.fid, real.kid, real.captions
+        name, _ = self.extractor(data, ctx)
         fid.reset()
         kid.reset()
         images = model.sample(captions, generator=ctx.generator(offset), progress=ctx.progress)
-        device = ctx.torch_device()
-        net.to(device)
-        for chunk in images.split(CHUNK):
-            feats = net((chunk.to(device) * 0.5 + 0.5).clamp(0, 1)).float().cpu()
-            fid.update(feats, real=False)
-            kid.update(feats, real=False)
+        feats, fidelity = self._score_images(images, captions, data, ctx)
+        for chunk in feats.split(CHUNK):
+            fid.update(chunk, real=False)
+            kid.update(chunk, real=False)
         with torch.random.fork_rng(devices=[]):  # KID draws random subsets: same subsets every run
             torch.manual_seed(ctx.seed)
             kid_mean, kid_std = kid.compute()
-        report = QualityReport(name, float(fid.compute()), float(kid_mean), float(kid_std), len(captions), split)
+        report = QualityReport(name, float(fid.compute()), float(kid_mean), float(kid_std), len(captions), split,
+                               fidelity, real.fidelity)  # fmt: skip
         return report, images
 
 

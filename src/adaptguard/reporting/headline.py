@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from adaptguard.metrics.fidelity import ALL
 from adaptguard.metrics.quality import QualityReport
 from adaptguard.reporting.results import ModelReport, RunResult, VerificationReport
 
@@ -35,6 +36,14 @@ NAMES: Mapping[str, str] = {
     "quality/kid_base": "KID of the base model (clean split); kid_protected, kid_attacked likewise",
     "quality/fid_base/<domain>": "FID of the base model on an attack domain's held-out images",
     "quality/fid_attacked/<domain>": "FID after the attack on its domain: low = the adaptation worked",
+    "quality/fidelity_base": "prompt fidelity of the base model's samples (clean split): the share whose every "
+    "attribute matches its prompt; fidelity_protected, fidelity_attacked likewise",
+    "quality/fidelity_<group>_base": "prompt fidelity of one attribute or group (kind, kind+colour, ...); _protected, "
+    "_attacked likewise",
+    "quality/fidelity_real": "prompt fidelity of the real images with their own captions: the ceiling",
+    "quality/fidelity_delta": "fidelity_protected - fidelity_base: what the protection costs in prompt fidelity",
+    "quality/fidelity_attacked/<domain>": "prompt fidelity after the attack on its domain (fidelity_base/<domain>: "
+    "before)",
     "defense/<key>": "a defense's summary facts (frozen ratios, ...)",
     "cost/protect_s": "wall time of the protect stage (0 when the protection came from the cache)",
     "cost/attack_s": "wall time of the attack stage(s)",
@@ -42,6 +51,7 @@ NAMES: Mapping[str, str] = {
     "cost/trainable_params": "parameters the attack trains",
     "curve/rate_after": "verification rate at each eval.at_steps step (x axis: the attack's step)",
     "curve/fid_attacked": "attack-domain FID at each eval.at_steps step",
+    "curve/fidelity_attacked": "attack-domain prompt fidelity at each eval.at_steps step",
 }
 
 
@@ -69,6 +79,10 @@ def _quality(out: dict[str, float], q: QualityReport | None, name: str) -> None:
     if q is not None:
         out[f"quality/fid_{name}"] = q.fid
         out[f"quality/kid_{name}"] = q.kid_mean
+        for what, value in q.fidelity.items():  # prompt fidelity: all attributes, each, and named groups
+            out[f"quality/fidelity_{name}" if what == ALL else f"quality/fidelity_{what}_{name}"] = value
+        if ALL in q.fidelity_real:
+            out["quality/fidelity_real"] = q.fidelity_real[ALL]  # the ceiling: real images, same captions
 
 
 def headline(result: RunResult) -> dict[str, float]:
@@ -92,6 +106,8 @@ def headline(result: RunResult) -> dict[str, float]:
                 out[f"cost/{name}{suffix}"] = float(attack.cost[key])
     if "quality/fid_base" in out and "quality/fid_protected" in out:
         out["quality/fid_delta"] = out["quality/fid_protected"] - out["quality/fid_base"]
+    if "quality/fidelity_base" in out and "quality/fidelity_protected" in out:
+        out["quality/fidelity_delta"] = out["quality/fidelity_protected"] - out["quality/fidelity_base"]
     out.update({f"defense/{k}": float(v) for k, v in result.summary.items() if _number(v)})
     out.update(_stage_costs(result))
     return out
@@ -102,6 +118,8 @@ def _domain_quality(out: dict[str, float], base: ModelReport, attacked: ModelRep
         q = model.quality.get(domain)
         if q is not None and domain != "clean":
             out[f"quality/fid_{name}/{domain}"] = q.fid
+            if ALL in q.fidelity:
+                out[f"quality/fidelity_{name}/{domain}"] = q.fidelity[ALL]
 
 
 def _stage_costs(result: RunResult) -> dict[str, float]:
@@ -118,7 +136,7 @@ def _number(v: object) -> bool:
 
 
 def curve_points(result: RunResult) -> list[tuple[int, dict[str, float]]]:
-    """(attack step, {curve/rate_after, curve/fid_attacked}) for every eval.at_steps point, all domains."""
+    """(attack step, {curve/rate_after, curve/fid_attacked, curve/fidelity_attacked}) for every eval.at_steps point, all domains."""
     several = len(result.attacks) > 1
     steps: dict[int, dict[str, float]] = {}
     for domain, attack in result.attacks.items():
@@ -130,4 +148,6 @@ def curve_points(result: RunResult) -> list[tuple[int, dict[str, float]]]:
             q = p.quality.get(domain) or next(iter(p.quality.values()), None)
             if q is not None:
                 values[f"curve/fid_attacked{suffix}"] = q.fid
+                if ALL in q.fidelity:
+                    values[f"curve/fidelity_attacked{suffix}"] = q.fidelity[ALL]
     return sorted(steps.items())

@@ -90,6 +90,7 @@ def protected_table(rows: Sequence[ProtectedRow]) -> str:
     facts = [n for n in names if n.startswith("defense/")]
     head = ["protected model", "seeds", "in comparisons", "rate before", "detected before", SEED_COLUMN,
             *(f"TPR@FPR {f}" for f in tprs), "never-watermarked", "FID base", "FID protected", "FID Δ (protection)",
+            "fidelity base", "fidelity protected", "fidelity Δ", "fidelity ceiling",
             *(label(n[len("defense/") :]) for n in facts)]  # fmt: skip
     out = []
     for r in rows:
@@ -102,12 +103,13 @@ def protected_table(rows: Sequence[ProtectedRow]) -> str:
                     decisions([decision(m.seed, m.verification) for m in r.models]),
                     *(est(f"verify/tpr_before@fpr{f}") for f in tprs), est("verify/rate_never_watermarked"),
                     est("quality/fid_base", 1), est("quality/fid_protected", 1), est("quality/fid_delta", 1),
-                    *(est(n, 2) for n in facts)])  # fmt: skip
+                    est("quality/fidelity_base"), est("quality/fidelity_protected"), est("quality/fidelity_delta"),
+                    est("quality/fidelity_real"), *(est(n, 2) for n in facts)])  # fmt: skip
     return table(head, out, keep=3)
 
 
-def _domain_fid(group: SeedGroup) -> SeedInterval | None:
-    name = next((k for k in group.stats if k.startswith("quality/fid_attacked/")), None)
+def _domain_fid(group: SeedGroup, metric: str = "fid") -> SeedInterval | None:
+    name = next((k for k in group.stats if k.startswith(f"quality/{metric}_attacked/")), None)
     return group.stats.get(name) if name else None
 
 
@@ -115,7 +117,8 @@ def attack_table(c: Comparison) -> str:
     """A row per defense × attack of one comparison: what the attack left, mean ± 95 % interval across seeds."""
     tprs = fprs([n for g in c.groups for n in g.stats], "after")
     head = ["defense × attack", "seeds", "rate after", "detected after", SEED_COLUMN,
-            *(f"TPR@FPR {f}" for f in tprs), "FID attacked", "attack-domain FID"]  # fmt: skip
+            *(f"TPR@FPR {f}" for f in tprs), "FID attacked", "attack-domain FID", "fidelity attacked",
+            "attack-domain fidelity"]  # fmt: skip
     rows = []
     for g, name in zip(c.groups, c.labels, strict=True):
         s = g.stats
@@ -124,7 +127,8 @@ def attack_table(c: Comparison) -> str:
         rows.append([name, " ".join(map(str, g.seeds)), estimate(s.get("verify/rate_after")),
                      detected(g.values("verify/detected_after")), decisions(after),
                      *(estimate(s.get(f"verify/tpr_after@fpr{f}")) for f in tprs),
-                     estimate(s.get("quality/fid_attacked"), 1), estimate(_domain_fid(g), 1)])  # fmt: skip
+                     estimate(s.get("quality/fid_attacked"), 1), estimate(_domain_fid(g), 1),
+                     estimate(s.get("quality/fidelity_attacked")), estimate(_domain_fid(g, "fidelity"))])  # fmt: skip
     return table(head, rows)
 
 
