@@ -57,6 +57,17 @@ def test_smoke_experiment_reports_verification_quality_and_costs(smoke_run):
         assert all(q.extractor == "shapesnet" and q.fid > 0 and q.num_samples == 16 for q in model.quality.values())
     # the attack did adapt: its own domain's FID moved, its weights are a small LoRA
     assert attack.model.quality["attacker"].fid != result.protected.quality["attacker"].fid
+    # paired differences: each model minus the one it was made from, on the same images' noise
+    for model, before in ((result.protected, result.base), (attack.model, result.protected)):
+        assert set(model.paired) == {"clean", "attacker"} and not result.base.paired
+        for dom, deltas in model.paired.items():
+            assert {"fid", "kid", "fidelity/all", "fidelity/kind+colour"} <= set(deltas)
+            fid = deltas["fid"]
+            assert abs(fid.value - (model.quality[dom].fid - before.quality[dom].fid)) < 1e-3 * (1 + abs(fid.value))
+            assert fid.ci[0] <= fid.value <= fid.ci[1] and fid.images == 16 and fid.resamples == 500
+            all_ = model.quality[dom].fidelity["all"] - before.quality[dom].fidelity["all"]
+            assert abs(deltas["fidelity/all"].value - all_) < 1e-6
+    assert "Δ fid (clean) vs model before" in proc.stdout
     assert attack.cost["trainable_params"] < 0.1 * attack.cost["total_params"]
     assert set(result.stages) >= {"base", "protect", "verify_base", "verify_protected", "attack", "verify_attacked"}
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in result.stages.values())

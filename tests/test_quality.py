@@ -5,6 +5,7 @@ import torch
 
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.shapes import ATTRIBUTES, ShapesDataModule
+from adaptguard.metrics.fidelity import shares
 from adaptguard.metrics.quality import QualityEvaluator
 from tests.helpers import model_source
 
@@ -52,13 +53,16 @@ def test_prompt_fidelity_of_real_images_with_their_own_and_with_shuffled_caption
     items = [data.dataset("eval")[i] for i in range(256)]
     images = torch.stack([x["image"] for x in items])
     captions = [x["caption"] for x in items]
-    _, own = ev._score_images(images, captions, data, ctx)
-    _, shuffled = ev._score_images(images, captions[1:] + captions[:1], data, ctx)
+    own = shares(ev._score_images(images, captions, data, ctx).matches)
+    shuffled = shares(ev._score_images(images, captions[1:] + captions[:1], data, ctx).matches)
     assert own["kind+colour"] >= 0.95 and own["all"] >= 0.85, own
     assert shuffled["kind+colour"] < 0.2 and shuffled["kind"] < 0.4, shuffled
     unreadable = ["a photo of sks dog"] * len(captions)
-    _, none = ev._score_images(images, unreadable, data, ctx)
-    assert none == {}  # no caption names an attribute: no fidelity, not a zero
+    none = ev._score_images(images, unreadable, data, ctx)
+    assert none.matches == {} and none.features.shape == (
+        256,
+        128,
+    )  # no caption names an attribute: no fidelity, not a zero
 
 
 def test_quality_is_reproducible(micro_base, micro_data, ctx):

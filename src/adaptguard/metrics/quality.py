@@ -33,6 +33,7 @@ from adaptguard.metrics.features import (
     find_inception_weights,
 )
 from adaptguard.metrics.fidelity import ALL, attribute_matches, fidelity_matches, shares
+from adaptguard.metrics.paired import ImageScores
 from adaptguard.models.bundle import DiffusionModel
 
 REAL_FEATURES = "real_features"  # cache kind
@@ -56,6 +57,10 @@ class QualityReport:
     split: str = ""
     fidelity: dict[str, float] = field(default_factory=dict)
     fidelity_real: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # per image, for paired differences with another model: not a field, so never in results.json
+        self.per_image: ImageScores | None = None
 
     def metrics(self) -> dict[str, float]:
         """Metric names that say which extractor produced them: ``fid_shapesnet``, ``kid_shapesnet_mean``,
@@ -84,19 +89,25 @@ class _Real:
     kid: KernelInceptionDistance
     captions: list[str]
     fidelity: dict[str, float]
+    features: torch.Tensor
 
 
 @dataclass
 class QualityEvaluator(Validated):
     config_key = "eval.fid"
 
-    num_samples: int = setting(128, ge=2, doc="generated (and real) images per FID/KID")
+    num_samples: int = setting(
+        256, ge=2, doc="generated (and real) images per FID/KID (the paired-interval curve in docs/evaluation.md)"
+    )
     feature: Literal["auto", "domain", "inception"] = setting(
         "auto", doc="image features for FID/KID; auto: the dataset's domain extractor if it has one, else InceptionV3"
     )
     weights_path: str | None = setting(None, doc="torch-fidelity's InceptionV3 weights file; null: the torch hub cache")
     kid_subset_size: int = setting(50, ge=2, doc="images per KID subset")
     kid_subsets: int = setting(50, ge=1, doc="KID subsets")
+    bootstrap: int = setting(
+        500, ge=0, doc="bootstrap resamples of the images behind each paired difference's 95 % interval (0: none)"
+    )
     _real: dict[tuple[str, str], _Real] = field(default_factory=dict, init=False, repr=False)
     _extractor: tuple[str, nn.Module] | None = field(default=None, init=False, repr=False)
 
@@ -177,14 +188,14 @@ class QualityEvaluator(Validated):
         for batch in DataLoader(Subset(ds, idx), batch_size=CHUNK, num_workers=data.num_workers):
             images.append(batch["image"])
             captions.extend(batch["caption"])
-        feats, fidelity = self._score_images(torch.cat(images), captions, data, ctx)
-        return feats, captions, fidelity
+        scores = self._score_images(torch.cat(images), captions, data, ctx)
+        return scores.features, captions, shares(scores.matches)
 
     def _score_images(
         self, images: torch.Tensor, captions: list[str], data: CaptionedImageDataModule, ctx: RunContext
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> ImageScores:
         """FID's features of ``images`` (in [-1, 1]) and, where the extractor classifies attributes and the
-        captions name them, their prompt fidelity."""
+        captions name them, whether each image matches its prompt."""
         _, net = self.extractor(data, ctx)
         device = ctx.torch_device()
         net.to(device)
@@ -201,9 +212,15 @@ class QualityEvaluator(Validated):
                 f = net(x)
             feats.append(f.float().cpu())
         if not heads:
-            return torch.cat(feats), {}
+            return ImageScores(torch.cat(feats))
         matches = attribute_matches({k: torch.cat(v) for k, v in logits.items()}, net.labels, wanted)
-        return torch.cat(feats), shares(fidelity_matches(matches, data.fidelity_groups()))
+        return ImageScores(torch.cat(feats), fidelity_matches(matches, data.fidelity_groups()))
+
+    def real_features(
+        self, data: CaptionedImageDataModule, split: str, ctx: RunContext, cache: ArtifactCache | None = None
+    ) -> torch.Tensor:
+        """(N, F): features of the real images whose captions every model's quality samples are drawn from."""
+        return self._metrics(data, split, ctx, cache).features
 
     def _metrics(self, data: CaptionedImageDataModule, split: str, ctx: RunContext, cache: ArtifactCache | None):
         key = (data.name, split)  # the same split name can exist in two datasets (DreamBooth's subject)
@@ -216,7 +233,7 @@ class QualityEvaluator(Validated):
         for chunk in feats.split(CHUNK):  # the chunks an image loader gives: the same sums to the last bit
             fid.update(chunk, real=True)
             kid.update(chunk, real=True)
-        self._real[key] = _Real(fid, kid, captions, fidelity)
+        self._real[key] = _Real(fid, kid, captions, fidelity, feats)
         return self._real[key]
 
     @torch.no_grad()
@@ -238,15 +255,16 @@ class QualityEvaluator(Validated):
         fid.reset()
         kid.reset()
         images = model.sample(captions, generator=ctx.generator(offset), progress=ctx.progress)
-        feats, fidelity = self._score_images(images, captions, data, ctx)
-        for chunk in feats.split(CHUNK):
+        scores = self._score_images(images, captions, data, ctx)
+        for chunk in scores.features.split(CHUNK):
             fid.update(chunk, real=False)
             kid.update(chunk, real=False)
         with torch.random.fork_rng(devices=[]):  # KID draws random subsets: same subsets every run
             torch.manual_seed(ctx.seed)
             kid_mean, kid_std = kid.compute()
         report = QualityReport(name, float(fid.compute()), float(kid_mean), float(kid_std), len(captions), split,
-                               fidelity, real.fidelity)  # fmt: skip
+                               shares(scores.matches), real.fidelity)  # fmt: skip
+        report.per_image = scores
         return report, images
 
 

@@ -20,6 +20,7 @@ from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.data.distortions import ImageTransform
 from adaptguard.defenses.base import Defense
 from adaptguard.metrics.cost import CostTracker
+from adaptguard.metrics.paired import ImageScores, PairedDelta, paired_deltas
 from adaptguard.metrics.quality import QualityReport
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.pipeline.experiment import EvalConfig
@@ -70,6 +71,7 @@ class Evaluator:
         self.null: Verification | None = None
         self.files: dict[str, str] = {}
         self.features_cache = ctx.cache if config.cache else None  # real images' features
+        self.domains: dict[str, EvalDomain] = {d.name: d for d in self.clean}  # every domain scored, by name
         self.shared = SharedEvaluations(self.features_cache, {"seed": ctx.seed, "device": ctx.torch_device().type})
 
     def report(self, v: Verification | None) -> VerificationReport | None:
@@ -147,6 +149,7 @@ class Evaluator:
             if name in SHARED and identity is None:
                 identity = model_identity(model)
             for d in self.clean + domains:
+                self.domains[d.name] = d
                 grid = self.out / (
                     f"samples_{name}.png"
                     if d.name == "clean" or name.endswith(f"_{d.name}")
@@ -175,11 +178,31 @@ class Evaluator:
         def build(work: Path) -> None:
             report, images = self._quality(model, d)
             (work / "quality.json").write_text(json.dumps(report.to_dict()))
+            assert report.per_image is not None
+            report.per_image.save(work / "per_image.pt")  # per image: what paired differences need
             save_grid(images[: self.config.grid_samples], work / "grid.png")
 
         with self.shared.entry(label, spec, build, code=(self.config.fid, d.data, EVALUATION_CODE)) as folder:
             shutil.copyfile(folder / "grid.png", grid)
-            return QualityReport(**json.loads((folder / "quality.json").read_text()))
+            report = QualityReport(**json.loads((folder / "quality.json").read_text()))
+            report.per_image = ImageScores.load(folder / "per_image.pt")
+            return report
+
+    def paired(self, before: ModelReport, after: ModelReport) -> dict[str, dict[str, PairedDelta]]:
+        """Per domain both were scored on: ``after - before`` for FID, KID and prompt fidelity, image by image
+        (both sampled the same captions from the same noise), with bootstrap intervals."""
+        fid = self.config.fid
+        if fid is None:
+            return {}
+        out = {}
+        for name, q in after.quality.items():
+            p = before.quality.get(name)
+            if q.per_image is None or p is None or p.per_image is None or name not in self.domains:
+                continue
+            d = self.domains[name]
+            real = fid.real_features(d.data, d.split, self.ctx, self.features_cache)
+            out[name] = paired_deltas(real, p.per_image, q.per_image, fid.bootstrap, seed=self.ctx.seed)
+        return out
 
     def evaluate(
         self,

@@ -126,8 +126,11 @@ def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext, hits:
     return exp.defense.load_protected(folder, like=base)
 
 
-def run_attack(exp: Experiment, plan: AttackPlan, protected: Protected, ev: Evaluator, ctx: RunContext) -> AttackReport:
-    """attack.run from the protected model (probed at ``eval.at_steps``), then verify and score the result."""
+def run_attack(
+    exp: Experiment, plan: AttackPlan, protected: Protected, before: ModelReport, ev: Evaluator, ctx: RunContext
+) -> AttackReport:
+    """attack.run from the protected model (probed at ``eval.at_steps``), then verify and score the result
+    (``before``: the protected model's scores, which the attacked model's are paired with)."""
     probe = None
     if exp.eval.at_steps:
         probe = StepProbe(exp.eval.at_steps, lambda step, m: ev.curve_point(step, m, plan.domain), plan.attack.snapshot)
@@ -142,6 +145,7 @@ def run_attack(exp: Experiment, plan: AttackPlan, protected: Protected, ev: Eval
     if probe and probe.missing():  # a step past the end of training (e.g. an epoch-limited loader): say so
         log.warning("eval.at_steps: steps %s were never reached by the attack", probe.missing())
     model = ev.evaluate(plan.label, attacked, [plan.domain] if plan.domain else [])
+    model.paired = ev.paired(before, model)
     curve = [CurvePoint(**p) for p in probe.points] if probe else []
     eval_split = plan.domain.split if plan.domain else None
     return AttackReport(plan.name, plan.attack.train_split, eval_split, model, plan.attack.cost(), curve)
@@ -188,7 +192,8 @@ def _run_stages(exp: Experiment, ctx: RunContext, out: Path, tracker: CostTracke
     base_report = ModelReport(verification=ev.verify_null(base), quality=base_quality)
     reuse = base_quality if not exp.defense.modifies_weights else None  # same weights: same scores
     protected_report = ev.evaluate("protected", protected.model, domains, quality=reuse)
-    attacks = {p.name: run_attack(exp, p, protected, ev, ctx) for p in plans}
+    protected_report.paired = ev.paired(base_report, protected_report)
+    attacks = {p.name: run_attack(exp, p, protected, protected_report, ev, ctx) for p in plans}
     result = build_result(exp, ctx, protected, base_report, protected_report, attacks, notes, ev)
     if rank_zero_only.rank == 0:  # under DDP every rank runs the pipeline; one writes
         result.write(out)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptguard.core.verification import Verification
+from adaptguard.metrics.paired import PairedDelta
 from adaptguard.metrics.quality import QualityReport
 from adaptguard.metrics.stats import tpr_at_fpr
 
@@ -86,6 +87,9 @@ class ModelReport:
     verification: VerificationReport | None = None
     image_attacks: dict[str, VerificationReport] = field(default_factory=dict)  # transform label -> verification
     quality: dict[str, QualityReport] = field(default_factory=dict)  # domain -> FID/KID
+    # domain -> metric (fid, kid, fidelity/<what>) -> this model minus the one it was made from (protected:
+    # the base; attacked: the protected model), image by image, with a bootstrap interval
+    paired: dict[str, dict[str, PairedDelta]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> ModelReport:
@@ -95,6 +99,9 @@ class ModelReport:
             verification=VerificationReport.from_dict(ver) if ver else None,
             image_attacks={k: VerificationReport.from_dict(v) for k, v in (d.get("image_attacks") or {}).items()},
             quality={k: QualityReport(**v) for k, v in (d.get("quality") or {}).items()},
+            paired={
+                dom: {k: PairedDelta.from_dict(v) for k, v in m.items()} for dom, m in (d.get("paired") or {}).items()
+            },
         )
 
 

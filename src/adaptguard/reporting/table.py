@@ -64,11 +64,23 @@ def _quality_rows(models: list[ModelReport]) -> list[Row]:
     return rows
 
 
+def _paired_rows(models: list[ModelReport]) -> list[Row]:
+    """Each model minus the one it was made from, on the same prompts and noise, with its 95 % interval
+    (FID, KID, prompt fidelity and its groups; per attribute only in results.json)."""
+    shown = [(dom, k) for m in models for dom, metrics in m.paired.items() for k in metrics]
+    keys = dict.fromkeys((dom, k) for dom, k in shown if k in ("fid", "kid", "fidelity/all") or "+" in k)
+    rows: list[Row] = []
+    for dom, k in keys:
+        cells = [str(m.paired[dom][k]) if k in m.paired.get(dom, {}) else "-" for m in models]
+        rows.append((f"Δ {k.replace('fidelity/all', 'fidelity')} ({dom}) vs model before", *cells))
+    return rows
+
+
 def summary_rows(result: RunResult) -> list[Row]:
     """(metric, base, protected, attacked...) rows: the never-watermarked base model is the null."""
     columns = result.models()
     models = list(columns.values())
-    rows = _verification_rows(models) + _quality_rows(models)
+    rows = _verification_rows(models) + _quality_rows(models) + _paired_rows(models)
     blank = ["-"] * (len(models) - 2)
     rows += [(label(k), "-", fmt(v), *blank) for k, v in result.summary.items()]
     attacked = [a.cost for a in result.attacks.values()]
