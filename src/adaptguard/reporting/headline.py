@@ -34,6 +34,7 @@ NAMES: Mapping[str, str] = {
     "quality/fid_attacked": "FID after the weight attack (clean split)",
     "quality/fid_delta": "fid_protected - fid_base: what the protection costs in image quality",
     "quality/kid_base": "KID of the base model (clean split); kid_protected, kid_attacked likewise",
+    "quality/kid_delta": "kid_protected - kid_base",
     "quality/fid_base/<domain>": "FID of the base model on an attack domain's held-out images",
     "quality/fid_attacked/<domain>": "FID after the attack on its domain: low = the adaptation worked",
     "quality/fidelity_base": "prompt fidelity of the base model's samples (clean split): the share whose every "
@@ -106,6 +107,8 @@ def headline(result: RunResult) -> dict[str, float]:
                 out[f"cost/{name}{suffix}"] = float(attack.cost[key])
     if "quality/fid_base" in out and "quality/fid_protected" in out:
         out["quality/fid_delta"] = out["quality/fid_protected"] - out["quality/fid_base"]
+    if "quality/kid_base" in out and "quality/kid_protected" in out:
+        out["quality/kid_delta"] = out["quality/kid_protected"] - out["quality/kid_base"]
     if "quality/fidelity_base" in out and "quality/fidelity_protected" in out:
         out["quality/fidelity_delta"] = out["quality/fidelity_protected"] - out["quality/fidelity_base"]
     out.update({f"defense/{k}": float(v) for k, v in result.summary.items() if _number(v)})

@@ -90,7 +90,7 @@ def protected_table(rows: Sequence[ProtectedRow]) -> str:
     facts = [n for n in names if n.startswith("defense/")]
     head = ["protected model", "seeds", "in comparisons", "rate before", "detected before", SEED_COLUMN,
             *(f"TPR@FPR {f}" for f in tprs), "never-watermarked", "FID base", "FID protected", "FID Δ (protection)",
-            "fidelity base", "fidelity protected", "fidelity Δ", "fidelity ceiling",
+            "KID Δ (protection)", "fidelity base", "fidelity protected", "fidelity Δ", "fidelity ceiling",
             *(label(n[len("defense/") :]) for n in facts)]  # fmt: skip
     out = []
     for r in rows:
@@ -103,8 +103,8 @@ def protected_table(rows: Sequence[ProtectedRow]) -> str:
                     decisions([decision(m.seed, m.verification) for m in r.models]),
                     *(est(f"verify/tpr_before@fpr{f}") for f in tprs), est("verify/rate_never_watermarked"),
                     est("quality/fid_base", 1), est("quality/fid_protected", 1), est("quality/fid_delta", 1),
-                    est("quality/fidelity_base"), est("quality/fidelity_protected"), est("quality/fidelity_delta"),
-                    est("quality/fidelity_real"), *(est(n, 2) for n in facts)])  # fmt: skip
+                    est("quality/kid_delta"), est("quality/fidelity_base"), est("quality/fidelity_protected"),
+                    est("quality/fidelity_delta"), est("quality/fidelity_real"), *(est(n, 2) for n in facts)])  # fmt: skip
     return table(head, out, keep=3)
 
 
