@@ -11,8 +11,9 @@
 2. `adaptguard calibrate key=<it> models=auto null_keys=N`: the base, the base fine-tuned by attack=full and
    attack=lora (the page's 60 steps) and an independently initialised tiny model pretrained by our code,
    each with N random keys (AIAO: 925, so 3,700 decisions bound its rate below the target; others 200);
-3. the watermarked models: `experiment=page/compare_watermarks` for the three, attacks full and lora, seeds
-   0 and 1, without FID (their verifications carry both decisions: the true-positive side).
+3. the watermarked models: `experiment=page/compare_watermarks` for the three with step 1's keys (so the
+   protections come from the cache), attacks full and lora, seed 0, without FID (their verifications carry
+   both decisions: the true-positive side).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def run() -> None:
             _run([python, "-m", "adaptguard.cli.main", "calibrate", f"key={release / 'owner.key'}", "models=auto",
                   *NULL_MODELS, f"null_keys={keys}", f"out={out}"])  # fmt: skip
     _run([python, "-m", "experiments.run", "-m", *PAGE, f"defense={','.join(DEFENSES)}", "attack=full,lora",
-          "seed=0,1", "eval.fid=null", "eval.image_attacks=[]", f"hydra.sweep.dir={ROOT / 'tpr'}"])  # fmt: skip
+          f"defense.key_seed={KEY_SEED}", "seed=0", "eval.fid=null", "eval.image_attacks=[]",
+          f"hydra.sweep.dir={ROOT / 'tpr'}"])  # fmt: skip
 
 
 def _interval(k: int, n: int) -> str:
@@ -86,7 +88,7 @@ def fpr_rows(defense: str, report: dict[str, Any]) -> list[str]:
 
 
 def tpr_rows(sweep: Path) -> list[str]:
-    """Watermarked models (protected, after full, after lora; both seeds): detected under each rule."""
+    """Watermarked models (protected, after full, after lora): detected under each rule."""
     counts: dict[tuple[str, str], list[int]] = {}
     for path in sorted(sweep.glob("*/results.json")):
         r = json.loads(path.read_text())
@@ -97,7 +99,7 @@ def tpr_rows(sweep: Path) -> list[str]:
         models |= {f"after {r['run']['attack']}": a["model"] for a in r["attacks"].values()}
         for name, m in models.items():
             v = m.get("verification")
-            if v is None or (name == "protected" and r["run"]["attack"] != "full"):  # one protected model per seed
+            if v is None or (name == "protected" and r["run"]["attack"] != "full"):  # each protected model once
                 continue
             c = counts.setdefault((defense, name), [0, 0, 0])
             c[0] += 1

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from adaptguard.reporting.headline import headline
 from adaptguard.reporting.results import RunResult
 from tests.helpers import assert_secrets_only_in_owner_only_keys, cli
 
@@ -68,6 +69,9 @@ def test_smoke_experiment_reports_verification_quality_and_costs(smoke_run):
             all_ = model.quality[dom].fidelity["all"] - before.quality[dom].fidelity["all"]
             assert abs(deltas["fidelity/all"].value - all_) < 1e-6
     assert "Δ fid (clean) vs model before" in proc.stdout
+    numbers = headline(result)  # the attack's own effect on its domain, as wandb and the results page get it
+    assert numbers["quality/attack_fid_delta/attacker"] == attack.model.paired["attacker"]["fid"].value
+    assert numbers["quality/fidelity_delta"] == pytest.approx(result.protected.paired["clean"]["fidelity/all"].value)
     assert attack.cost["trainable_params"] < 0.1 * attack.cost["total_params"]
     assert set(result.stages) >= {"base", "protect", "verify_base", "verify_protected", "attack", "verify_attacked"}
     assert all(s["wall_s"] > 0 and s["peak_rss_mb"] > 0 for s in result.stages.values())

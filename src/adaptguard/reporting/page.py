@@ -109,7 +109,9 @@ def protected_table(rows: Sequence[ProtectedRow]) -> str:
 
 
 def _domain_fid(group: SeedGroup, metric: str = "fid") -> SeedInterval | None:
-    name = next((k for k in group.stats if k.startswith(f"quality/{metric}_attacked/")), None)
+    """``quality/<metric>_attacked/<domain>`` (or ``quality/attack_<...>_delta/<domain>``) of the attack's domain."""
+    prefix = f"quality/{metric}/" if metric.startswith("attack_") else f"quality/{metric}_attacked/"
+    name = next((k for k in group.stats if k.startswith(prefix)), None)
     return group.stats.get(name) if name else None
 
 
@@ -117,8 +119,8 @@ def attack_table(c: Comparison) -> str:
     """A row per defense × attack of one comparison: what the attack left, mean ± 95 % interval across seeds."""
     tprs = fprs([n for g in c.groups for n in g.stats], "after")
     head = ["defense × attack", "seeds", "rate after", "detected after", SEED_COLUMN,
-            *(f"TPR@FPR {f}" for f in tprs), "FID attacked", "attack-domain FID", "fidelity attacked",
-            "attack-domain fidelity"]  # fmt: skip
+            *(f"TPR@FPR {f}" for f in tprs), "FID attacked", "attack-domain FID", "attack's FID Δ (domain)",
+            "fidelity attacked", "attack-domain fidelity", "attack's fidelity Δ (domain)"]  # fmt: skip
     rows = []
     for g, name in zip(c.groups, c.labels, strict=True):
         s = g.stats
@@ -128,7 +130,8 @@ def attack_table(c: Comparison) -> str:
                      detected(g.values("verify/detected_after")), decisions(after),
                      *(estimate(s.get(f"verify/tpr_after@fpr{f}")) for f in tprs),
                      estimate(s.get("quality/fid_attacked"), 1), estimate(_domain_fid(g), 1),
-                     estimate(s.get("quality/fidelity_attacked")), estimate(_domain_fid(g, "fidelity"))])  # fmt: skip
+                     estimate(_domain_fid(g, "attack_fid_delta"), 1), estimate(s.get("quality/fidelity_attacked")),
+                     estimate(_domain_fid(g, "fidelity")), estimate(_domain_fid(g, "attack_fidelity_delta"))])  # fmt: skip
     return table(head, rows)
 
 
