@@ -70,7 +70,7 @@ def test_smoke_experiment_reports_verification_quality_and_costs(smoke_run):
             assert abs(deltas["fidelity/all"].value - all_) < 1e-6
     assert "Δ fid (clean) vs model before" in proc.stdout
     numbers = headline(result)  # the attack's own effect on its domain, as wandb and the results page get it
-    assert numbers["quality/attack_fid_delta/attacker"] == attack.model.paired["attacker"]["fid"].value
+    assert numbers["quality/fid_delta_attacked/attacker"] == attack.model.paired["attacker"]["fid"].value
     assert numbers["quality/fidelity_delta"] == pytest.approx(result.protected.paired["clean"]["fidelity/all"].value)
     assert attack.cost["trainable_params"] < 0.1 * attack.cost["total_params"]
     assert set(result.stages) >= {"base", "protect", "verify_base", "verify_protected", "attack", "verify_attacked"}

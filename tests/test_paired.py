@@ -1,5 +1,6 @@
 """Paired quality differences: the estimators agree with torchmetrics', and pairing removes shared noise."""
 
+import pytest
 import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -11,8 +12,9 @@ def features(n: int = 128, d: int = 16, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
 
 
-def test_frechet_distance_is_torchmetrics_fid():
-    real, fake = features(seed=0), features(seed=1) * 1.3 + 0.2
+@pytest.mark.parametrize("n", [128, 12])  # more images than features (eigenvalues) and fewer (singular values)
+def test_frechet_distance_is_torchmetrics_fid(n):
+    real, fake = features(n, seed=0), features(n, seed=1) * 1.3 + 0.2
     fid = FrechetInceptionDistance(feature=_Precomputed(16))
     fid.update(real, real=True)
     fid.update(fake, real=False)

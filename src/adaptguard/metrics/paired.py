@@ -66,17 +66,22 @@ def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """FID between feature sets (..., N, F): ``|mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^1/2)``, in float64;
-    the trace of the root is the sum of the square roots of the product's eigenvalues (torchmetrics' way)."""
+    """FID between feature sets (..., N, F): ``|mu_r - mu_f|^2 + tr(S_r + S_f - 2 (S_r S_f)^1/2)``, in float64.
+
+    ``tr (S_r S_f)^1/2`` is the sum of the square roots of the product's eigenvalues (torchmetrics' way) or,
+    with ``S = X^T X`` for centred features X, the sum of the singular values of ``X_r X_f^T``: an N x N
+    matrix, the cheaper one when there are fewer images than features."""
     mu_r, s_r = _moments(real.double())
     mu_f, s_f = _moments(fake.double())
-    root = torch.linalg.eigvals(s_r @ s_f).sqrt().real.sum(-1)
-    return (
-        ((mu_r - mu_f) ** 2).sum(-1)
-        + s_r.diagonal(dim1=-2, dim2=-1).sum(-1)
-        + s_f.diagonal(dim1=-2, dim2=-1).sum(-1)
-        - 2 * root
-    )
+    n, features = real.shape[-2], real.shape[-1]
+    if n <= features:
+        x_r = (real.double() - mu_r.unsqueeze(-2)) / (n - 1) ** 0.5
+        x_f = (fake.double() - mu_f.unsqueeze(-2)) / (n - 1) ** 0.5
+        root = torch.linalg.svdvals(x_r @ x_f.transpose(-1, -2)).sum(-1)
+    else:
+        root = torch.linalg.eigvals(s_r @ s_f).sqrt().real.sum(-1)
+    trace = s_r.diagonal(dim1=-2, dim2=-1).sum(-1) + s_f.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return ((mu_r - mu_f) ** 2).sum(-1) + trace - 2 * root
 
 
 def kernel_distance(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:

@@ -45,8 +45,8 @@ NAMES: Mapping[str, str] = {
     "quality/fidelity_delta": "fidelity_protected - fidelity_base: what the protection costs in prompt fidelity",
     "quality/fidelity_attacked/<domain>": "prompt fidelity after the attack on its domain (fidelity_base/<domain>: "
     "before)",
-    "quality/attack_fid_delta/<domain>": "the attack's own effect: FID of the attacked minus the protected model "
-    "on the attack's domain, paired (negative: the attack adapted the model); attack_fidelity_delta likewise",
+    "quality/fid_delta_attacked/<domain>": "the attack's own effect: FID of the attacked minus the protected model "
+    "on the attack's domain, paired (negative: the attack adapted the model); fidelity_delta_attacked likewise",
     "defense/<key>": "a defense's summary facts (frozen ratios, ...)",
     "cost/protect_s": "wall time of the protect stage (0 when the protection came from the cache)",
     "cost/attack_s": "wall time of the attack stage(s)",
@@ -107,7 +107,7 @@ def headline(result: RunResult) -> dict[str, float]:
         own = attack.model.paired.get(domain, {})  # what the attack did on its own domain, image by image
         for metric, name in (("fid", "fid"), ("fidelity/all", "fidelity")):
             if metric in own:
-                out[f"quality/attack_{name}_delta/{domain}"] = own[metric].value
+                out[f"quality/{name}_delta_attacked/{domain}"] = own[metric].value
         for key, name in (("step_time_s", "attack_step_s"), ("trainable_params", "trainable_params")):
             if isinstance(attack.cost.get(key), int | float):
                 out[f"cost/{name}{suffix}"] = float(attack.cost[key])

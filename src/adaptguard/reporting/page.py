@@ -109,9 +109,8 @@ def protected_table(rows: Sequence[ProtectedRow]) -> str:
 
 
 def _domain_fid(group: SeedGroup, metric: str = "fid") -> SeedInterval | None:
-    """``quality/<metric>_attacked/<domain>`` (or ``quality/attack_<...>_delta/<domain>``) of the attack's domain."""
-    prefix = f"quality/{metric}/" if metric.startswith("attack_") else f"quality/{metric}_attacked/"
-    name = next((k for k in group.stats if k.startswith(prefix)), None)
+    """``quality/<metric>_attacked/<domain>``: the attacked model's number on the attack's domain."""
+    name = next((k for k in group.stats if k.startswith(f"quality/{metric}_attacked/")), None)
     return group.stats.get(name) if name else None
 
 
@@ -130,8 +129,8 @@ def attack_table(c: Comparison) -> str:
                      detected(g.values("verify/detected_after")), decisions(after),
                      *(estimate(s.get(f"verify/tpr_after@fpr{f}")) for f in tprs),
                      estimate(s.get("quality/fid_attacked"), 1), estimate(_domain_fid(g), 1),
-                     estimate(_domain_fid(g, "attack_fid_delta"), 1), estimate(s.get("quality/fidelity_attacked")),
-                     estimate(_domain_fid(g, "fidelity")), estimate(_domain_fid(g, "attack_fidelity_delta"))])  # fmt: skip
+                     estimate(_domain_fid(g, "fid_delta"), 1), estimate(s.get("quality/fidelity_attacked")),
+                     estimate(_domain_fid(g, "fidelity")), estimate(_domain_fid(g, "fidelity_delta"))])  # fmt: skip
     return table(head, rows)
 
 
