@@ -145,7 +145,8 @@ def _number(v: object) -> bool:
 
 
 def curve_points(result: RunResult) -> list[tuple[int, dict[str, float]]]:
-    """(attack step, {curve/rate_after, curve/fid_attacked, curve/fidelity_attacked}) for every eval.at_steps point, all domains."""
+    """(attack step, {curve/rate_after, curve/fid_attacked, curve/fidelity_attacked}) for every eval.at_steps
+    point, all domains."""
     several = len(result.attacks) > 1
     steps: dict[int, dict[str, float]] = {}
     for domain, attack in result.attacks.items():
