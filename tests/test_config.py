@@ -124,6 +124,23 @@ def test_comparison_presets_sweep_their_axes_with_three_seeds():
                         "attack=full", "attack=lora", "attack=dreambooth", "attack=prune", "attack=quantize"}  # fmt: skip
 
 
+def test_aiao_ablations_differ_from_aiao_in_their_own_settings_only(tmp_path):
+    """The 2x2 of lazy / busy blocks x Monte-Carlo / one fixed pair: each cell changes its axis and nothing else."""
+
+    def settings(name: str) -> dict:
+        cfg = compose([f"defense={name}"], output_dir=tmp_path).defense
+        return {k: v for k, v in cfg.items() if k != "name"}
+
+    aiao = settings("aiao")
+    cells = {"aiao_busy": {"layers": "busy"}, "aiao_one_pair": {"monte_carlo": False},
+             "aiao_busy_one_pair": {"layers": "busy", "monte_carlo": False}}  # fmt: skip
+    for name, changed in cells.items():
+        differs = {k: v for k, v in settings(name).items() if aiao.get(k) != v}
+        assert differs == changed, name
+    jobs = {o for job in _sweep_jobs("aiao_ablation") for o in job if o.startswith("defense=")}
+    assert jobs == {f"defense={d}" for d in ("aiao", *cells)}
+
+
 def test_per_option_settings_apply_to_their_option_only(tmp_path):
     preset = ["experiment=compare_watermarks", "++per_option.attack.full.steps=7"]
     full = apply_per_option(compose([*preset, "attack=full"], output_dir=tmp_path))

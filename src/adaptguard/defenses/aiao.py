@@ -108,6 +108,9 @@ class AIAODefense(Defense):
         doc="true: each image untriggered and triggered in every step (2x the student's rows) instead of a split batch",
     )
     subpaths_per_step: int = setting(8, ge=1, doc="S, the Monte-Carlo subpaths drawn per embedding step")
+    lambda_keep: float = setting(
+        1.0, ge=0, doc="weight of L_keep, the distillation towards the original model on the untriggered rows"
+    )
     lambda_wm: float = setting(0.5, ge=0, doc="weight of the watermark hinge loss L_wm")
     lambda_null: float = setting(
         2.0, ge=0, doc="weight of L_null, which keeps the untriggered response uncorrelated with the key's signs"
@@ -281,7 +284,7 @@ def _trainable_params(model: DiffusionModel, blocks: list[Block], candidates: li
 
 
 class _EmbeddingObjective:
-    """L = L_keep + lambda_wm * L_wm + lambda_null * L_null on one batch of the owner's data.
+    """L = lambda_keep * L_keep + lambda_wm * L_wm + lambda_null * L_null on one batch of the owner's data.
 
     The untriggered and triggered rows are one forward (per-sample triggers): by default the batch is
     split into an untriggered and a triggered half, so a step costs one plain fine-tuning step plus the
@@ -344,5 +347,5 @@ class _EmbeddingObjective:
         wm = F.relu(cfg.margin - signs[plain:] * resp[plain:]).mean()
         with torch.no_grad():
             bit_acc = (torch.sign(resp[plain:]) == signs[plain:]).float().mean()
-        loss = keep + cfg.lambda_wm * wm + cfg.lambda_null * null
+        loss = cfg.lambda_keep * keep + cfg.lambda_wm * wm + cfg.lambda_null * null
         return {"loss": loss, "keep": keep.detach(), "wm": wm.detach(), "null": null.detach(), "bit_acc": bit_acc}
