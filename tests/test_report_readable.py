@@ -9,10 +9,12 @@ import pytest
 from adaptguard.metrics.quality import QualityReport
 from adaptguard.reporting.comparisons import MAX_LABEL, short_keys, split, unique_labels
 from adaptguard.reporting.declared import declared
+from adaptguard.reporting.headline import steps_to_removal
 from adaptguard.reporting.page import write_page
 from adaptguard.reporting.protected import protected_rows, warnings
 from adaptguard.reporting.results import (
     AttackReport,
+    CurvePoint,
     ModelReport,
     ReportSettings,
     RunInfo,
@@ -148,6 +150,21 @@ def test_the_page_shows_each_seed_decision_tpr_and_the_reference_without_naming_
     for line in text.splitlines():
         if line.startswith("| ") and not line.startswith("| `"):
             assert len(line.split(" | ")[0]) - 2 <= MAX_LABEL, line
+
+
+def test_steps_to_removal_is_the_first_undetected_curve_step_per_seed(tmp_path):
+    """RoMa's number: along each seed's attack curve, the first step no longer detected, or "> N"."""
+    for seed, detected in ((0, [True, False, True]), (1, [True, True, True])):
+        r = run("backdoor", "full", seed, eval__at_steps=[0, 50, 100])
+        r.attacks["attacker"].curve = [CurvePoint(step, VerificationReport(detected=d, rate=0.5 if d else 0.0))
+                                       for step, d in zip([0, 50, 100], detected, strict=True)]  # fmt: skip
+        assert steps_to_removal(r) == {"attacker": "50" if seed == 0 else "> 100"}
+        job = tmp_path / "sweep" / str(seed)
+        job.mkdir(parents=True)
+        r.write(job)
+    text = write_page([tmp_path / "sweep"], tmp_path / "results").markdown.read_text()
+    assert "steps to removal (per seed)" in text and "| 0: 50; 1: > 100 |" in text
+    assert steps_to_removal(run("backdoor", "full", 0)) == {}  # no curve, no number
 
 
 def test_report_settings_come_from_the_file_or_for_older_files_from_the_recorded_class():

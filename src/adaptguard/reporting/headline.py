@@ -161,3 +161,15 @@ def curve_points(result: RunResult) -> list[tuple[int, dict[str, float]]]:
                 if ALL in q.fidelity:
                     values[f"curve/fidelity_attacked{suffix}"] = q.fidelity[ALL]
     return sorted(steps.items())
+
+
+def steps_to_removal(result: RunResult) -> dict[str, str]:
+    """Per attack domain with an ``eval.at_steps`` curve: the first step at which the watermark is no longer
+    detected, or ``> N`` when it still is at the last step N measured (RoMa's comparison of methods)."""
+    out = {}
+    for domain, attack in result.attacks.items():
+        points = [p for p in attack.curve if p.verification is not None]
+        if points:
+            gone = next((p.step for p in sorted(points, key=lambda p: p.step) if not p.verification.detected), None)
+            out[domain] = str(gone) if gone is not None else f"> {max(p.step for p in points)}"
+    return out

@@ -25,7 +25,7 @@ from adaptguard.metrics.stats import SeedInterval
 from adaptguard.reporting import figures
 from adaptguard.reporting.comparisons import UNSET, Comparison, shared, split
 from adaptguard.reporting.declared import declared
-from adaptguard.reporting.headline import headline
+from adaptguard.reporting.headline import headline, steps_to_removal
 from adaptguard.reporting.protected import ProtectedRow, protected_rows, warnings
 from adaptguard.reporting.results import RunResult, VerificationReport
 from adaptguard.reporting.seeds import SeedGroup, group_by_config, identity
@@ -118,7 +118,8 @@ def attack_table(c: Comparison) -> str:
     """A row per defense × attack of one comparison: what the attack left, mean ± 95 % interval across seeds."""
     tprs = fprs([n for g in c.groups for n in g.stats], "after")
     head = ["defense × attack", "seeds", "rate after", "detected after", SEED_COLUMN,
-            *(f"TPR@FPR {f}" for f in tprs), "FID attacked", "attack-domain FID", "attack's FID Δ (domain)",
+            *(f"TPR@FPR {f}" for f in tprs), "steps to removal (per seed)", "FID attacked", "attack-domain FID",
+            "attack's FID Δ (domain)",
             "fidelity attacked", "attack-domain fidelity", "attack's fidelity Δ (domain)"]  # fmt: skip
     rows = []
     for g, name in zip(c.groups, c.labels, strict=True):
@@ -127,11 +128,17 @@ def attack_table(c: Comparison) -> str:
                  for r in g.runs]  # fmt: skip
         rows.append([name, " ".join(map(str, g.seeds)), estimate(s.get("verify/rate_after")),
                      detected(g.values("verify/detected_after")), decisions(after),
-                     *(estimate(s.get(f"verify/tpr_after@fpr{f}")) for f in tprs),
+                     *(estimate(s.get(f"verify/tpr_after@fpr{f}")) for f in tprs), removal(g.runs),
                      estimate(s.get("quality/fid_attacked"), 1), estimate(_domain_fid(g), 1),
                      estimate(_domain_fid(g, "fid_delta"), 1), estimate(s.get("quality/fidelity_attacked")),
                      estimate(_domain_fid(g, "fidelity")), estimate(_domain_fid(g, "fidelity_delta"))])  # fmt: skip
     return table(head, rows)
+
+
+def removal(runs: Sequence[RunResult]) -> str:
+    """``0: 100; 1: > 1000``: each seed's steps to removal along its attack curve (``-`` without curves)."""
+    cells = [f"{r.run.seed}: {step}" for r in runs for step in steps_to_removal(r).values()]
+    return "; ".join(cells) or "-"
 
 
 def is_reference(group: SeedGroup) -> bool:
