@@ -101,3 +101,31 @@ def test_lightning_module_matches_a_plain_loop(micro_model, micro_data):
         opt.step()
     for (n, p), q in zip(micro_model.named_parameters(), plain.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-6), n
+
+
+def test_the_pretraining_curve_measures_the_averaged_weights_without_changing_them(tmp_path):
+    """``model.pretrain.curve_every``: loss, FID and prompt fidelity every N steps in the model folder's curve.json;
+    the weights equal a run without it, so it is not part of the cache key."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from adaptguard.core.context import RunContext
+    from tests.helpers import model_source
+
+    source = model_source("micro")
+    short = {**source.pretrain, "steps": 20, "vae_steps": 10, "checkpoint_every": 10}
+    plain = replace(source, pretrain=short)
+    curved = replace(source, pretrain={**short, "curve_every": 10, "curve_samples": 8})
+    assert plain.describe() == curved.describe()
+    folders = []
+    for i, s in enumerate((plain, curved)):
+        s.load(RunContext(cache=ArtifactCache(tmp_path / str(i)), progress=False, device="cpu"))
+        folders += list((tmp_path / str(i)).glob("base/*/model"))
+    a, b = folders
+    for part in ("unet", "text_encoder"):
+        wa, wb = (load_file(next((f / part).glob("*.safetensors"))) for f in (a, b))
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), part
+    curve = json.loads((b / "curve.json").read_text())
+    assert [p["step"] for p in curve] == [10, 20] and not (a / "curve.json").exists()
+    assert all({"loss", "fid", "fidelity/all", "fidelity/kind+colour"} <= set(p) for p in curve), curve

@@ -13,9 +13,12 @@ from adaptguard.core.config import Validated, from_mapping, setting
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.shapes import ShapesDataModule
+from adaptguard.metrics.quality import QualityEvaluator
 from adaptguard.models.bundle import DiffusionModel, SamplerConfig
 from adaptguard.models.tiny import TinySchedulerSpec, TinyTextSpec, TinyUNetSpec, TinyVAESpec, build_tiny_model
-from adaptguard.training.pretraining import PRETRAIN_SPLIT, PretrainConfig, pretrain
+from adaptguard.training.pretraining import PRETRAIN_SPLIT, PretrainConfig, Probe, pretrain
+
+CURVE_SPLIT = {"offset": 20000, "size": 512}  # conf/dataset/shapes.yaml's eval split: held-out real images
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +87,8 @@ class TinyModelSource(Validated):
         d["text_encoder"] = asdict(from_mapping(TinyTextSpec, self.text_encoder))
         d["scheduler"] = asdict(from_mapping(TinySchedulerSpec, self.scheduler))
         d["pretrain"] = asdict(from_mapping(PretrainConfig, self.pretrain))
-        d["pretrain"].pop("checkpoint_every")  # affects resumability, not the weights
+        for key in ("checkpoint_every", "curve_every", "curve_samples"):  # resumability and the curve, not the weights
+            d["pretrain"].pop(key)
         if self.vae is None:
             for key in ("vae_steps", "vae_batch_size", "vae_lr", "kl_weight", "vae_crop"):
                 d["pretrain"].pop(key)
@@ -98,7 +102,22 @@ class TinyModelSource(Validated):
     def _pretrain(self, work: Path, ctx: RunContext) -> None:
         cfg = from_mapping(PretrainConfig, self.pretrain)
         data = ShapesDataModule(resolution=self.resolution, splits={PRETRAIN_SPLIT: {"size": cfg.dataset_size}})
-        pretrain(self.build().to(ctx.torch_device()), data, cfg, ctx, work)
+        pretrain(self.build().to(ctx.torch_device()), data, cfg, ctx, work, self._curve_probe(cfg, ctx))
+
+    def _curve_probe(self, cfg: PretrainConfig, ctx: RunContext) -> Probe | None:
+        """FID and prompt fidelity of ``curve_samples`` images of the shapes eval split, from the same noise at
+        every point (the pretraining curve of docs/models.md)."""
+        if not cfg.curve_every:
+            return None
+        data = ShapesDataModule(resolution=self.resolution, splits={"eval": CURVE_SPLIT})
+        n = cfg.curve_samples
+        ev = QualityEvaluator(num_samples=n, kid_subset_size=min(50, n), kid_subsets=10, bootstrap=0)
+
+        def probe(model: DiffusionModel) -> dict[str, float]:
+            report, _ = ev.evaluate(model, data, "eval", ctx, offset=100)
+            return {"fid": report.fid, **{f"fidelity/{k}": v for k, v in report.fidelity.items()}}
+
+        return probe
 
     def load(self, ctx: RunContext) -> DiffusionModel:
         folder = ctx.cache.get_or_build("base", self.describe(), lambda work: self._pretrain(work, ctx))

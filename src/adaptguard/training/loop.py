@@ -153,11 +153,13 @@ def fit(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 200,
     callbacks: Sequence[Callback] = (),
+    val_dataloaders: Any = None,
     **trainer_kwargs: Any,
 ) -> L.Trainer:
     """Train for ``max_steps`` optimizer steps with a Trainer from ``ctx``; resumable with ``checkpoint_dir``.
 
     ``lr_key``: the config key of this stage's learning rate, named when training diverges.
+    ``val_dataloaders``: Lightning's validation loop (with ``val_check_interval`` etc. in ``trainer_kwargs``).
     """
     L.seed_everything(ctx.seed, verbose=False)
     cbs = [*ctx.callbacks, *callbacks, FiniteGuard(label, lr_key), StepSeed(ctx.seed)]
@@ -184,6 +186,6 @@ def fit(
     )
     seed_data_order(dataloader, ctx.seed)
     module.train()  # bundles come back from load()/sampling in eval mode; Lightning keeps the mode it finds
-    trainer.fit(module, train_dataloaders=dataloader, ckpt_path=ckpt_path)
+    trainer.fit(module, train_dataloaders=dataloader, val_dataloaders=val_dataloaders, ckpt_path=ckpt_path)
     module.eval()
     return trainer

@@ -6,14 +6,18 @@ the data, then the UNet and text encoder on cached latents with the VAE frozen.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import torchvision
 from diffusers import AutoencoderKL
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from torch.utils.data import DataLoader
 
 from adaptguard.core.artifacts import RESUME_DIR
@@ -60,12 +64,60 @@ class PretrainConfig(Validated):
     vae_crop: int | None = setting(
         None, ge=8, doc="the VAE trains on random crops of this size (it is convolutional); null: whole images"
     )
+    curve_every: int | None = setting(
+        None,
+        ge=1,
+        doc="steps between points of the pretraining curve (training loss, and FID and prompt fidelity of the "
+        "averaged weights on `curve_samples` eval images) in the model folder's curve.json; null: none. It does "
+        "not change the weights",
+    )
+    curve_samples: int = setting(64, ge=2, doc="images sampled per pretraining-curve point")
 
 
-def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: PretrainConfig, ctx: RunContext, work: Path):
+Probe = Callable[[DiffusionModel], dict[str, float]]
+
+
+class _CurveModule(DenoisingModule):
+    """The denoising objective with a validation step that does nothing: the curve is measured by
+    :class:`PretrainCurve` in Lightning's validation loop, where ``EMAWeightAveraging`` swaps in the averaged
+    weights (the ones that get saved)."""
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        return None
+
+
+class PretrainCurve(Callback):
+    """Every ``curve_every`` steps (a validation epoch): the training loss and ``probe`` of the model, into
+    ``path`` (a JSON list by step; a resumed run keeps the points before its checkpoint)."""
+
+    def __init__(self, probe: Probe, path: Path) -> None:
+        self.probe, self.path = probe, path
+        self.points = {p["step"]: p for p in json.loads(path.read_text())} if path.is_file() else {}
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        step = trainer.global_step
+        loss = trainer.callback_metrics.get("pretrain/loss")
+        point = {"step": step, **({"loss": float(loss)} if loss is not None else {}), **self.probe(pl_module.model)}
+        self.points = {s: p for s, p in self.points.items() if s < step} | {step: point}
+        self.path.write_text(json.dumps(sorted(self.points.values(), key=lambda p: p["step"]), indent=1))
+        log.info("pretraining curve, step %d: %s", step, {k: round(v, 4) for k, v in point.items() if k != "step"})
+
+
+def pretrain(
+    model: DiffusionModel,
+    data: CaptionedImageDataModule,
+    cfg: PretrainConfig,
+    ctx: RunContext,
+    work: Path,
+    probe: Probe | None = None,
+):
     """Train every weight of ``model`` on ``data``'s ``pretrain`` split; writes ``work/model`` and a sample grid.
 
     Checkpoints go to ``work/checkpoints`` (kept by the cache when a build is killed) so a rerun resumes.
+    ``probe`` (with ``cfg.curve_every``): measures the model at each curve point; the curve goes to
+    ``work/model/curve.json``.
     """
     log.info("pretraining the base model: %d steps (cached afterwards; resumable)", cfg.steps)
     if model.is_latent:
@@ -76,15 +128,23 @@ def pretrain(model: DiffusionModel, data: CaptionedImageDataModule, cfg: Pretrai
     if model.vae is not None:
         model.vae.requires_grad_(False)
     optim = OptimConfig(lr=cfg.lr, lr_scheduler=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps)
-    module = DenoisingModule(
-        model, optim, caption_dropout=cfg.caption_dropout, log_prefix="pretrain", max_steps=cfg.steps
-    )
+    module = _CurveModule(model, optim, caption_dropout=cfg.caption_dropout, log_prefix="pretrain", max_steps=cfg.steps)
     ckpt = work / RESUME_DIR / "pretrain"
-    callbacks = [EMAWeightAveraging(decay=cfg.ema_decay)] if cfg.ema_decay else []
+    curve = work / RESUME_DIR / "curve.json"  # survives an interruption with the checkpoints
+    callbacks: list[Callback] = []
+    validation: dict[str, Any] = {}
+    if cfg.curve_every and probe is not None:  # before the averaging callback: it swaps back after this ran
+        callbacks.append(PretrainCurve(probe, curve))
+        validation = {"val_dataloaders": DataLoader([0]), "val_check_interval": cfg.curve_every,
+                      "check_val_every_n_epoch": None, "limit_val_batches": 1, "num_sanity_val_steps": 0}  # fmt: skip
+    if cfg.ema_decay:
+        callbacks.append(EMAWeightAveraging(decay=cfg.ema_decay))
     fit(module, loader, cfg.steps, ctx, label="pretrain", lr_key="model.pretrain.lr", checkpoint_dir=ckpt,
-        checkpoint_every=cfg.checkpoint_every, callbacks=callbacks)  # fmt: skip
+        checkpoint_every=cfg.checkpoint_every, callbacks=callbacks, **validation)  # fmt: skip
     model.requires_grad_(False)
     model.save(work / "model")
+    if curve.is_file():
+        shutil.copyfile(curve, work / "model" / "curve.json")
     prompts = data.captions(PRETRAIN_SPLIT, 64, seed=1)
     images = model.sample(prompts, generator=ctx.generator(1))
     torchvision.utils.save_image(images * 0.5 + 0.5, work / "model" / "samples.png", nrow=8)
