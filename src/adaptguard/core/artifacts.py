@@ -40,6 +40,11 @@ PROVENANCE_FILE = "provenance.json"  # the code, commit and libraries that built
 RESUME_DIR = "checkpoints"  # inside a build folder: resume points, kept across a killed build
 
 
+def with_code(spec: Mapping[str, Any], code: Sequence[Any]) -> Mapping[str, Any]:
+    """``spec`` keyed also by the fingerprint of ``code`` (the classes, functions or modules that build it)."""
+    return {**spec, "code": code_fingerprint(*code)} if code else spec
+
+
 def default_cache_root() -> Path:
     """``$ADAPTGUARD_CACHE``, else ``$XDG_CACHE_HOME/adaptguard``, else ``~/.cache/adaptguard``."""
     if env := os.environ.get("ADAPTGUARD_CACHE"):
@@ -118,8 +123,7 @@ class ArtifactCache:
         code: Sequence[Any] = (),
     ) -> tuple[Path, bool]:
         """:meth:`get_or_build`, also saying whether this call built it (False: it came from the cache)."""
-        if code:
-            spec = {**spec, "code": code_fingerprint(*code)}
+        spec = with_code(spec, code)
         if shipped := self.shipped(kind, spec):
             return shipped, False
         final = self.path(kind, spec)
@@ -138,7 +142,7 @@ class ArtifactCache:
             shutil.rmtree(work / RESUME_DIR, ignore_errors=True)
             shown = redact(spec, fingerprint=self.fingerprint) if private else spec  # the hash is of the full spec
             (work / SPEC_FILE).write_text(json.dumps(shown, indent=2, sort_keys=True, default=str))
-            made = {**provenance(*code), **({"code": spec["code"]} if "code" in spec else {})}
+            made = {**provenance(), "code": spec.get("code")}  # the fingerprint already in the key
             (work / PROVENANCE_FILE).write_text(json.dumps(made, indent=2))
             if private:
                 make_private(work)
@@ -159,7 +163,7 @@ class ArtifactCache:
     def resume_dir(self, kind: str, spec: Mapping[str, Any], code: Sequence[Any] = ()) -> Path:
         """Where a stage that is not itself cached (an attack) keeps its checkpoints until it completes (``code``:
         as in :meth:`fetch`, so edited code never resumes from the old code's checkpoints)."""
-        return self.root / "resume" / kind / spec_hash({**spec, "code": code_fingerprint(*code)} if code else spec)
+        return self.root / "resume" / kind / spec_hash(with_code(spec, code))
 
     @contextmanager
     def holding(self, folder: Path) -> Iterator[None]:

@@ -128,7 +128,9 @@ def module_closure(roots: Iterable[str]) -> dict[str, Path]:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def library_versions() -> dict[str, str]:
+    """Installed versions of :data:`LIBRARIES` (fixed for the life of a process)."""
     out = {}
     for name in LIBRARIES:
         try:

@@ -34,7 +34,7 @@ from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import Defense, trigger_rows
 from adaptguard.defenses.subpath_hooks import BlockSecret, SubpathHooks
-from adaptguard.metrics.stats import binomial_threshold, bit_match_verification
+from adaptguard.metrics.stats import binomial_threshold, bit_match_verification, random_key_matches
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import OptimConfig, TrainSettings, finetune
 
@@ -264,8 +264,7 @@ class AIAODefense(Defense):
                 "untriggered_bit_accuracy": float(plain_agree.float().mean() / n_bits),
             }
         # random sign vectors are independent of the model: exact Binomial(n_bits, 1/2) null scores (TPR@FPR)
-        rand = torch.randint(0, 2, (self.null_keys, n_bits), generator=torch.Generator().manual_seed(4242))
-        null = (read[:, None, :] == rand[None].to(torch.uint8)).sum(-1).flatten()
+        null = random_key_matches(read, self.null_keys, seed=4242)
         ver = bit_match_verification(read, key_bits, self.alpha, self.model_fpr, groups, null.tolist(), figures)
         return ver, pairs
 

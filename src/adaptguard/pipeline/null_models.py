@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from adaptguard.attacks.base import Attack
+from adaptguard.core.artifacts import RESUME_DIR
 from adaptguard.core.context import RunContext
 from adaptguard.core.keys import SecretKey
 from adaptguard.core.verification import Verification
@@ -62,7 +63,7 @@ def never_watermarked(
         spec = {"base": source.describe(), "attack": attack.describe(), "data": data.describe(), "seed": ctx.seed}
 
         def build(work: Path, attack: Attack = attack) -> None:
-            attack.run(base, data, None, ctx.with_checkpoints(work / "checkpoints")).save(work / "model")
+            attack.run(base, data, None, ctx.with_checkpoints(work / RESUME_DIR)).save(work / "model")
 
         folder = ctx.cache.get_or_build("never_watermarked", spec, build, code=(attack, data))
         tuned = DiffusionModel.load(folder / "model", sampler=base.sampler).to(base.device)

@@ -135,8 +135,8 @@ def run_attack(
     if exp.eval.at_steps:
         probe = StepProbe(exp.eval.at_steps, lambda step, m: ev.curve_point(step, m, plan.domain), plan.attack.snapshot)
     resume = ctx.cache.resume_dir("attack", {"protected": protect_spec(exp, ctx), "attack": plan.attack.describe(),
-                                             "domain": plan.name, "at_steps": exp.eval.at_steps,
-                                             "code": code_fingerprint(plan.attack, exp.data)})  # fmt: skip
+                                             "domain": plan.name, "at_steps": exp.eval.at_steps},
+                                  code=(plan.attack, exp.data))  # fmt: skip
     stage = "attack" if plan.label == "attacked" else f"attack_{plan.name}"
     with ev.tracker.stage(stage), ctx.cache.holding(resume):
         run_ctx = (ctx.with_callbacks(probe) if probe else ctx).with_checkpoints(resume)  # a rerun resumes here

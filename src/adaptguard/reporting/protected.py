@@ -37,23 +37,22 @@ class ProtectedModel:
     key: str
     seed: int
     jobs: list[RunResult] = field(default_factory=list)
-    values: dict[str, float] = field(default_factory=dict)
-    conflicts: dict[str, list[tuple[RunResult, float]]] = field(default_factory=dict)  # name -> each job's value
+    measured: dict[str, list[tuple[RunResult, float]]] = field(default_factory=dict)  # name -> each job's value
 
     def add(self, run: RunResult, numbers: dict[str, float]) -> None:
         self.jobs.append(run)
         for name, value in numbers.items():
-            if not before_attack(name):
-                continue
-            if name not in self.values:
-                self.values[name] = value
-                self.conflicts[name] = [(run, value)]
-            else:
-                self.conflicts[name].append((run, value))
+            if before_attack(name):
+                self.measured.setdefault(name, []).append((run, value))
+
+    @property
+    def values(self) -> dict[str, float]:
+        """The first job's value of every before-attack number."""
+        return {name: pairs[0][1] for name, pairs in self.measured.items()}
 
     def disagreements(self) -> dict[str, list[tuple[RunResult, float]]]:
         """Names two jobs recorded different values for (beyond float noise), with every job's value."""
-        return {n: pairs for n, pairs in self.conflicts.items() if not all(_same(pairs[0][1], v) for _, v in pairs)}
+        return {n: pairs for n, pairs in self.measured.items() if not all(_same(pairs[0][1], v) for _, v in pairs)}
 
     @property
     def verification(self) -> VerificationReport | None:
