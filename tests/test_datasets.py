@@ -205,7 +205,8 @@ def test_missing_root_or_files_name_the_expected_layout(module, needle, tmp_path
 WRITERS = {"coco": write_coco, "afhq": write_afhq, "lsun": lambda r: write_lsun_lmdb(r, "bedroom"),
            "cub200": write_cub, "dreambooth": write_dreambooth}  # fmt: skip
 TINY_SPLITS = ["dataset.splits.owner.size=4", "dataset.splits.attacker.offset=0", "dataset.splits.attacker.size=4",
-               "dataset.splits.eval.offset=0", "dataset.splits.eval.size=4"]  # fmt: skip
+               "dataset.splits.eval.offset=0", "dataset.splits.eval.size=4", "dataset.splits.eval_attacker.offset=0",
+               "dataset.splits.eval_attacker.size=4"]  # fmt: skip
 
 
 @pytest.mark.slow

@@ -45,7 +45,8 @@ def run(defense, attack, seed, rate=0.5, protection="", reference=False, sweep="
     flat = {"model.name": "micro", "eval.image_attacks": [], "eval.at_steps": [], "defense.name": defense,
             "attack.name": attack, "attack.steps": 60, **{k.replace("__", "."): v for k, v in settings.items()}}  # fmt: skip
     v = VerificationReport(detected=rate > 0.2, rate=rate, ci=(max(rate - 0.1, 0), min(rate + 0.1, 1)),
-                           tpr_at_fpr={"0.01": TprAtFpr(rate), "0.001": TprAtFpr(rate / 2)})  # fmt: skip
+                           tpr_at_fpr={"0.01": TprAtFpr(rate), "0.001": TprAtFpr(rate / 2)},
+                           figures={"triggered_rate": 0.75, "untriggered_rate": 0.25} if defense == "aiao" else {})  # fmt: skip
     return RunResult(
         run=RunInfo(
             "micro",
@@ -144,6 +145,10 @@ def test_the_page_shows_each_seed_decision_tpr_and_the_reference_without_naming_
     assert text.count("| backdoor | 0 1 | 1, 2 |") == 1  # the protected model's row, once
     assert "0: yes 0.50 [0.40, 0.60]; 1: yes 0.50 [0.40, 0.60]" in text
     assert "TPR@FPR 0.01" in text and "TPR@FPR 0.001" in text
+    # a paired decision's controls stand beside its rate: the unpaired (triggered) and the untriggered rate
+    assert "| rate after | triggered rate after | untriggered rate after | detected after |" in text
+    assert "| aiao × full | 0 1 | 0.500 ± 0.000 | 0.750 ± 0.000 | 0.250 ± 0.000 | 2/2 |" in text
+    assert "| backdoor × full | 0 1 | 0.500 ± 0.000 | - | - | 2/2 |" in text
     assert "against the unconstrained reference (none)" in text and "| attacker FID change % |" in text
     assert "| freezeasguard × full (rho=0.2) | 0 1 | 58.4 ± 19.9 |" in text  # (80 / 50, 80 / 51) - 1
     assert "| `defense=freezeasguard` | steps=- " not in text and "rho=0.2 / 0.5" in text

@@ -10,6 +10,7 @@ from adaptguard.metrics.stats import (
     bit_matches,
     calibrate_threshold,
     clopper_pearson,
+    decision_rule,
     randomization_keys,
     tpr_at_fpr,
 )
@@ -112,3 +113,36 @@ def test_randomization_test_matches_the_binomial_rule_when_trials_are_independen
     read = torch.from_numpy(rng.integers(0, 2, (32, 16))).to(torch.uint8)
     randomized, independent = _false_positive_rates(read, 300, fpr=0.05, model_fpr=0.01, seed=2)
     assert randomized <= 0.03 and independent <= 0.03
+
+
+def test_paired_rule_ignores_a_lean_towards_the_key_that_the_trigger_does_not_add():
+    """After fine-tuning, a watermarked model may read the key's bits with and without the trigger: the
+    unpaired rule counts that as the trigger's response, the paired one only what the trigger adds."""
+    rng = np.random.default_rng(5)
+    key = torch.from_numpy(rng.integers(0, 2, 64)).to(torch.uint8)
+    biased = key.repeat(32, 1)
+    biased[:, :6] ^= 1  # 58 of 64 bits, triggered or not
+    unpaired = bit_match_verification(biased, key, 1e-3, 1e-3)
+    paired = bit_match_verification(biased, key, 1e-3, 1e-3, baseline=biased.clone())
+    assert unpaired.detected and unpaired.rate == 1.0
+    assert not paired.detected and paired.rate == 0.0 and paired.figures["triggered_rate"] == 1.0
+    # the trigger's response on top of chance-level untriggered reads: detected, and the rule is recorded
+    plain = torch.from_numpy(rng.integers(0, 2, (32, 64))).to(torch.uint8)
+    real = bit_match_verification(biased, key, 1e-3, 1e-3, baseline=plain)
+    assert real.detected and real.rate == 1.0 and real.details["test"] == "paired key randomization"
+    assert "paired" in decision_rule(real)["rule"] and "paired" not in decision_rule(unpaired)["rule"]
+
+
+def test_paired_rule_holds_its_target_on_reads_that_the_trigger_changes_at_random():
+    """A never-watermarked model whose trigger flips bits at random (independent of any key): the paired
+    randomization test accuses at most the target share of random owner keys."""
+    g = torch.Generator().manual_seed(6)
+    plain = torch.randint(0, 2, (1, 16), generator=g).repeat(32, 1)  # identical inputs, the worst case
+    flips = (torch.rand(32, 16, generator=g) < 0.3).to(torch.uint8)
+    triggered = plain ^ flips
+    detected = [
+        bit_match_verification(triggered, torch.randint(0, 2, (16,), generator=g), 0.05, 0.01, baseline=plain).detected
+        for _ in range(300)
+    ]
+    _, hi = clopper_pearson(int(sum(detected)), 300)
+    assert np.mean(detected) <= 0.02 and hi < 0.04, np.mean(detected)

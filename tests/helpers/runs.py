@@ -29,6 +29,7 @@ def make_micro_data() -> ShapesDataModule:
         splits={
             "owner": {"size": 256},
             "attacker": {"offset": 5000, "size": 256},
+            "eval_attacker": {"offset": 7000, "size": 64},
             "eval": {"offset": 9000, "size": 64},
         },
     )

@@ -11,7 +11,8 @@ model stays close to the original. Verification samples K subpaths with arbitrar
 inputs; each trial is a one-sided binomial test on matching signs, and the model-level
 decision compares the passing trials with random response signs on the same features
 (the shared key-randomization test: the "rate threshold calibrated on never-watermarked
-models" of the method note, calibrated on the suspect itself, valid for any suspect).
+models" of the method note, calibrated on the suspect itself, valid for any suspect),
+paired: each input is read with and without the trigger, and only what the trigger adds counts.
 """
 
 from __future__ import annotations
@@ -127,6 +128,12 @@ class AIAODefense(Defense):
     )
     null_keys: int = setting(
         16, ge=1, doc="random sign vectors every trial is also scored against (the null for TPR @ FPR)"
+    )
+    paired_decision: bool = setting(
+        True,
+        doc="a trial counts only when its untriggered read of the same input fails (the evidence is triggered "
+        "minus untriggered matches), so a trigger-independent lean towards the key after fine-tuning is not "
+        "counted; false: triggered reads alone (before issue 29)",
     )
     verify_batch_size: int = setting(64, ge=1, doc="trials per batched UNet forward")
     verify_prompt: str = setting("", doc="the prompt verification inputs use")
@@ -265,7 +272,10 @@ class AIAODefense(Defense):
             }
         # random sign vectors are independent of the model: exact Binomial(n_bits, 1/2) null scores (TPR@FPR)
         null = random_key_matches(read, self.null_keys, seed=4242)
-        ver = bit_match_verification(read, key_bits, self.alpha, self.model_fpr, groups, null.tolist(), figures)
+        baseline = (torch.cat(plain) > 0).to(torch.uint8) if untriggered and self.paired_decision else None
+        ver = bit_match_verification(
+            read, key_bits, self.alpha, self.model_fpr, groups, null.tolist(), figures, baseline=baseline
+        )
         return ver, pairs
 
     def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:

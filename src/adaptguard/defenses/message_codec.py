@@ -10,6 +10,7 @@ same code serves the tiny model and Stable Diffusion. The pair is trained once p
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,26 +35,32 @@ log = logging.getLogger(__name__)
 
 
 class MessageEncoder(nn.Module):
-    """bits -> additive latent residual: MLP to a half-resolution map, repeated over channels,
-    upsampled x2, then a zero-initialised conv (training starts from "no watermark")."""
+    """bits -> additive latent residual, then a zero-initialised conv (training starts from "no watermark").
 
-    def __init__(self, bits: int, latent_shape: Sequence[int], hidden: int) -> None:
+    ``residual="half"``: an MLP to a half-resolution map, repeated over channels and upsampled x2 (a 16x16x4
+    latent gets 64 free values); ``"full"``: a map of the latent's own size and channels (1024 values there)."""
+
+    def __init__(self, bits: int, latent_shape: Sequence[int], hidden: int, residual: str = "half") -> None:
         super().__init__()
         channels, height, width = latent_shape
-        if height % 2 or width % 2:
+        if residual == "half" and (height % 2 or width % 2):
             raise ConfigError(f"defense.codec: latent size {height}x{width} must be even")
-        self.map_shape = (height // 2, width // 2)
+        self.residual = residual
+        self.map_shape = (height // 2, width // 2) if residual == "half" else (channels, height, width)
         self.channels = channels
         self.mlp = nn.Sequential(
             nn.Linear(bits, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
-            nn.Linear(hidden, self.map_shape[0] * self.map_shape[1]),
+            nn.Linear(hidden, math.prod(self.map_shape)),
         )  # fmt: skip
         self.out = nn.Conv2d(channels, channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, bits: torch.Tensor) -> torch.Tensor:
-        m = self.mlp(bits.float() * 2 - 1).view(-1, 1, *self.map_shape)
+        m = self.mlp(bits.float() * 2 - 1)
+        if self.residual == "full":
+            return self.out(m.view(-1, *self.map_shape))
+        m = m.view(-1, 1, *self.map_shape)
         m = F.interpolate(m.expand(-1, self.channels, -1, -1), scale_factor=2, mode="nearest")
         return self.out(m)
 
@@ -88,6 +95,11 @@ class CodecConfig(Validated):
 
     bits: int = setting(48, ge=1, doc="message length")
     encoder_hidden: int = setting(1024, ge=1, doc="encoder MLP width")
+    residual: Literal["half", "full"] = setting(
+        "half",
+        doc="the latent residual's free values: half (a half-resolution map shared by the channels) or full (every "
+        "latent value)",
+    )
     decoder_width: int = setting(32, ge=1, doc="decoder conv width")
     decoder_hidden: int = setting(256, ge=1, doc="decoder MLP width")
     steps: int = setting(1000, ge=1, doc="stage-1 optimizer steps (reference: 10k)")
@@ -109,8 +121,8 @@ class CodecConfig(Validated):
     )
     round_trip: bool = setting(
         True,
-        doc="latent models: the decoder learns from the watermarked latent decoded to an image and encoded again (a "
-        "posterior sample), the path verification reads; false: from the latent itself (cheaper on SD, but the VAE "
+        doc="latent models: the decoder learns from the watermarked latent decoded to an image and encoded again (the "
+        "posterior mean), the path verification reads; false: from the latent itself (cheaper on SD, but the VAE "
         "round trip then erases what the decoder learned on the tiny model)",
     )
     split: str = setting("owner", doc="images the codec trains on")
@@ -135,7 +147,7 @@ class Codec:
     def from_state(cls, state: dict[str, Any]) -> Codec:
         info = state["info"]
         cfg, shape = CodecConfig(**info["config"]), info["latent_shape"]
-        enc = MessageEncoder(cfg.bits, shape, cfg.encoder_hidden)
+        enc = MessageEncoder(cfg.bits, shape, cfg.encoder_hidden, cfg.residual)
         dec = MessageDecoder(cfg.bits, shape, cfg.decoder_width, cfg.decoder_hidden)
         enc.load_state_dict(state["encoder"])
         dec.load_state_dict(state["decoder"])
@@ -147,7 +159,7 @@ class Codec:
         self.decoder.to(model.device)
         out = []
         for chunk in images.split(batch_size):
-            latents = model.encode_images(chunk.to(model.device, dtype=next(model.unet.parameters()).dtype))
+            latents = model.encode_images(chunk.to(model.device, dtype=next(model.unet.parameters()).dtype), mode=True)
             out.append((self.decoder(latents) > 0).to(torch.uint8).cpu())
         return torch.cat(out)
 
@@ -200,7 +212,7 @@ class CodecModule(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         shape = model.latent_shape
-        self.encoder = MessageEncoder(cfg.bits, shape, cfg.encoder_hidden)
+        self.encoder = MessageEncoder(cfg.bits, shape, cfg.encoder_hidden, cfg.residual)
         self.decoder = MessageDecoder(cfg.bits, shape, cfg.decoder_width, cfg.decoder_hidden)
         self.bundle = [model]  # a list: not a submodule, so its weights stay out of the optimizer and checkpoints
         self.perceptual_name, self.perceptual = perceptual
@@ -227,8 +239,8 @@ class CodecModule(L.LightningModule):
         else:
             x_rec, x_w = images, z_w.clamp(-1, 1)
         distorted = self._distort(x_w)
-        if model.is_latent and (self.cfg.round_trip or self.distortions):  # the VAE's posterior noise included
-            read = model.vae.encode(distorted).latent_dist.sample() * model.vae.config.scaling_factor
+        if model.is_latent and (self.cfg.round_trip or self.distortions):  # read as verification reads: the mean
+            read = model.vae.encode(distorted).latent_dist.mode() * model.vae.config.scaling_factor
         else:
             read = z_w if model.is_latent else distorted
         logits = self.decoder(read)

@@ -170,25 +170,54 @@ def trial_statistics(matches: torch.Tensor, threshold: int) -> torch.Tensor:
     return torch.stack([best, passing], -1)
 
 
-def random_key_statistics(
-    read: torch.Tensor, n_groups: int, groups: torch.Tensor | None, threshold: int, n_keys: int, seed: int
-) -> torch.Tensor:
-    """(n_keys, 2): :func:`trial_statistics` of ``read`` against each of ``n_keys`` uniform random keys."""
-    t, n = read.shape
-    r = read.float()
+def paired_trial_statistics(matches: torch.Tensor, baseline: torch.Tensor, threshold: int) -> torch.Tensor:
+    """(..., 2): :func:`trial_statistics` of what the trigger adds. A trial's gain is its triggered matches
+    minus the untriggered matches of the same inputs, and it passes when the triggered read passes and the
+    untriggered one does not: a response the model gives with or without the trigger is not counted."""
+    gain = matches - baseline
+    passing = (matches >= threshold - 0.5) & (baseline < threshold - 0.5)
+    return torch.stack([gain.max(-1).values, (gain * passing).sum(-1)], -1)
+
+
+def _random_key_match_chunks(
+    reads: Sequence[torch.Tensor], n_groups: int, groups: torch.Tensor | None, n_keys: int, seed: int
+):
+    """Per chunk of uniform random keys, each read's (keys, trials) matches against them: the same keys for
+    every read, so a triggered and an untriggered read are compared on one key."""
+    t, n = reads[0].shape
+    rs = [r.float() for r in reads]
     groups = groups if groups is not None else torch.zeros(t, dtype=torch.long)
     g = torch.Generator().manual_seed(seed)
-    out = []
     for start in range(0, n_keys, 4096):
         c = min(4096, n_keys - start)
         keys = torch.randint(0, 2, (n_groups, c, n), generator=g).float()
-        matches = torch.zeros(c, t)
+        out = [torch.zeros(c, t) for _ in rs]
         for group in range(n_groups):
             rows = groups == group  # matches = n - hamming, hamming = |read| + |key| - 2 <read, key>
             if rows.any():
-                k, x = keys[group], r[rows]
-                matches[:, rows] = n - (x.sum(1)[None] + k.sum(1, keepdim=True) - 2 * k @ x.T)
-        out.append(trial_statistics(matches, threshold).double())
+                k = keys[group]
+                for matches, r in zip(out, rs, strict=True):
+                    x = r[rows]
+                    matches[:, rows] = n - (x.sum(1)[None] + k.sum(1, keepdim=True) - 2 * k @ x.T)
+        yield out
+
+
+def random_key_statistics(
+    read: torch.Tensor,
+    n_groups: int,
+    groups: torch.Tensor | None,
+    threshold: int,
+    n_keys: int,
+    seed: int,
+    baseline: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(n_keys, 2): :func:`trial_statistics` of ``read`` against each of ``n_keys`` uniform random keys; with
+    ``baseline`` (the untriggered read of the same inputs), :func:`paired_trial_statistics`."""
+    reads = [read] if baseline is None else [read, baseline]
+    out = []
+    for m in _random_key_match_chunks(reads, n_groups, groups, n_keys, seed):
+        stats = trial_statistics(m[0], threshold) if baseline is None else paired_trial_statistics(*m, threshold)
+        out.append(stats.double())
     return torch.cat(out)
 
 
@@ -220,29 +249,30 @@ def bit_match_verification(
     null_matches: Sequence[int] = (),
     figures: dict[str, float] | None = None,
     details: dict[str, Any] | None = None,
+    baseline: torch.Tensor | None = None,
 ) -> Verification:
     """Per-trial binomial threshold on matching bits, then the model-level key-randomization test.
 
     ``read``: (trials, n_bits) bits read from the model; ``key``: the owner's bits, (n_bits,) or one row per
     group (AIAO: per response block) with ``groups`` naming each trial's row. A trial passes at
     ``binomial_threshold(n_bits, fpr)`` matches; the model is detected when the randomization p-value of its
-    passing trials is <= ``model_fpr``.
-    """
+    passing trials is <= ``model_fpr``. ``baseline``: the same inputs read without the trigger, for the paired
+    test (:func:`paired_trial_statistics`: a lean towards the key without the trigger is not counted)."""
     read = read.detach().cpu().to(torch.uint8)
     key = key.detach().cpu().to(torch.uint8)
     key = key.view(1, -1) if key.dim() == 1 else key
     groups = groups.detach().cpu().long() if groups is not None else None
+    baseline = baseline.detach().cpu().to(torch.uint8) if baseline is not None else None
     n_bits = read.shape[1] if read.dim() == 2 else key.shape[1]
-    matches = bit_matches(read, key, groups).tolist() if read.numel() else []
     k = binomial_threshold(n_bits, fpr)
-    successes = sum(m >= k for m in matches)
-    trials = len(matches)
+    matches = bit_matches(read, key, groups).double() if read.numel() else torch.zeros(0)
+    evidence = _Evidence(matches, bit_matches(baseline, key, groups).double() if baseline is not None else None, k)
+    trials, successes = len(matches), evidence.successes
     n_keys = randomization_keys(model_fpr)
     p_value, null_best = 1.0, None
     if successes:  # without a passing trial nothing is detected, however the bits lean
-        observed = trial_statistics(torch.tensor(matches, dtype=torch.float64), k)
-        null = random_key_statistics(read, key.shape[0], groups, k, n_keys, RANDOMIZATION_SEED)
-        p_value, null_best = randomization_p_value(observed, null), float(null[:, 0].max())
+        null = random_key_statistics(read, key.shape[0], groups, k, n_keys, RANDOMIZATION_SEED, baseline)
+        p_value, null_best = randomization_p_value(evidence.statistics(), null), float(null[:, 0].max())
     independence_p = binomial_tail(successes, trials, fpr)
     return Verification(
         detected=trials > 0 and p_value <= model_fpr,
@@ -253,15 +283,14 @@ def bit_match_verification(
         p_value=p_value,
         trial_threshold=k,
         statistic=f"matching bits of {n_bits}",
-        scores=[float(m) for m in matches],
+        scores=matches.tolist(),
         null_scores=[float(m) for m in null_matches],
-        figures={**({"bit_accuracy": float(np.mean(matches) / n_bits)} if matches else {}), **(figures or {})},
+        figures={**evidence.figures(n_bits), **(figures or {})},
         details={
             "fpr": fpr,
             "model_fpr": model_fpr,
-            "test": "key randomization",
             "random_keys": n_keys,
-            "statistic": "min-p of (best trial's matches, matches summed over passing trials)",
+            **evidence.rule(),
             "random_key_best_trial_max": null_best,  # None: no trial passed, no random keys drawn
             # what the decision would be if trials were independent (the rule before issue 28)
             "independence_p_value": independence_p,
@@ -269,6 +298,45 @@ def bit_match_verification(
             **(details or {}),
         },
     )
+
+
+@dataclass
+class _Evidence:
+    """A verification's trials against the owner's key: unpaired (``plain`` None) or paired with the untriggered
+    reads of the same inputs."""
+
+    matches: torch.Tensor
+    plain: torch.Tensor | None
+    threshold: int
+
+    @property
+    def successes(self) -> int:
+        passing = self.matches >= self.threshold
+        if self.plain is not None:
+            passing &= self.plain < self.threshold
+        return int(passing.sum())
+
+    def statistics(self) -> torch.Tensor:
+        if self.plain is None:
+            return trial_statistics(self.matches, self.threshold)
+        return paired_trial_statistics(self.matches, self.plain, self.threshold)
+
+    def figures(self, n_bits: int) -> dict[str, float]:
+        """Mean bit accuracy of the (triggered) reads; paired: their unpaired pass rate too."""
+        if not len(self.matches):
+            return {}
+        out = {"bit_accuracy": float(self.matches.mean() / n_bits)}
+        if self.plain is not None:
+            out["triggered_rate"] = float((self.matches >= self.threshold).double().mean())
+        return out
+
+    def rule(self) -> dict[str, Any]:
+        if self.plain is None:
+            return {"test": "key randomization",
+                    "statistic": "min-p of (best trial's matches, matches summed over passing trials)"}  # fmt: skip
+        return {"test": "paired key randomization",
+                "statistic": "min-p of (best trial's gain, gains summed over passing trials); gain: triggered minus "
+                "untriggered matches", "paired": "triggered vs untriggered reads of the same inputs"}  # fmt: skip
 
 
 def decision_rule(v: Verification) -> dict[str, Any]:
@@ -285,5 +353,11 @@ def decision_rule(v: Verification) -> dict[str, Any]:
         "rule": "a trial passes at trial_threshold (binomial at trial_fpr); detected when some trial passes and at "
         "most model_fpr of random keys reach the key's evidence: its best trial and its passing trials' summed "
         "matches, combined by their smaller p-value (key randomization: valid whatever the dependence between "
-        "trials)",
+        "trials)"
+        + (
+            "; paired: a trial passes only when its untriggered read of the same inputs does not, and the evidence "
+            "is the triggered minus the untriggered matches"
+            if d.get("paired")
+            else ""
+        ),
     }

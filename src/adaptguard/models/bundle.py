@@ -112,12 +112,15 @@ class DiffusionModel(nn.Module):
         return self.text_encoder(self.tokenize(prompts))[0]
 
     # ----------------------------------------------------------------- images
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [-1, 1] to the space the UNet denoises (identity for pixel models)."""
+    def encode_images(self, images: torch.Tensor, mode: bool = False) -> torch.Tensor:
+        """Images in [-1, 1] to the space the UNet denoises (identity for pixel models). ``mode``: the
+        posterior's mean instead of a sample, for reading a watermark (the sample's noise is larger than
+        the residual a watermark can leave through the VAE, docs/defenses/sleepermark.md)."""
         if self.vae is None:
             return images
         with torch.no_grad():
-            latents = self.vae.encode(images.to(self.vae.dtype)).latent_dist.sample()
+            posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
+            latents = posterior.mode() if mode else posterior.sample()
         return latents * self.vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,9 @@ class EvalConfig(Validated):
     )
     clean_split: str | None = setting("eval", doc="real images of the owner's domain (null: skip the clean domain)")
     attacker_split: str | None = setting(
-        "attacker", doc="a plain run scores its attack here (DreamBooth: its subject instead)"
+        "eval_attacker",
+        doc="held-out real images of the attacker's domain: a plain run scores its attack here (DreamBooth: its "
+        "subject instead)",
     )
     fprs: list[float] = setting(
         default_factory=lambda: [0.01, 0.001], doc="TPR is reported at these false-positive rates"

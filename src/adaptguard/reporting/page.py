@@ -114,11 +114,17 @@ def _domain_fid(group: SeedGroup, metric: str = "fid") -> SeedInterval | None:
     return group.stats.get(name) if name else None
 
 
+CONTROLS = {"triggered_rate": "triggered rate after", "untriggered_rate": "untriggered rate after"}
+
+
 def attack_table(c: Comparison) -> str:
     """A row per defense × attack of one comparison: what the attack left, mean ± 95 % interval across seeds."""
     tprs = fprs([n for g in c.groups for n in g.stats], "after")
-    head = ["defense × attack", "seeds", "rate after", "detected after", SEED_COLUMN,
-            *(f"TPR@FPR {f}" for f in tprs), "steps to removal (per seed)", "FID attacked", "attack-domain FID",
+    # a paired decision's controls beside its rate: the same trials' unpaired rate and their untriggered rate
+    controls = [k for k in CONTROLS if any(f"verify/{k}_after" in g.stats for g in c.groups)]
+    head = ["defense × attack", "seeds", "rate after", *(CONTROLS[k] for k in controls), "detected after",
+            SEED_COLUMN, *(f"TPR@FPR {f}" for f in tprs), "steps to removal (per seed)", "FID attacked",
+            "attack-domain FID",
             "attack's FID Δ (domain)",
             "fidelity attacked", "attack-domain fidelity", "attack's fidelity Δ (domain)"]  # fmt: skip
     rows = []
@@ -127,6 +133,7 @@ def attack_table(c: Comparison) -> str:
         after = [decision(r.run.seed, a.model.verification) if (a := next(iter(r.attacks.values()), None)) else None
                  for r in g.runs]  # fmt: skip
         rows.append([name, " ".join(map(str, g.seeds)), estimate(s.get("verify/rate_after")),
+                     *(estimate(s.get(f"verify/{k}_after")) for k in controls),
                      detected(g.values("verify/detected_after")), decisions(after),
                      *(estimate(s.get(f"verify/tpr_after@fpr{f}")) for f in tprs), removal(g.runs),
                      estimate(s.get("quality/fid_attacked"), 1), estimate(_domain_fid(g), 1),
