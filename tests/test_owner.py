@@ -262,9 +262,11 @@ def test_every_watermark_defense_verifies_from_its_key_file(tmp_path, monkeypatc
     key = f"key={tmp_path / 'release' / 'owner.key'}"
     same_numbers(verify(key, f"suspect={tmp_path / 'release' / 'model'}"), report["protected"])
     base = ArtifactCache().shipped("base", model_source("micro").describe()) / "model"
-    same_numbers(verify(key, f"suspect={base}"), report["base"])
+    verdict = verify(key, f"suspect={base}")
+    same_numbers(verdict, report["base"])
     decision = OwnerKey.load(tmp_path / "release" / "owner.key").decision
     paired = "paired " if defense == "aiao" else ""  # AIAO credits only what its trigger adds (issue 29)
+    assert ("; paired:" in verdict["rule"]) == bool(paired)  # a verdict states the rule it applied
     assert decision["test"] == f"{paired}key randomization" and decision["model_fpr"] == 1e-3  # each one's own rule
     assert decision["random_keys"] == report["protected"]["details"]["random_keys"] == 10_000
 

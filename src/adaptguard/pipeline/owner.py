@@ -211,7 +211,8 @@ def judge(key: OwnerKey, defense: Defense, model: DiffusionModel, name: str, ctx
     return Verdict(
         suspect=name, defense=key.defense, detected=bool(v.detected), rate=v.rate, ci=tuple(v.ci),
         trials=v.trials, successes=v.successes, p_value=v.p_value, trial_threshold=v.trial_threshold,
-        statistic=v.statistic, target_fpr=key.decision.get("model_fpr"), rule=str(key.decision.get("rule", "")),
+        statistic=v.statistic, target_fpr=key.decision.get("model_fpr"),
+        rule=str(defense.decision_rule(v).get("rule", "")),  # the rule applied now, not the one the key recorded
         identical_to_protected=weights_sha256(model.unet) == key.protected_sha256, seed=ctx.seed,
         wall_s=round(time.perf_counter() - start, 2), figures=dict(v.figures),
     )  # fmt: skip
