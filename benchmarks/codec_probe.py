@@ -29,9 +29,8 @@ from adaptguard.core.artifacts import spec_hash
 from adaptguard.core.config import from_mapping
 from adaptguard.data.shapes import ShapesDataModule
 from adaptguard.defenses.message_codec import evaluate_codec, train_codec
-from adaptguard.training import fit
-from adaptguard.training.autoencoder import AutoencoderModule, cache_latents, latent_scale
-from adaptguard.training.pretraining import PRETRAIN_SPLIT, PretrainConfig
+from adaptguard.training.autoencoder import cache_latents, latent_scale
+from adaptguard.training.pretraining import PRETRAIN_SPLIT, PretrainConfig, train_vae
 
 
 def probe(overrides: list[str], images: int = 256, vae: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -66,11 +65,8 @@ def other_vae(source: Any, settings: dict[str, Any], ctx: Any, out_dir: Path) ->
     if not (folder / "config.json").is_file():
         vae = dataclasses.replace(source, vae=arch).build().vae
         data = ShapesDataModule(resolution=source.resolution, splits={PRETRAIN_SPLIT: {"size": cfg.dataset_size}})
-        vae.requires_grad_(True)
         start = time.perf_counter()
-        module = AutoencoderModule(vae, cfg.vae_lr, cfg.kl_weight, cfg.vae_steps, cfg.warmup_steps, cfg.vae_crop)
-        fit(module, data.dataloader(PRETRAIN_SPLIT, cfg.vae_batch_size), cfg.vae_steps, ctx, label="probe vae")
-        vae.requires_grad_(False).eval()
+        train_vae(vae, data, cfg, ctx, folder.with_name(folder.name + ".fit"))
         latents = cache_latents(vae, data.dataset(PRETRAIN_SPLIT), progress=False)
         vae.register_to_config(scaling_factor=latent_scale(latents, ctx.generator(0)))
         vae.save_pretrained(folder)

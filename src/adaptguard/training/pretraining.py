@@ -151,6 +151,18 @@ def pretrain(
     (work / "model" / "samples.txt").write_text("\n".join(prompts) + "\n")
 
 
+def train_vae(
+    vae: AutoencoderKL, data: CaptionedImageDataModule, cfg: PretrainConfig, ctx: RunContext, checkpoint_dir: Path
+) -> None:
+    """The VAE stage of pretraining on ``data``'s ``pretrain`` split (resumable from ``checkpoint_dir``)."""
+    log.info("pretraining the VAE: %d steps", cfg.vae_steps)
+    vae.requires_grad_(True)
+    module = AutoencoderModule(vae, cfg.vae_lr, cfg.kl_weight, cfg.vae_steps, cfg.warmup_steps, cfg.vae_crop)
+    fit(module, data.dataloader(PRETRAIN_SPLIT, cfg.vae_batch_size), cfg.vae_steps, ctx, label="pretrain vae",
+        lr_key="model.pretrain.vae_lr", checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every)  # fmt: skip
+    vae.requires_grad_(False).eval()
+
+
 def _latent_loader(model: DiffusionModel, data: CaptionedImageDataModule, cfg: PretrainConfig, ctx: RunContext,
                    work: Path) -> DataLoader:  # fmt: skip
     """Train the VAE (once: ``work/vae`` survives an interruption), set its scale, cache the split's latents."""
@@ -158,12 +170,7 @@ def _latent_loader(model: DiffusionModel, data: CaptionedImageDataModule, cfg: P
     if (vae_dir / "config.json").is_file():
         model.vae = AutoencoderKL.from_pretrained(vae_dir).to(model.device)
     else:
-        log.info("pretraining the VAE: %d steps", cfg.vae_steps)
-        model.vae.requires_grad_(True)
-        module = AutoencoderModule(model.vae, cfg.vae_lr, cfg.kl_weight, cfg.vae_steps, cfg.warmup_steps, cfg.vae_crop)
-        fit(module, data.dataloader(PRETRAIN_SPLIT, cfg.vae_batch_size), cfg.vae_steps, ctx, label="pretrain vae",
-            lr_key="model.pretrain.vae_lr",
-            checkpoint_dir=work / RESUME_DIR / "vae_fit", checkpoint_every=cfg.checkpoint_every)  # fmt: skip
+        train_vae(model.vae, data, cfg, ctx, work / RESUME_DIR / "vae_fit")
     model.vae.requires_grad_(False).eval()
     latents = cache_latents(model.vae, data.dataset(PRETRAIN_SPLIT), progress=ctx.progress)
     if not (vae_dir / "config.json").is_file():
