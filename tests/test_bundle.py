@@ -68,3 +68,30 @@ def test_missing_or_wrong_model_path_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match=r"missing unet/, text_encoder/"):
         PretrainedSource(path=str(tmp_path / "empty")).load(RunContext())
+
+
+def test_zero_terminal_snr_starts_sampling_where_training_ends(tmp_path):
+    """The flaw it fixes: with `leading` spacing the first sampling step (t=950 of 1000) is not pure noise, so
+    the initial noise's low frequencies decide layout and colours (docs/models.md)."""
+    from adaptguard.models.tiny import build_tiny_model
+    from adaptguard.sources import TinyModelSource
+
+    zsnr = {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True, "timestep_spacing": "trailing"}
+    model = build_tiny_model(resolution=16, scheduler=zsnr)
+    assert model.noise_scheduler.alphas_cumprod[-1].item() == 0.0  # the last training step is pure noise
+    old = build_tiny_model(resolution=16)
+    assert old.noise_scheduler.alphas_cumprod[-1].item() > 0
+    for name in ("ddim", "dpm", "euler"):
+        sampler = model.make_sampler(name)
+        sampler.set_timesteps(4)
+        assert int(sampler.timesteps[0]) == 999, name
+        images = model.sample(["a red circle"], steps=4, sampler=name, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(images).all(), name
+    model.save(tmp_path / "m")  # the schedule travels with the folder
+    assert DiffusionModel.load(tmp_path / "m").make_sampler().config.timestep_spacing == "trailing"
+    with pytest.raises(ConfigError, match="model.scheduler.rescale_betas_zero_snr: needs prediction_type"):
+        build_tiny_model(scheduler={"rescale_betas_zero_snr": True})
+    # models from before these keys keep their cache key (their shipped weights stay found)
+    assert set(TinyModelSource().describe()["scheduler"]).isdisjoint(zsnr.keys() - {"prediction_type"})
+    described = TinyModelSource(scheduler=zsnr).describe()["scheduler"]
+    assert {key: described[key] for key in zsnr} == zsnr

@@ -91,6 +91,22 @@ class TinySchedulerSpec(Validated):
     beta_schedule: str = setting("squaredcos_cap_v2", doc="diffusers' beta schedule name")
     prediction_type: Literal["epsilon", "v_prediction"] = setting("epsilon", doc="what the UNet predicts")
     clip_sample: bool = setting(True, doc="clip x0 to [-1, 1] while sampling (pixels are bounded, latents are not)")
+    rescale_betas_zero_snr: bool = setting(
+        False,
+        doc="zero terminal SNR (Lin et al. 2024): the last training timestep is pure noise, as sampling's first one "
+        "is, so the prompt (not the initial noise) decides an image's layout and colours; needs v_prediction",
+    )
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = setting(
+        "leading", doc="where sampling's timesteps fall (diffusers' name); `trailing` starts at the last one"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
+            raise ConfigError(
+                "model.scheduler.rescale_betas_zero_snr: needs prediction_type: v_prediction (epsilon cannot be "
+                "predicted from pure noise)"
+            )
 
 
 def build_tiny_model(
@@ -136,6 +152,8 @@ def build_tiny_model(
         beta_schedule=s.beta_schedule,
         prediction_type=s.prediction_type,
         clip_sample=s.clip_sample,
+        rescale_betas_zero_snr=s.rescale_betas_zero_snr,
+        timestep_spacing=s.timestep_spacing,
     )
     return DiffusionModel(
         unet_model, text_model, tokenizer, noise_scheduler, vae=vae_model, resolution=resolution,
