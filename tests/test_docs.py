@@ -175,7 +175,7 @@ def test_check_names_a_stale_page_and_rewriting_fixes_it(tmp_path, capsys):
     assert reference.main([str(page)]) == 0
     text = page.read_text()
     assert text.startswith("Prose stays.\n") and text.endswith("<!-- /keys -->\n\nAfter.\n")
-    assert "| `attack.steps` | 300 (dreambooth 400) | optimizer steps |" in text  # the yaml's value beside the class's
+    assert "| `attack.steps` | 100 (dreambooth 400) | optimizer steps |" in text  # the yaml's value beside the class's
     assert "| `attack.instance_dir` | null | *dreambooth*: " in text  # a key only some classes have names them
     assert reference.main(["--check", str(page)]) == 0
 

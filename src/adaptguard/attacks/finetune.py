@@ -156,6 +156,8 @@ class FineTuning(Attack):
 class FullFineTune(FineTuning):
     """Fine-tune every UNet weight (and optionally the text encoder) on the attacker's data."""
 
+    # where the gain on the tiny testbed's attacker domain plateaus (docs/attacks.md, "The attacker's domain")
+    steps: int = setting(100, ge=1, doc="optimizer steps")
     split: str = setting("attacker", doc="the dataset split the attacker adapts to")
     name: str = setting("full", doc="label in results and logs")
 
