@@ -36,7 +36,8 @@ SaveMode = Literal["merged", "adapter"]
 class FineTuning(Attack):
     """What every fine-tuning attack shares: the training knobs of diffusers' scripts."""
 
-    steps: int = setting(300, ge=1, doc="optimizer steps")
+    # 100: where full's and LoRA's gain on the tiny testbed's attacker domain plateaus (docs/attacks.md)
+    steps: int = setting(100, ge=1, doc="optimizer steps")
     batch_size: int = setting(32, ge=1, doc="images per micro-batch")
     lr: float = setting(
         1e-4, gt=0, doc="learning rate; for Stable Diffusion DreamBooth use diffusers' 5e-6 (LoRA 1e-4)"
@@ -156,8 +157,6 @@ class FineTuning(Attack):
 class FullFineTune(FineTuning):
     """Fine-tune every UNet weight (and optionally the text encoder) on the attacker's data."""
 
-    # where the gain on the tiny testbed's attacker domain plateaus (docs/attacks.md, "The attacker's domain")
-    steps: int = setting(100, ge=1, doc="optimizer steps")
     split: str = setting("attacker", doc="the dataset split the attacker adapts to")
     name: str = setting("full", doc="label in results and logs")
 
