@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -86,9 +86,9 @@ class TinyModelSource(Validated):
         d["unet"] = asdict(from_mapping(TinyUNetSpec, self.unet))
         d["text_encoder"] = asdict(from_mapping(TinyTextSpec, self.text_encoder))
         d["scheduler"] = asdict(from_mapping(TinySchedulerSpec, self.scheduler))
-        for key, default in (("rescale_betas_zero_snr", False), ("timestep_spacing", "leading")):
-            if d["scheduler"][key] == default:  # models from before these keys existed keep their cache key
-                d["scheduler"].pop(key)
+        for f in fields(TinySchedulerSpec):
+            if f.name in ("rescale_betas_zero_snr", "timestep_spacing") and d["scheduler"][f.name] == f.default:
+                d["scheduler"].pop(f.name)  # models from before these keys existed keep their cache key
         d["pretrain"] = asdict(from_mapping(PretrainConfig, self.pretrain))
         for key in ("checkpoint_every", "curve_every", "curve_samples"):  # resumability and the curve, not the weights
             d["pretrain"].pop(key)
