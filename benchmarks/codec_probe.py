@@ -79,13 +79,14 @@ def other_vae(source: Any, settings: dict[str, Any], ctx: Any, out_dir: Path) ->
 def vae_figures(model: Any, images: torch.Tensor) -> dict[str, float]:
     """Reconstruction PSNR, and how much of a latent residual survives decode -> encode: the gain of a random
     half-resolution residual (the codec's shape) at an image PSNR near 32 dB, read by the posterior mean."""
+    images = images.to(model.device)
     z = model.encode_images(images, mode=True)
     rec = model.decode_latents(z)
     psnr = float(10 * torch.log10(4 / ((rec - images) ** 2).mean()))
     g = torch.Generator().manual_seed(0)
     r = torch.nn.functional.interpolate(
         torch.randn(len(z), 1, z.shape[2] // 2, z.shape[3] // 2, generator=g), scale_factor=2
-    )
+    ).to(z.device)
     r = 0.2 * r.expand_as(z)
     back = model.encode_images(model.decode_latents(z + r), mode=True) - model.encode_images(rec, mode=True)
     return {"vae_psnr_db": round(psnr, 2), "round_trip_gain": round(float((back * r).sum() / (r * r).sum()), 3)}

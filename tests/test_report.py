@@ -16,11 +16,10 @@ from adaptguard.reporting.seeds import MixedConfigsError, aggregate, group_by_co
 from tests.helpers import REPO, assert_secrets_only_in_owner_only_keys, cli
 
 KEY_SEED = "918273645"
-DEFENSES = ("backdoor", "aiao", "aiao_busy", "sleepermark")
-STEPS = [  # compare_watermarks at reduced steps: every defense of the preset, a training and a weight attack
+DEFENSES = ("backdoor", "aiao", "sleepermark")  # the preset's watermarks but its ablation (aiao_busy: test_aiao)
+STEPS = [  # compare_watermarks at reduced steps: those defenses, a training and a weight attack
     "++per_option.defense.backdoor={steps: 10, num_samples: 8, null_keys: 15}",
     "++per_option.defense.aiao={steps: 5, probe_steps: 2, num_subpaths: 16, null_keys: 4}",
-    "++per_option.defense.aiao_busy={steps: 5, probe_steps: 2, num_subpaths: 16, null_keys: 4}",
     "++per_option.defense.sleepermark={steps: 5, num_samples: 8, null_messages: 15, codec: {steps: 20}}",
     "++per_option.attack.full.steps=3",
     "eval.fid.num_samples=8", "eval.fid.kid_subset_size=4", "eval.fid.kid_subsets=2", "eval.grid_samples=4",
@@ -35,6 +34,7 @@ def micro_sweep(tmp_path_factory):
         m.setenv("WANDB_DIR", str(tmp))
         m.delenv("WANDB_MODE", raising=False)
         result = cli(["run", "-m", "experiment=compare_watermarks", "model=micro", "seed=0,1", "attack=full,prune",
+                      f"defense={','.join(DEFENSES)}",
                       "logger=wandb", "progress=false", f"defense.key_seed={KEY_SEED}", *STEPS,
                       f"hydra.sweep.dir={tmp}/sweep"])  # fmt: skip
     assert result.code == 0, result.stderr[-4000:]
@@ -46,15 +46,15 @@ def micro_sweep(tmp_path_factory):
 def test_compare_watermarks_runs_on_micro_and_the_page_averages_its_seeds(micro_sweep, tmp_path):
     runs = [RunResult.read(p) for p in sorted(micro_sweep.glob("*/results.json"))]
     combos = {(r.run.defense, r.run.attack, r.run.seed) for r in runs}
-    assert combos == {(d, a, s) for d in ("backdoor", "aiao", "aiao_busy", "sleepermark") for a in ("full", "prune")
+    assert combos == {(d, a, s) for d in DEFENSES for a in ("full", "prune")
                       for s in (0, 1)}  # fmt: skip
     leaks = [p for p in micro_sweep.rglob("*") if p.is_file() and KEY_SEED.encode() in p.read_bytes()]
     assert not leaks, leaks
     assert_secrets_only_in_owner_only_keys(micro_sweep.parent / "cache", KEY_SEED)
-    # a defense's jobs of one seed share one protection: 4 defenses x 2 seeds keys
-    assert len(list((micro_sweep.parent / "cache" / "protected").glob("*/key.pt"))) == 8
+    # a defense's jobs of one seed share one protection: 3 defenses x 2 seeds keys
+    assert len(list((micro_sweep.parent / "cache" / "protected").glob("*/key.pt"))) == 6
     groups = group_by_config(runs)
-    assert len(groups) == 8 and all(g.seeds == [0, 1] for g in groups)
+    assert len(groups) == 6 and all(g.seeds == [0, 1] for g in groups)
     for g in groups:  # the mean and t interval of two seeds, from each seed's own number
         rates = [headline(r)["verify/rate_after"] for r in g.runs]
         s = g.stats["verify/rate_after"]
@@ -70,12 +70,12 @@ def test_compare_watermarks_runs_on_micro_and_the_page_averages_its_seeds(micro_
     assert "python -m experiments.run -m experiment=compare_watermarks model=micro seed=0,1 attack=full,prune" in text
     assert KEY_SEED not in text and "defense.key_seed=<redacted>" in text
     rows = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} ×" for d in DEFENSES))]
-    assert len(rows) == 8 and all(" | 0 1 | " in r and "0: " in r and "1: " in r for r in rows)
+    assert len(rows) == 6 and all(" | 0 1 | " in r and "0: " in r and "1: " in r for r in rows)
     models = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} |" for d in DEFENSES))]
-    assert len(models) == 4 and all(" | 0 1 | 1 | " in r for r in models)  # a protected model once, not per attack
+    assert len(models) == 3 and all(" | 0 1 | 1 | " in r for r in models)  # a protected model once, not per attack
     with (tmp_path / "results" / "summary.csv").open() as f:
         summary = list(csv.DictReader(f))
-    assert len(summary) == 8 and {r["seeds"] for r in summary} == {"0 1"}
+    assert len(summary) == 6 and {r["seeds"] for r in summary} == {"0 1"}
     means = {(g.defense, g.attack): g.stats["verify/rate_after"].mean for g in groups}
     assert {(r["defense"], r["attack"]): float(r["verify/rate_after mean"]) for r in summary} == pytest.approx(means)
     pngs = {p.name: p.stat().st_size for p in (tmp_path / "results").glob("*.png")}
@@ -89,7 +89,11 @@ def test_a_later_sweep_without_image_attacks_does_not_hide_the_heatmap(micro_swe
     curves, watermarks = tmp_path / "curves", set()
     for path in sorted(micro_sweep.glob("*/results.json")):  # a later experiment of each output watermark
         record = json.loads(path.read_text())
-        if record["protected"]["image_attacks"] and record["run"]["defense"] not in watermarks:
+        if (
+            record["protected"]["image_attacks"]
+            and record["run"]["attack"] == "full"
+            and record["run"]["defense"] not in watermarks
+        ):
             watermarks.add(record["run"]["defense"])
             record["protected"]["image_attacks"] = {}
             record["config"]["experiment"]["attack"]["steps"] = 100
@@ -151,12 +155,12 @@ def test_merged_sweeps_read_as_comparisons_with_short_labels_per_seed_decisions_
     assert "| backdoor × full | 0 |" in text  # the second comparison: only defense × attack vary in it
     with (tmp_path / "results" / "summary.csv").open() as f:
         summary = list(csv.DictReader(f))
-    assert len(summary) == 12 and max(len(r["group"]) for r in summary) <= 60
-    assert len({(r["comparison"], r["group"]) for r in summary}) == 12  # unique within a comparison
+    assert len(summary) == 9 and max(len(r["group"]) for r in summary) <= 60
+    assert len({(r["comparison"], r["group"]) for r in summary}) == 9  # unique within a comparison
     assert {"robustness_vs_cost.png", "image_attacks.png"} <= set(texts)
     too_long = [t for ts in texts.values() for t in ts if len(t) > 60]
     assert not too_long, too_long
-    assert legends["robustness_vs_cost.png"] == [4, 2]  # a colour per defense, a marker per attack: not per point
+    assert legends["robustness_vs_cost.png"] == [3, 2]  # a colour per defense, a marker per attack: not per point
     assert all((tmp_path / "results" / name).stat().st_size > 5000 for name in texts)
     # per-seed decisions, before (protected models) and after the attack
     decided = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} " for d in DEFENSES))]
@@ -164,7 +168,7 @@ def test_merged_sweeps_read_as_comparisons_with_short_labels_per_seed_decisions_
     assert "detected before" in text and "detected after" in text
     # one protected model, one row: both sweeps' jobs of each defense's seed 0 share it
     models = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} |" for d in DEFENSES))]
-    assert len(models) == 4 and all(" | 0 1 | 1, 2 | " in r for r in models), models
+    assert len(models) == 3 and all(" | 0 1 | 1, 2 | " in r for r in models), models
     assert "**Warning:**" not in text
     # a second job that read another number for the same protected model is named, not averaged away
     for job in other.values():
@@ -173,10 +177,10 @@ def test_merged_sweeps_read_as_comparisons_with_short_labels_per_seed_decisions_
         rate=r["protected"]["verification"]["rate"] / 2 + 0.01))  # fmt: skip
     text = write_page([micro_sweep, tmp_path / "other"], tmp_path / "results").markdown.read_text()
     warnings = [line for line in text.splitlines() if line.startswith("**Warning:**")]
-    assert len(warnings) == 4 and all(sum(str(job) in w for w in warnings) == 1 for job in other.values()), warnings
+    assert len(warnings) == 3 and all(sum(str(job) in w for w in warnings) == 1 for job in other.values()), warnings
     assert all("`verify/rate_before`" in w and "seed 0" in w for w in warnings)
     models = [line for line in text.splitlines() if line.startswith(tuple(f"| {d} |" for d in DEFENSES))]
-    assert len(models) == 4 and all(" ⚠ |" in line for line in models)  # the cell says it, too
+    assert len(models) == 3 and all(" ⚠ |" in line for line in models)  # the cell says it, too
 
 
 @pytest.mark.slow
@@ -209,7 +213,7 @@ def test_sweep_runs_log_named_metrics_in_one_wandb_group_and_the_report_logs_a_t
     assert report.code == 0, report.stderr
     [table] = (micro_sweep / "wandb").glob("offline-run-*/files/media/table/summary_*.table.json")
     content = json.loads(table.read_text())
-    assert content["columns"][:4] == ["group", "defense", "attack", "seeds"] and len(content["data"]) == 8
+    assert content["columns"][:4] == ["group", "defense", "attack", "seeds"] and len(content["data"]) == 6
     assert "verify/rate_after mean" in content["columns"]
     [run_file] = (micro_sweep / "wandb").glob("offline-run-*/run-*.wandb")
     assert b"summary-" in run_file.read_bytes() and str(micro_sweep).encode() in run_file.read_bytes()
