@@ -16,7 +16,8 @@ from adaptguard.reporting.seeds import MixedConfigsError, aggregate, group_by_co
 from tests.helpers import REPO, assert_secrets_only_in_owner_only_keys, cli
 
 KEY_SEED = "918273645"
-DEFENSES = ("backdoor", "aiao", "sleepermark")  # the preset's watermarks but its ablation (aiao_busy: test_aiao)
+# the preset's watermarks without its ablation (aiao_busy runs in test_latent and test_reproducibility)
+DEFENSES = ("backdoor", "aiao", "sleepermark")
 STEPS = [  # compare_watermarks at reduced steps: those defenses, a training and a weight attack
     "++per_option.defense.backdoor={steps: 10, num_samples: 8, null_keys: 15}",
     "++per_option.defense.aiao={steps: 5, probe_steps: 2, num_subpaths: 16, null_keys: 4}",
