@@ -46,13 +46,13 @@ results: install  ## docs/results.md: the four page sweeps (hours on 2 CPU cores
 		--intro docs/results-intro.md
 
 lint: install  ## ruff, and import-linter's layer contracts (pyproject.toml)
-	$(BIN)/ruff check src experiments tests benchmarks examples
-	$(BIN)/ruff format --check src experiments tests benchmarks examples
+	$(BIN)/ruff check src experiments tests benchmarks examples reference
+	$(BIN)/ruff format --check src experiments tests benchmarks examples reference
 	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff check --fix src experiments tests benchmarks examples
-	$(BIN)/ruff format src experiments tests benchmarks examples
+	$(BIN)/ruff check --fix src experiments tests benchmarks examples reference
+	$(BIN)/ruff format src experiments tests benchmarks examples reference
 
 docs: install  ## the key tables of docs/ from the config classes' field docs (tests/test_docs.py fails when stale)
 	$(BIN)/python -m adaptguard.cli.reference

@@ -56,7 +56,7 @@ def sleepermark_run(tmp_path_factory):
     """One micro-model experiment (protect -> verify, with image attacks) shared by the tests below."""
     tmp = tmp_path_factory.mktemp("sleepermark")
     ctx = make_ctx(tmp)
-    defense = SleeperMarkDefense(codec=MICRO_CODEC, trainable="unet", eta=1.0, small_t_fraction=0.5, steps=300, batch_size=32,
+    defense = SleeperMarkDefense(codec=MICRO_CODEC, trainable="unet", eta=1.0, small_t_fraction=0.5, steps=200, batch_size=32,
                                  lr=1e-3, num_samples=32, fpr=1e-2, key_seed=7)  # fmt: skip
     exp = Experiment(
         model=micro_source(),
