@@ -13,7 +13,7 @@ PYTEST := $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-
 
 .PHONY: install run test test-fast bench gpu-check results lint format docs pretrain clean
 
-PAGES := compare_watermarks compare_freezing compare_freezing_none forgetting_curves
+PAGES := compare_watermarks compare_freezing compare_freezing_none forgetting_curves aiao_ablation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ bench: install  ## speed and memory targets -> bench/results.json
 gpu-check: install  ## the SD code path at SD 1.5's size on a CUDA GPU, timed -> bench/gpu_check.json
 	$(BIN)/python -m benchmarks.gpu_check --out bench/gpu_check.json
 
-results: install  ## docs/results.md: the four page sweeps (hours on 2 CPU cores; a rerun resumes), then the report; a failed sweep: the others still run, no report, exit 1
+results: install  ## docs/results.md: the five page sweeps (hours on 2 CPU cores; a rerun resumes), then the report; a failed sweep: the others still run, no report, exit 1
 	failed=""; for p in $(PAGES); do $(BIN)/python -m experiments.run -m experiment=page/$$p || failed="$$failed $$p"; done; \
 	if [ -n "$$failed" ]; then echo "make results: sweeps with failed jobs:$$failed (docs/results.md left as it was; rerun to resume)" >&2; exit 1; fi; \
 	$(BIN)/python -m experiments.report $(addprefix multirun/page/,$(PAGES)) --out docs/results \

@@ -181,8 +181,11 @@ def _job(overrides: list[str], tmp_path) -> dict:
     return experiment_config(apply_per_option(compose(overrides, output_dir=tmp_path)))
 
 
+AIAO_CELLS = ("aiao", "aiao_busy", "aiao_one_pair", "aiao_busy_one_pair")
+
+
 def test_page_presets_share_what_their_comparisons_need(tmp_path):
-    """The freezing reference differs from the masks only in the defense; the curves embed as compare_watermarks."""
+    """The freezing reference differs only in the defense; the curves and the 2x2 embed as compare_watermarks."""
     for attack in ("full", "lora"):
         masked = _job(["experiment=page/compare_freezing", "defense=freezeasguard", f"attack={attack}"], tmp_path)
         reference = _job(["experiment=page/compare_freezing_none", f"attack={attack}"], tmp_path)
@@ -193,3 +196,8 @@ def test_page_presets_share_what_their_comparisons_need(tmp_path):
         curves = _job(["experiment=page/forgetting_curves", f"defense={defense}"], tmp_path)
         table = _job(["experiment=page/compare_watermarks", f"defense={defense}"], tmp_path)
         assert curves["defense"] == table["defense"] and curves["model"] == table["model"]
+    cells = {d: _job(["experiment=page/aiao_ablation", f"defense={d}"], tmp_path) for d in AIAO_CELLS}
+    assert cells["aiao"]["defense"] == _job(["experiment=page/compare_watermarks", "defense=aiao"], tmp_path)["defense"]
+    for name, cell in cells.items():
+        differing = {k for k in cell["defense"] if cell["defense"][k] != cells["aiao"]["defense"][k]}
+        assert differing <= {"name", "layers", "monte_carlo"}, (name, differing)
