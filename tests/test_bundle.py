@@ -33,6 +33,18 @@ def test_sampling_is_seeded_and_guidance_matters(micro_model):
         assert micro_model.sample(prompts, steps=4, sampler=sampler).shape == (2, 3, 16, 16)
 
 
+def test_sampling_leaves_every_part_in_the_mode_it_found(micro_model):
+    """A loaded bundle's parts are in eval mode while the bundle's own flag says train: sampling used to
+    restore that flag onto every part, so a stage trained after an evaluation (a train-mode teacher, whose
+    ResNets make their input contiguous) rounded differently from one whose evaluation came from the cache."""
+    micro_model.train()
+    micro_model.unet.eval()
+    before = {name: m.training for name, m in micro_model.named_modules()}
+    micro_model.sample(["a small red circle"], steps=2, generator=torch.Generator().manual_seed(0))
+    assert {name: m.training for name, m in micro_model.named_modules()} == before
+    assert micro_model.training and not micro_model.unet.training and micro_model.text_encoder.training
+
+
 def test_save_load_round_trip_is_exact(micro_model, tmp_path):
     micro_model.save(tmp_path / "m")
     loaded = DiffusionModel.load(tmp_path / "m")

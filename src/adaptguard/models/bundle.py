@@ -196,8 +196,8 @@ class DiffusionModel(nn.Module):
         steps = steps or self.sampler.steps
         guidance = self.sampler.guidance_scale if guidance_scale is None else guidance_scale
         batch_size = batch_size or self.sampler.batch_size
-        was_training = self.training
-        self.eval()
+        modes = [(m, m.training) for m in self.modules()]  # restored per module: the bundle's own flag is not
+        self.eval()  # its parts' (they load in eval mode), and train(flag) would set every part to it
         out = []
         chunks = range(0, len(prompts), batch_size)
         bar = tqdm(total=len(chunks) * steps, desc="sampling", disable=not progress, leave=False)
@@ -205,7 +205,8 @@ class DiffusionModel(nn.Module):
             batch = list(prompts[start : start + batch_size])
             out.append(self._sample_batch(batch, steps, guidance, generator, sampler, bar))
         bar.close()
-        self.train(was_training)
+        for module, mode in modes:
+            module.training = mode
         return torch.cat(out) if out else torch.empty(0, 3, self.resolution, self.resolution)
 
     def _sample_batch(self, prompts, steps, guidance, generator, sampler_name, bar) -> torch.Tensor:
