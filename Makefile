@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-run: install  ## AIAO x LoRA on the latent tiny model (135 s from an empty cache on 2 cores) (ARGS="defense=backdoor attack=lora" for others)
+run: install  ## AIAO x LoRA on the latent tiny model (163 s from an empty cache on 2 cores) (ARGS="defense=backdoor attack=lora" for others)
 	$(BIN)/python -m experiments.run $(ARGS)
 
 test: install  ## every test, the end-to-end tiny-model experiments included
