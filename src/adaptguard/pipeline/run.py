@@ -117,7 +117,6 @@ def protect_cached(exp: Experiment, base: DiffusionModel, ctx: RunContext, hits:
     spec = protect_spec(exp, ctx)
 
     def build(work: Path) -> None:  # a killed build resumes from work/checkpoints
-        base.eval()  # as loaded, whatever ran before: a train-mode teacher rounds differently (diffusers' ResNet)
         protected = exp.defense.protect(base, exp.data, ctx.with_checkpoints(work / RESUME_DIR))
         exp.defense.save_protected(protected, work)
 
