@@ -3,23 +3,35 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+CONSTRAINTS := constraints.txt
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(CONSTRAINTS) | cksum | cut -d' ' -f1)
 ARGS   ?= experiment=quickstart
 PYTEST_ARGS ?=
+# torch's CPU build (about 0.2 GB against 5.5 GB of CUDA wheels) where no NVIDIA driver is present and PyTorch's
+# CPU index answers; otherwise PyPI's build. TORCH_INDEX= (empty) always takes PyPI's.
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
+TORCH  := torch==2.14.1 torchvision==0.29.1
 # one pytest-xdist worker per usable CPU (its affinity and any container quota: tests/conftest.py; at
 # most 4, for memory), whole files per worker (their fixtures are shared), handed out in collection
 # order (tests/conftest.py puts the longest first)
 PYTEST := $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
-.PHONY: install run test test-fast bench gpu-check results lint format docs pretrain clean
+.PHONY: install run test test-fast bench gpu-check results lint format docs pretrain clean constraints check-floors
 
 PAGES := compare_watermarks compare_freezing compare_freezing_none forgetting_curves aiao_ablation
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
+# $(call venv_with_torch,<venv>): a venv holding the pinned torch (the CPU build where TORCH_INDEX says so)
+define venv_with_torch
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(if $(TORCH_INDEX),$(1)/bin/python -m pip install -q --no-compile --retries 0 --timeout 20 --index-url $(TORCH_INDEX) $(TORCH) \
+		|| echo "make: $(TORCH_INDEX) did not answer; installing PyPI's torch build" >&2)
+	$(1)/bin/python -m pip install -q --no-compile $(TORCH)
+endef
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	$(call venv_with_torch,$(VENV))
+	$(BIN)/python -m pip install -q --no-compile -c $(CONSTRAINTS) -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -46,13 +58,13 @@ results: install  ## docs/results.md: the five page sweeps (hours on 2 CPU cores
 		--intro docs/results-intro.md
 
 lint: install  ## ruff, and import-linter's layer contracts (pyproject.toml)
-	$(BIN)/ruff check src experiments tests benchmarks examples reference
-	$(BIN)/ruff format --check src experiments tests benchmarks examples reference
+	$(BIN)/ruff check src experiments tests benchmarks examples reference tools
+	$(BIN)/ruff format --check src experiments tests benchmarks examples reference tools
 	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff check --fix src experiments tests benchmarks examples reference
-	$(BIN)/ruff format src experiments tests benchmarks examples reference
+	$(BIN)/ruff check --fix src experiments tests benchmarks examples reference tools
+	$(BIN)/ruff format src experiments tests benchmarks examples reference tools
 
 docs: install  ## the key tables of docs/ from the config classes' field docs (tests/test_docs.py fails when stale)
 	$(BIN)/python -m adaptguard.cli.reference
@@ -65,6 +77,22 @@ pretrain: install  ## (re)make the shipped base weights (latent tiny/micro, pixe
 	$(BIN)/adaptguard pretrain model=tiny experiment=freeze +features_only=true
 	$(BIN)/adaptguard pretrain model=micro experiment=freeze +features_only=true
 	$(BIN)/adaptguard pretrain model=pixel_micro experiment=freeze +features_only=true
+
+constraints:  ## refresh constraints.txt: resolve pyproject.toml afresh in a scratch venv and pin what it installed
+	rm -rf .venv-constraints
+	$(call venv_with_torch,.venv-constraints)
+	.venv-constraints/bin/python -m pip install -q --no-compile -e '.[dev]'
+	{ sed -n '1,2p' $(CONSTRAINTS); .venv-constraints/bin/python -m pip freeze --exclude-editable \
+		| grep -v '^adaptguard' | sed 's/+cpu$$//'; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-constraints
+
+check-floors:  ## the declared lower bounds (tools/floors.py) in a fresh venv, then the fast tests (not in CI)
+	rm -rf .venv-floors
+	$(call venv_with_torch,.venv-floors)
+	$(PYTHON) tools/floors.py > .venv-floors/floors.txt
+	.venv-floors/bin/python -m pip install -q --no-compile -c .venv-floors/floors.txt -e '.[dev]'
+	.venv-floors/bin/python -m pip freeze --exclude-editable > .venv-floors/installed.txt
+	.venv-floors/bin/python -m pytest -n auto --maxprocesses 4 --dist loadfile -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -43,6 +43,7 @@ LONGEST_FIRST = (
     "test_sleepermark",
     "test_report",
     "test_owner",
+    "test_scale",
     "test_reliability",
     "test_backdoor",
     "test_protect_presets",

@@ -3,6 +3,7 @@
 import lightning as L
 import pytest
 import torch
+from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from adaptguard.attacks import FullFineTune, LoraFineTune
@@ -153,3 +154,17 @@ def test_saved_adapter_is_a_diffusers_lora_file_that_reproduces_the_attack(micro
     assert all(torch.allclose(p, ours[n], atol=1e-6) for n, p in rebuilt.named_parameters())
     with pytest.raises(ConfigError, match="attack.save"):
         FullFineTune(save="adapter")  # full fine-tuning has no adapter
+
+
+def test_the_text_encoder_adapter_shim_is_needed_exactly_when_it_is_on(micro_model):
+    """transformers' own add_adapter refuses the installed peft while the shim is on; once it accepts it, this
+    fails and the shim (and its private attribute) should go."""
+    from adaptguard.models import lora
+
+    config = LoraConfig(r=2, lora_alpha=2, target_modules=["q_proj"])
+    if lora.TEXT_ENCODER_ADAPTER_SHIM:
+        with pytest.raises((ImportError, ValueError)):
+            micro_model.text_encoder.add_adapter(config)
+    else:
+        micro_model.text_encoder.add_adapter(config)
+        assert lora.has_lora_in(micro_model.text_encoder)

@@ -23,3 +23,27 @@ def test_padding_and_truncation_to_max_length():
     tok = build_tokenizer(max_length=16)
     out = tok(["a", "word " * 40], padding="max_length", truncation=True, max_length=16).input_ids
     assert [len(x) for x in out] == [16, 16]
+
+
+def test_saved_folders_are_read_the_same_by_transformers_4_and_5(micro_model, tmp_path):
+    """transformers 5 would write the tokenizer as TokenizersBackend and CLIP's weights without `text_model.`, which
+    4.x (our floor is 4.45) cannot load: it would keep a random text encoder."""
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from adaptguard.models.bundle import DiffusionModel
+
+    micro_model.save(tmp_path)
+    config = json.loads((tmp_path / "tokenizer" / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+    assert all(k.startswith("text_model.") for k in load_file(tmp_path / "text_encoder" / "model.safetensors"))
+    text = "a small red circle"
+    assert AutoTokenizer.from_pretrained(tmp_path, subfolder="tokenizer")(text).input_ids == (
+        micro_model.tokenizer(text).input_ids
+    )
+    loaded = DiffusionModel.load(tmp_path)
+    ids = micro_model.tokenizer([text], return_tensors="pt").input_ids
+    assert loaded.tokenizer(text).input_ids == micro_model.tokenizer(text).input_ids
+    assert (loaded.text_encoder(ids)[0] - micro_model.text_encoder(ids)[0]).abs().max() == 0

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 
 from adaptguard.attacks.base import Attack
+from adaptguard.core import ranks
 from adaptguard.core.config import setting
 from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.context import RunContext
@@ -140,7 +141,7 @@ class FineTuning(Attack):
         self._cost = {**tuned.cost, "precision": settings.precision or "trainer config"}
         if self.save:
             path = Path(ctx.out_dir) / "attacked_model" / self.output_name
-            self._cost["saved_to"] = str(self.save_model(tuned.model, path))
+            self._cost["saved_to"] = str(self.save_model(tuned.model, path) if ranks.is_main() else path)
         self.finish(tuned.model)
         return tuned.model
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,7 @@ def run_calibration(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     key = OwnerKey.load(opts["key"])
     listed = [p for p in opts["models"] if p != AUTO]
     suspects = [Suspect(p, base=opts.get("base"), key=f"models[{i}]") for i, p in enumerate(listed)]
-    ctx = replace(key_context(key, opts), progress=True)
+    ctx = key_context(key, opts)
     made = auto_models(opts, ctx.seed) if AUTO in opts["models"] else []
     report = calibrate(key, suspects, ctx, null_keys=opts.get("null_keys") or 0, models=made)
     if out := opts.get("out"):

@@ -26,7 +26,7 @@ def redact_hydra_files(output_dir: Path, names: frozenset[str]) -> None:
             hydra_node["overrides"]["task"] = [redact_override(o, names) for o in task]
         job = hydra_node.get("job", {})
         if "override_dirname" in job:
-            job["override_dirname"] = ",".join(redact_override(o, names) for o in job["override_dirname"].split(","))
+            job["override_dirname"] = redact_joined(job["override_dirname"], names)
         return {"hydra": hydra_node, **redact(data, names)} if hydra_node else redact(data, names)
 
     paths = [output_dir / ".hydra" / n for n in ("config.yaml", "hydra.yaml", "overrides.yaml")]
@@ -45,7 +45,23 @@ def redact_hydra_files(output_dir: Path, names: frozenset[str]) -> None:
         tmp.replace(path)
 
 
-LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core")
+def redact_joined(joined: str, names: frozenset[str]) -> str:
+    """Comma-joined overrides (Hydra's ``override_dirname``); in a sweep's, a swept value list continues past its
+    commas (``defense.key_seed=1,2``): every value of a secret key goes."""
+    out, secret = [], False
+    for part in joined.split(","):
+        if "=" in part:
+            shown = redact_override(part, names)
+            secret = shown != part
+            out.append(shown)
+        elif not secret:
+            out.append(part)
+    return ",".join(out)
+
+
+LAUNCHER_LOGGERS = ("hydra._internal.core_plugins.basic_launcher", "hydra_plugins.hydra_joblib_launcher._core",
+                    "hydra_plugins.hydra_submitit_launcher.submitit_launcher")  # fmt: skip
+SUBMITIT_FOLDER = ".submitit"  # under the sweep dir: submitit's pickled jobs (their overrides) and job logs
 
 
 class RedactOverrides(logging.Filter):
@@ -69,6 +85,11 @@ class RedactSecrets(Callback):
         names = secret_names(OmegaConf.to_container(config, resolve=False))
         for name in LAUNCHER_LOGGERS:
             logging.getLogger(name).addFilter(RedactOverrides(names))
+        # submitit pickles each job with its overrides, secret values included (they must reach the job):
+        # its folder is the owner's alone
+        folder = Path(str(config.hydra.sweep.dir)) / SUBMITIT_FOLDER
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         output_dir = Path(config.hydra.runtime.output_dir)

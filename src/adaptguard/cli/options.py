@@ -48,6 +48,8 @@ def paths(value: str) -> list[str]:
 
 
 def key_context(key: OwnerKey, opts: dict[str, Any]) -> RunContext:
-    """What verify and calibrate run under: the key's seed unless ``seed=`` overrides it, ``device=``."""
+    """What verify and calibrate run under: the key's seed unless ``seed=`` overrides it, ``device=``; progress bars
+    in a terminal, none in a log or CI (stderr not a terminal)."""
     seed = opts.get("seed")
-    return RunContext(seed=key.seed if seed is None else seed, progress=False, device=opts.get("device") or "auto")
+    return RunContext(seed=key.seed if seed is None else seed, progress=sys.stderr.isatty(),
+                      device=opts.get("device") or "auto")  # fmt: skip

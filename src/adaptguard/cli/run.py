@@ -9,6 +9,7 @@ In-process (tests, notebooks): ``run(compose([...], output_dir=...))`` returns t
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +18,10 @@ from adaptguard.cli.app import check_keys, check_overrides, hydra_command, quiet
 from adaptguard.cli.build import build_experiment, make_context, make_logger
 from adaptguard.cli.callbacks import SweepStatus
 from adaptguard.cli.errors import EXIT_SWEEP_FAILED, command_exit_code, user_error
+from adaptguard.cli.gpus import own_gpu, wants_own_gpu
 from adaptguard.cli.per_option import apply_per_option, experiment_config
+from adaptguard.cli.ranks import start_ranks
+from adaptguard.core import ranks
 from adaptguard.core.redact import redact, redact_override, secret_names
 from adaptguard.pipeline import run_experiment
 from adaptguard.reporting.results import RunInfo, RunResult
@@ -50,7 +54,9 @@ def run(cfg: DictConfig, output_dir: Path | None = None) -> RunResult:
 
 
 def record_config_failure(cfg: DictConfig, output_dir: Path, err: BaseException) -> None:
-    """results.json for a job that failed before any stage ran (a bad value, a missing folder)."""
+    """results.json for a job that failed before any stage ran (a bad value, a missing folder); under DDP, rank 0's."""
+    if not ranks.is_main():
+        return
 
     def name(group: str) -> str:
         return str(OmegaConf.select(cfg, f"{group}.name", default=None) or "?")
@@ -100,15 +106,24 @@ def task(cfg: DictConfig) -> float | None:
 
     quiet_libraries()
     names = secret_names(OmegaConf.to_container(cfg, resolve=False))
-    sys.argv[1:] = [redact_override(a, names) for a in sys.argv[1:]]  # wandb records the command line
     result = None
     sweep, out = HydraConfig.get().mode == RunMode.MULTIRUN, Path(HydraConfig.get().runtime.output_dir)
     if sweep and cfg.get("skip_finished", True) and (done := finished_before(cfg, out)) is not None:
         print(f"{out}: finished before with this config ({done.run.finished}); skipped (skip_finished=false reruns)")
         return None
     with user_errors(keep_going=sweep):  # one failed job: the others run
-        result = run(cfg, out)
-    if result is None:
+        try:
+            rank = start_ranks(cfg, sweep)  # DDP: the other ranks run this command too, with its real values
+        except BaseException as err:
+            record_config_failure(cfg, out, err)
+            raise
+        sys.argv[1:] = [redact_override(a, names) for a in sys.argv[1:]]  # wandb records the command line
+        hydra = HydraConfig.get()
+        with ExitStack() as job:
+            if sweep and wants_own_gpu(cfg, str(hydra.launcher.get("_target_", ""))):
+                job.enter_context(own_gpu(cfg, int(hydra.job.num), Path(str(hydra.sweep.dir))))
+            result = run(cfg, out)
+    if result is None or rank != 0:
         return None
     print(format_table(result))
     attacked = next(iter(result.attacks.values()), None)

@@ -5,7 +5,13 @@ attacks protects once, and the tiny base model is pretrained once per config. Bu
 write into ``<hash>.partial`` and the folder is renamed into place only when complete. A build
 that was killed leaves its ``.partial``: the next build clears it, except ``checkpoints/`` (the
 resume points of its training stages), which are dropped once the artifact is complete. A file lock makes
-parallel sweep jobs wait for one builder instead of all building the same thing.
+parallel sweep jobs wait for one builder instead of all building the same thing (``filelock``: fcntl on
+POSIX, msvcrt on Windows; ``ADAPTGUARD_LOCKS=soft`` uses lock files alone, for shared storage whose
+``fcntl`` locks do not work, see docs/running.md).
+
+Under DDP (:mod:`adaptguard.core.ranks`) rank 0 takes the locks, decides and writes; every other rank
+builds alongside it (a build's training needs every rank) into a scratch folder of its own that is
+deleted afterwards, then waits at a barrier until rank 0's artifact is in place.
 
 The spec of an artifact that our code builds includes that code's fingerprint (``code=``, see
 :mod:`adaptguard.core.code_version`): editing a defense rebuilds its protections, editing evaluation
@@ -14,7 +20,6 @@ re-scores. Each folder's ``provenance.json`` records the code, git commit and li
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import hmac
 import json
@@ -22,11 +27,14 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import filelock
+
+from adaptguard.core import ranks
 from adaptguard.core.code_version import code_fingerprint, provenance
 from adaptguard.core.private import make_private, private_file
 from adaptguard.core.redact import redact
@@ -127,36 +135,55 @@ class ArtifactCache:
         if shipped := self.shipped(kind, spec):
             return shipped, False
         final = self.path(kind, spec)
-        if final.is_dir():
+        if ranks.share(final.is_dir()):
             return final, False
         final.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(final.with_name(final.name + ".lock")):
-            if final.is_dir():  # another process finished it while we waited
+        main = ranks.is_main()
+        with _locked(final.with_name(final.name + ".lock")) if main else nullcontext():
+            if ranks.share(final.is_dir()):  # another process finished it while we waited
                 return final, False
             work = final.with_name(final.name + ".partial")
+            if not main:  # this rank's outputs are thrown away; rank 0 writes the artifact
+                work = final.with_name(f"{final.name}.rank{ranks.rank()}")
+                shutil.rmtree(work, ignore_errors=True)
             clear_stale(work)
             work.mkdir(exist_ok=True)
             if private:
                 os.chmod(work, 0o700)
             build(work)
-            shutil.rmtree(work / RESUME_DIR, ignore_errors=True)
-            shown = redact(spec, fingerprint=self.fingerprint) if private else spec  # the hash is of the full spec
-            (work / SPEC_FILE).write_text(json.dumps(shown, indent=2, sort_keys=True, default=str))
-            made = {**provenance(), "code": spec.get("code")}  # the fingerprint already in the key
-            (work / PROVENANCE_FILE).write_text(json.dumps(made, indent=2))
-            if private:
-                make_private(work)
-            os.replace(work, final)
+            if main:
+                self._finish(work, final, spec, private)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+            ranks.barrier()  # every rank returns once the artifact is in place
         return final, True
+
+    def _finish(self, work: Path, final: Path, spec: Mapping[str, Any], private: bool) -> None:
+        """Drop the resume points, write spec and provenance, and move the build into place."""
+        shutil.rmtree(work / RESUME_DIR, ignore_errors=True)
+        shown = redact(spec, fingerprint=self.fingerprint) if private else spec  # the hash is of the full spec
+        (work / SPEC_FILE).write_text(json.dumps(shown, indent=2, sort_keys=True, default=str))
+        made = {**provenance(), "code": spec.get("code")}  # the fingerprint already in the key
+        (work / PROVENANCE_FILE).write_text(json.dumps(made, indent=2))
+        if private:
+            make_private(work)
+        os.replace(work, final)
 
     def fingerprint(self, value: Any) -> str:
         """A secret value as ``hmac-sha256:<16 hex>`` keyed by this cache's salt (``<root>/.salt``, 0600): equal
         secrets give equal fingerprints, and a small key seed cannot be guessed from it without the salt."""
         salt_file = self.root / ".salt"
-        if not salt_file.is_file():
+        if not salt_file.is_file():  # the first of several processes (sweep jobs, DDP ranks) to link its salt wins
             self.root.mkdir(parents=True, exist_ok=True)
-            with private_file(salt_file) as handle:
+            mine = salt_file.with_name(f".salt.{os.getpid()}")
+            with private_file(mine) as handle:
                 handle.write(secrets.token_hex(16).encode())
+            try:
+                os.link(mine, salt_file)
+            except FileExistsError:
+                pass
+            finally:
+                mine.unlink()
         digest = hmac.new(salt_file.read_bytes(), json.dumps(value, default=str).encode(), hashlib.sha256)
         return f"hmac-sha256:{digest.hexdigest()[:16]}"
 
@@ -167,9 +194,10 @@ class ArtifactCache:
 
     @contextmanager
     def holding(self, folder: Path) -> Iterator[None]:
-        """One process at a time uses ``folder`` (parallel sweep jobs that would share a resume dir)."""
+        """One process at a time uses ``folder`` (parallel sweep jobs that would share a resume dir); under DDP the
+        lock is rank 0's, held for all ranks."""
         folder.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(folder.with_name(folder.name + ".lock")):
+        with _locked(folder.with_name(folder.name + ".lock")) if ranks.is_main() else nullcontext():
             yield
 
     def evict(self, kind: str, spec: Mapping[str, Any]) -> None:
@@ -189,11 +217,10 @@ def clear_stale(work: Path) -> None:
             entry.unlink()
 
 
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _locked(lock_path: Path) -> filelock.BaseFileLock:
+    """An exclusive lock on ``lock_path``: the OS's (released when the process dies), or with
+    ``ADAPTGUARD_LOCKS=soft`` the file's existence alone (for storage without working locks; a killed
+    holder leaves the ``.lock`` file behind, and it must be deleted by hand)."""
+    if os.environ.get("ADAPTGUARD_LOCKS", "").lower() == "soft":
+        return filelock.SoftFileLock(lock_path)
+    return filelock.FileLock(lock_path)

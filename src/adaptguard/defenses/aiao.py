@@ -24,6 +24,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from adaptguard.analysis.activity import ActivityReport, layer_activity
 from adaptguard.analysis.blocks import Block, block_parameters, unet_blocks
@@ -246,8 +247,9 @@ class AIAODefense(Defense):
         timesteps = torch.randint(0, n_steps, (self.num_subpaths,), generator=g)
         emb_one = model.encode_prompts([self.verify_prompt])
         values, plain = [], []
+        batches = range(0, self.num_subpaths, self.verify_batch_size)
         with SubpathHooks(model.unet, blocks, sec, read=key.candidates) as hooks:
-            for start in range(0, self.num_subpaths, self.verify_batch_size):
+            for start in tqdm(batches, desc="verifying", disable=not ctx.progress, leave=False):
                 sl = slice(start, start + self.verify_batch_size)
                 n = pairs[sl].shape[0]
                 args = (latents[sl].to(model.device), timesteps[sl].to(model.device), emb_one.expand(n, -1, -1))

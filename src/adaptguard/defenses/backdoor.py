@@ -145,6 +145,7 @@ class BackdoorDefense(OutputWatermark):
             steps=self.sample_steps,
             guidance_scale=self.guidance_scale,
             generator=ctx.generator(offset=7),
+            progress=ctx.progress,
         )
         return {"triggered": images}
 

@@ -212,7 +212,7 @@ class SleeperMarkDefense(OutputWatermark):
     ) -> dict[str, torch.Tensor]:
         """The same prompts and starting noise with and without the trigger."""
         assert isinstance(key, SleeperMarkKey)
-        kw = {"steps": self.sample_steps, "guidance_scale": self.guidance_scale}
+        kw = {"steps": self.sample_steps, "guidance_scale": self.guidance_scale, "progress": ctx.progress}
         return {
             "triggered": model.sample([key.trigger + p for p in key.prompts], generator=ctx.generator(11), **kw),
             "untriggered": model.sample(list(key.prompts), generator=ctx.generator(11), **kw),

@@ -254,6 +254,7 @@ class DiffusionModel(nn.Module):
             self.text_encoder.save_pretrained(path / "text_encoder")
             self.tokenizer.save_pretrained(path / "tokenizer")
             self.noise_scheduler.save_pretrained(path / "scheduler")
+        portable_folder(path)
         meta = {
             "format": 1,
             "kind": "latent" if self.vae is not None else "pixel",
@@ -295,3 +296,37 @@ class DiffusionModel(nn.Module):
         if sampler is None:
             sampler = SamplerConfig(**meta["sampler"]) if "sampler" in meta else SamplerConfig()
         return cls(unet, text_encoder, tokenizer, scheduler, vae=vae, resolution=resolution, sampler=sampler)
+
+
+# transformers 5 writes what transformers 4 cannot read: a fast tokenizer under the class name TokenizersBackend,
+# and CLIPTextModel weights without their ``text_model.`` prefix (4.x then loads none of them and keeps a random
+# text encoder, with a warning). Both read PreTrainedTokenizerFast (in 5 an alias of TokenizersBackend) and the
+# prefixed names, so saved folders use those.
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+CLIP_TEXT_PREFIX = "text_model."
+
+
+def portable_folder(folder: Path) -> None:
+    """Make a saved model folder loadable by transformers 4.45+ as well as 5 (the comment above)."""
+    renames = {"TokenizersBackend": PORTABLE_TOKENIZER_CLASS,
+               ("transformers", "TokenizersBackend"): ["transformers", PORTABLE_TOKENIZER_CLASS]}  # fmt: skip
+    for file, key in ((folder / "tokenizer" / "tokenizer_config.json", "tokenizer_class"),
+                      (folder / "model_index.json", "tokenizer")):  # fmt: skip
+        config = json.loads(file.read_text()) if file.is_file() else {}
+        value = config.get(key)
+        value = tuple(value) if isinstance(value, list) else value
+        if value in renames:
+            config[key] = renames[value]
+            file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    weights, config = folder / "text_encoder" / "model.safetensors", folder / "text_encoder" / "config.json"
+    if (
+        weights.is_file()
+        and config.is_file()
+        and "CLIPTextModel" in json.loads(config.read_text()).get("architectures", [])
+    ):
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(weights)
+        if any(not k.startswith(CLIP_TEXT_PREFIX) for k in state):
+            state = {k if k.startswith(CLIP_TEXT_PREFIX) else CLIP_TEXT_PREFIX + k: v for k, v in state.items()}
+            save_file(state, weights, metadata={"format": "pt"})

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from adaptguard.core import ranks
 from adaptguard.core.context import RunContext
 from adaptguard.core.domains import EvalDomain
 from adaptguard.core.errors import DivergedError
@@ -157,7 +158,8 @@ class Evaluator:
                 )
                 if identity is None:
                     out[d.name], images = self._quality(model, d)
-                    save_grid(images[: self.config.grid_samples], grid)
+                    if ranks.is_main():
+                        save_grid(images[: self.config.grid_samples], grid)
                 else:
                     out[d.name] = self._shared_quality(f"quality_{name}/{d.name}", model, d, identity, grid)
                 self.files[grid.stem] = grid.name

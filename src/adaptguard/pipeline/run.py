@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from adaptguard.attacks.base import Attack
+from adaptguard.core import ranks
 from adaptguard.core.artifacts import RESUME_DIR, spec_hash
 from adaptguard.core.code_version import code_fingerprint, provenance
 from adaptguard.core.config import secret_fields
@@ -141,7 +141,8 @@ def run_attack(
     with ev.tracker.stage(stage), ctx.cache.holding(resume):
         run_ctx = (ctx.with_callbacks(probe) if probe else ctx).with_checkpoints(resume)  # a rerun resumes here
         attacked = plan.attack.run(protected.model, exp.data, exp.defense.constraint(protected.key), run_ctx)
-        shutil.rmtree(resume, ignore_errors=True)
+        if ranks.is_main():
+            shutil.rmtree(resume, ignore_errors=True)
     if probe and probe.missing():  # a step past the end of training (e.g. an epoch-limited loader): say so
         log.warning("eval.at_steps: steps %s were never reached by the attack", probe.missing())
     model = ev.evaluate(plan.label, attacked, [plan.domain] if plan.domain else [])
@@ -172,7 +173,7 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> RunResult:
     try:
         return _run_stages(exp, ctx, out, tracker)
     except BaseException as err:
-        if rank_zero_only.rank == 0:
+        if ranks.is_main():
             stage = tracker.current or (f"after {list(tracker.stages)[-1]}" if tracker.stages else "checks")
             RunResult.failure(run_info(exp, ctx), err, stage, stages=tracker.to_dict()).write(out)
         raise
@@ -195,7 +196,7 @@ def _run_stages(exp: Experiment, ctx: RunContext, out: Path, tracker: CostTracke
     protected_report.paired = ev.paired(base_report, protected_report)
     attacks = {p.name: run_attack(exp, p, protected, protected_report, ev, ctx) for p in plans}
     result = build_result(exp, ctx, protected, base_report, protected_report, attacks, notes, ev)
-    if rank_zero_only.rank == 0:  # under DDP every rank runs the pipeline; one writes
+    if ranks.is_main():  # under DDP every rank runs the pipeline; one writes
         result.write(out)
         log_results(ctx.logger, result, out)
     return result
@@ -212,7 +213,7 @@ def build_result(
     ev: Evaluator,
 ) -> RunResult:
     curves = {name: a.curve for name, a in attacks.items() if a.curve}
-    if curves and rank_zero_only.rank == 0:
+    if curves and ranks.is_main():
         ev.files["curves"] = plot_curves(curves, ev.out / "curves.png").name
     return RunResult(
         run=run_info(exp, ctx),

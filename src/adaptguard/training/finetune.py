@@ -113,6 +113,6 @@ def _checkpointing(model: DiffusionModel, trainable: Trainable, on: bool) -> boo
             model.text_encoder.gradient_checkpointing_enable()
     else:
         model.unet.disable_gradient_checkpointing()
-        if text:
+        if text and model.text_encoder.is_gradient_checkpointing:  # transformers 4.x fails on a needless disable
             model.text_encoder.gradient_checkpointing_disable()
     return on

@@ -13,8 +13,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 
+from adaptguard.core import ranks
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import DivergedError
 
@@ -40,8 +40,9 @@ class StepProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         bar = self.train_progress_bar
-        if bar is not None and self._should_update(trainer.global_step, bar.total):
-            _update_n(bar, trainer.global_step)
+        if bar is not None and not bar.disable and self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.refresh()
             bar.set_postfix(self.get_metrics(trainer, pl_module))
 
     def on_train_epoch_end(self, *args: Any) -> None:
@@ -99,19 +100,20 @@ class FiniteGuard(Callback):
 class StepSeed(Callback):
     """Seed torch / numpy / random from (run seed, batch index) before every batch, and from (run seed, end)
     after training: noise, timesteps and caption dropout are then a function of the step, so a stage resumed
-    from a checkpoint draws what an uninterrupted one would (the loader's own position is in the checkpoint)."""
+    from a checkpoint draws what an uninterrupted one would (the loader's own position is in the checkpoint).
+    Under DDP each rank draws its own noise for its own share of the batch; after training all ranks agree again."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
 
-    def reseed(self, offset: int) -> None:
-        value = (self.seed * 1_000_003 + offset) % 2**32
+    def reseed(self, offset: int, rank: int = 0) -> None:
+        value = (self.seed * 1_000_003 + offset + rank * 0x9E3779B1) % 2**32
         torch.manual_seed(value)
         np.random.seed(value)
         random.seed(value)
 
     def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
-        self.reseed(trainer.fit_loop.epoch_loop.total_batch_idx + 1)
+        self.reseed(trainer.fit_loop.epoch_loop.total_batch_idx + 1, trainer.global_rank)
 
     def on_train_end(self, trainer: L.Trainer, *args: Any) -> None:
         self.reseed(2**31 - 1)
@@ -172,7 +174,7 @@ def fit(
         cbs.append(ModelCheckpoint(dirpath=checkpoint_dir, every_n_train_steps=checkpoint_every, save_last=True,
                                    save_top_k=0))  # fmt: skip
         last = Path(checkpoint_dir) / "last.ckpt"
-        ckpt_path = str(last) if last.exists() else None
+        ckpt_path = ranks.share(str(last) if last.exists() else None)  # under DDP: rank 0's folder, for all
         if ckpt_path:
             log.info("%s: resuming from %s", label, last)
     trainer = ctx.make_trainer(
