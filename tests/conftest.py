@@ -40,6 +40,7 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
 # running alone at the end while the other workers idle.
 LONGEST_FIRST = (
     "test_e2e",
+    "test_ddp",
     "test_sleepermark",
     "test_report",
     "test_owner",
