@@ -49,7 +49,7 @@ bench: install  ## speed and memory targets -> bench/results.json
 	$(BIN)/python -m benchmarks.bench --out bench/results.json
 
 gpu-check: install  ## the SD code path at SD 1.5's size on a CUDA GPU, timed -> bench/gpu_check.json
-	$(BIN)/python -m benchmarks.gpu_check --out bench/gpu_check.json
+	$(BIN)/python -m benchmarks.gpu_check --profile --out bench/gpu_check.json
 
 results: install  ## docs/results.md: the five page sweeps (hours on 2 CPU cores; a rerun resumes), then the report; a failed sweep: the others still run, no report, exit 1
 	failed=""; for p in $(PAGES); do $(BIN)/python -m experiments.run -m experiment=page/$$p || failed="$$failed $$p"; done; \

@@ -16,10 +16,12 @@ downloaded), then at 512 px, bf16 mixed precision and gradient checkpointing on:
 from __future__ import annotations
 
 import argparse
+import cProfile
 import functools
 import json
 import logging
 import platform
+import pstats
 import statistics
 import time
 from collections.abc import Callable
@@ -80,8 +82,11 @@ def build_model(spec: dict[str, Any]) -> DiffusionModel:
 class Checker:
     """Times each part on one batch; ``plain_step_s`` is the yardstick every ratio divides by."""
 
-    def __init__(self, model: DiffusionModel, batch_size: int, steps: int, device: torch.device) -> None:
+    def __init__(
+        self, model: DiffusionModel, batch_size: int, steps: int, device: torch.device, profile: bool = False
+    ) -> None:
         self.model = model.to(device)
+        self.profile = profile
         self.device = device
         self.batch_size = batch_size
         self.steps = steps
@@ -98,14 +103,22 @@ class Checker:
         self.ctx = RunContext(cache=ArtifactCache(Path("/tmp/adaptguard-gpu-check")), make_trainer=trainer,
                               progress=False, device=str(device), callbacks=[self.timer])  # fmt: skip
 
-    def measure(self, fn: Callable[[], Any]) -> dict[str, Any]:
-        """Wall time and peak GPU memory of ``fn``; the step times ``fn``'s fits recorded (warm-up skipped)."""
+    def measure(self, fn: Callable[[], Any], profile: bool = False) -> dict[str, Any]:
+        """Wall time and peak GPU memory of ``fn``; the step times ``fn``'s fits recorded (warm-up skipped);
+        with ``profile``, where ``fn``'s time went (the functions with the most cumulative time, cProfile)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         self.timer.times.clear()
+        profiler = cProfile.Profile() if profile else None
         start = time.perf_counter()
+        if profiler:
+            profiler.enable()
         returned = fn()
+        if profiler:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            profiler.disable()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         out: dict[str, Any] = {"wall_s": round(time.perf_counter() - start, 3)}
@@ -116,6 +129,8 @@ class Checker:
             out["step_s"] = round(statistics.median(timed), 4)
         if self.device.type == "cuda":
             out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if profiler:
+            out["profile"] = top_functions(profiler)
         return out
 
     def plain_step(self) -> dict[str, Any]:
@@ -161,10 +176,12 @@ class Checker:
         report["full_finetune_step"] = self.measure(lambda: full.run(m, data, None, ctx))
         protected: dict[str, Any] = {}
         report["aiao_protect"] = self.measure(lambda: protected.update(aiao=aiao.protect(m, data, ctx)))
-        report["aiao_verify"] = self.measure(lambda: aiao.verify(protected["aiao"].model, protected["aiao"].key, ctx))
+        report["aiao_verify"] = self.measure(
+            lambda: aiao.verify(protected["aiao"].model, protected["aiao"].key, ctx), profile=self.profile
+        )
         report["sleepermark_protect"] = self.measure(lambda: protected.update(mark=mark.protect(m, data, ctx)))
         report["sleepermark_verify"] = self.measure(
-            lambda: mark.verify(protected["mark"].model, protected["mark"].key, ctx)
+            lambda: mark.verify(protected["mark"].model, protected["mark"].key, ctx), profile=self.profile
         )
         prompts = data.captions("eval", 4)
         report["sampling"] = self.measure(lambda: m.sample(prompts, steps=20))
@@ -176,12 +193,21 @@ class Checker:
         return report
 
 
+def top_functions(profiler: cProfile.Profile, n: int = 15) -> list[dict[str, Any]]:
+    """The ``n`` functions with the most cumulative time: name, calls, seconds (with what they call)."""
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (calls, primitive, own s, cumulative s, callers)}
+    rows = sorted(stats.items(), key=lambda item: -item[1][3])[:n]
+    return [{"function": f"{Path(file).name}:{line}({name})", "calls": calls, "cumulative_s": round(cum, 4)}
+            for (file, line, name), (calls, _, _, cum, _) in rows]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/gpu_check.json")
     parser.add_argument("--small", action="store_true", help="tiny sizes: check the script itself on a CPU")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5, help="steps per timed part (the first 2 are warm-up)")
+    parser.add_argument("--profile", action="store_true", help="where each verification's time goes (cProfile)")
     opts = parser.parse_args()
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(f"{name}.utilities.rank_zero").setLevel(logging.WARNING)
@@ -198,7 +224,7 @@ def main() -> None:
                   "unet_params_m": round(sum(p.numel() for p in model.unet.parameters()) / 1e6, 1),
                   "gradient_checkpointing": True, "batch_size": opts.batch_size, "steps_per_part": opts.steps},
     }  # fmt: skip
-    report.update(Checker(model, opts.batch_size, opts.steps, device).run())
+    report.update(Checker(model, opts.batch_size, opts.steps, device, profile=opts.profile).run())
     report["written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
