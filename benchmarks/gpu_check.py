@@ -115,12 +115,10 @@ class Checker:
         if profiler:
             profiler.enable()
         returned = fn()
-        if profiler:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            profiler.disable()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
+        if profiler:
+            profiler.disable()
         out: dict[str, Any] = {"wall_s": round(time.perf_counter() - start, 3)}
         if isinstance(returned, dict):  # the part timed its own steps
             out.update(returned)

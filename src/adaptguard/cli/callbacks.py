@@ -85,11 +85,12 @@ class RedactSecrets(Callback):
         names = secret_names(OmegaConf.to_container(config, resolve=False))
         for name in LAUNCHER_LOGGERS:
             logging.getLogger(name).addFilter(RedactOverrides(names))
-        # submitit pickles each job with its overrides, secret values included (they must reach the job):
-        # its folder is the owner's alone
-        folder = Path(str(config.hydra.sweep.dir)) / SUBMITIT_FOLDER
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o700)
+        if "submitit" in str(config.hydra.launcher.get("_target_", "")):
+            # submitit pickles each job with its overrides, secret values included (they must reach the job):
+            # its folder is the owner's alone
+            folder = Path(str(config.hydra.sweep.dir)) / SUBMITIT_FOLDER
+            folder.mkdir(parents=True, exist_ok=True)
+            folder.chmod(0o700)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         output_dir = Path(config.hydra.runtime.output_dir)

@@ -142,11 +142,12 @@ class ArtifactCache:
         with _locked(final.with_name(final.name + ".lock")) if main else nullcontext():
             if ranks.share(final.is_dir()):  # another process finished it while we waited
                 return final, False
-            work = final.with_name(final.name + ".partial")
-            if not main:  # this rank's outputs are thrown away; rank 0 writes the artifact
+            if main:
+                work = final.with_name(final.name + ".partial")
+                clear_stale(work)
+            else:  # this rank's outputs are thrown away; rank 0 writes the artifact
                 work = final.with_name(f"{final.name}.rank{ranks.rank()}")
                 shutil.rmtree(work, ignore_errors=True)
-            clear_stale(work)
             work.mkdir(exist_ok=True)
             if private:
                 os.chmod(work, 0o700)
