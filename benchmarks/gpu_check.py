@@ -181,6 +181,9 @@ class Checker:
         report["sleepermark_verify"] = self.measure(
             lambda: mark.verify(protected["mark"].model, protected["mark"].key, ctx), profile=self.profile
         )
+        for part, name in (("aiao_verify", "aiao"), ("sleepermark_verify", "mark")):
+            # where verification ran: Lightning's teardown once left every fine-tuned model on the CPU
+            report[part]["model_device"] = str(protected[name].model.device)
         prompts = data.captions("eval", 4)
         report["sampling"] = self.measure(lambda: m.sample(prompts, steps=20))
         report["sampling"]["images_per_s"] = round(len(prompts) / report["sampling"]["wall_s"], 3)

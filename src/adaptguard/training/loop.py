@@ -187,7 +187,10 @@ def fit(
         **trainer_kwargs,
     )
     seed_data_order(dataloader, ctx.seed)
+    device = next((p.device for p in module.parameters()), None)
     module.train()  # bundles come back from load()/sampling in eval mode; Lightning keeps the mode it finds
     trainer.fit(module, train_dataloaders=dataloader, val_dataloaders=val_dataloaders, ckpt_path=ckpt_path)
     module.eval()
+    if device is not None:  # Lightning's teardown moves the module to the CPU: on a GPU, everything after a
+        module.to(device)  # fit (verification, FID sampling, the next stage) would otherwise run on the CPU
     return trainer
