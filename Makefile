@@ -29,9 +29,20 @@ define venv_with_torch
 	$(1)/bin/python -m pip install -q --no-compile $(TORCH)
 endef
 
+# $(call byte_compile,<venv>): byte-code for every installed module and ours, once, on all cores (pip's own is
+# one core). Where PYTHONDONTWRITEBYTECODE is set (as on this project's CI machines) Python never writes it,
+# and every process (each test subprocess, DDP rank, sweep job) would compile the ~5000 modules a run
+# imports again: 16.2 s -> 7.5 s to import adaptguard.cli.run on 2 cores. A file that fails only stays uncompiled.
+define byte_compile
+	$(1)/bin/python -m compileall -q -j 0 -x '/tests?/|py31[2-9]_' \
+		"$$($(1)/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" src > /dev/null \
+		|| echo "make: some modules did not byte-compile; they compile at each import instead" >&2
+endef
+
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(call venv_with_torch,$(VENV))
 	$(BIN)/python -m pip install -q --no-compile -c $(CONSTRAINTS) -e '.[dev]'
+	$(call byte_compile,$(VENV))
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)

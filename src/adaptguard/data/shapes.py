@@ -75,9 +75,13 @@ class ShapesWorld:
             bad = [v for v in values if v not in allowed]
             if bad or not values:
                 raise ConfigError(f"dataset.world.{key}: unknown or empty {bad}; choose from {sorted(allowed)}")
-        if not any(
-            abs(_luma(PALETTE[c]) - _luma(PALETTE[b])) >= MIN_CONTRAST for c in self.colours for b in self.backgrounds
-        ):
+        # the colours readable on each background: looked up per item, so computed once (not a field: the
+        # world's description, and so every cache key, stays what it was)
+        self._readable = {
+            b: [c for c in self.colours if abs(_luma(PALETTE[c]) - _luma(PALETTE[b])) >= MIN_CONTRAST]
+            for b in self.backgrounds
+        }
+        if not any(self._readable.values()):
             raise ConfigError("dataset.world: no colour/background pair has enough contrast")
 
     def values(self, attribute: str) -> list[str]:
@@ -92,10 +96,10 @@ class ShapesWorld:
     def attributes(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, index])
         bg = self.backgrounds[rng.integers(len(self.backgrounds))]
-        colours = [c for c in self.colours if abs(_luma(PALETTE[c]) - _luma(PALETTE[bg])) >= MIN_CONTRAST]
+        colours = self._readable[bg]
         while not colours:  # this background has no readable colour: draw another
             bg = self.backgrounds[rng.integers(len(self.backgrounds))]
-            colours = [c for c in self.colours if abs(_luma(PALETTE[c]) - _luma(PALETTE[bg])) >= MIN_CONTRAST]
+            colours = self._readable[bg]
         return {
             "kind": self.kinds[rng.integers(len(self.kinds))],
             "colour": colours[rng.integers(len(colours))],
@@ -152,6 +156,24 @@ class ShapesWorld:
 def to_tensor(array: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 3xHxW float in [-1, 1]."""
     return torch.from_numpy(array).permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+# (world, filter) -> (the matching items found so far, the next item to look at); one process's splits,
+# sweep jobs and evaluations filter the same stream again and again
+_SCANS: dict[tuple[Any, ...], tuple[list[int], int]] = {}
+
+
+def matching_items(world: ShapesWorld, spec: SplitSpec, want: int) -> list[int]:
+    """The first ``want`` items of ``world``'s stream that ``spec.where`` keeps (fewer: the scan's limit)."""
+    key = (world.seed, *map(tuple, (world.kinds, world.colours, world.backgrounds, world.sizes, world.positions)),
+           tuple(sorted((k, tuple(v)) for k, v in spec.where.items())))  # fmt: skip
+    found, index = _SCANS.get(key, ([], 0))
+    while len(found) < want and index < MAX_SCAN:
+        if spec.matches(world.attributes(index)):
+            found.append(index)
+        index += 1
+    _SCANS[key] = (found, index)
+    return found[:want]
 
 
 class ShapesDataset(Dataset):
@@ -277,13 +299,11 @@ class ShapesDataModule(CaptionedImageDataModule):
                               f"counts, not shares; got offset={spec.offset}, size={spec.size}")  # fmt: skip
         size = spec.size if spec.size is not None else self.default_split_size
         want = spec.offset + size
-        found: list[int] = []
-        index = 0
-        while len(found) < want:
-            if index >= MAX_SCAN:
+        if spec.where:
+            found = matching_items(self.world, spec, want)
+            if len(found) < want:
                 raise ConfigError(f"dataset.splits.{name}: filter {spec.where} matches too few shapes")
-            if not spec.where or spec.matches(self.world.attributes(index)):
-                found.append(index)
-            index += 1
+        else:
+            found = list(range(want))
         chosen = subsample(found, SplitSpec(spec.where, spec.offset, size))
         return ShapesDataset(self.world, chosen, self.resolution, self.domain_attribute)
