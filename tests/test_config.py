@@ -16,6 +16,7 @@ from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import Defense
+from adaptguard.metrics.features import FEATURE_KIND, feature_spec
 from adaptguard.pipeline import EvalConfig
 
 CONF = config_dir()
@@ -64,6 +65,17 @@ def test_every_built_in_model_ships_its_weights(option, tmp_path):
     shipped = ArtifactCache(tmp_path).shipped("base", source.describe())
     assert shipped is not None and (shipped / "model" / "unet" / "config.json").is_file()
     assert (shipped / "model" / "vae").is_dir() == (source.vae is not None)
+
+
+@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro"])
+def test_the_default_shapes_data_of_every_built_in_model_ships_its_fid_extractor(option, tmp_path):
+    """The data's description keys the extractor (and every protection): a stray attribute on the shapes
+    world once changed it, and every run trained its own extractor, at 28x the time of a test that uses it."""
+    cfg = compose([f"model={option}"], output_dir=tmp_path)
+    data = instantiate(cfg.dataset)
+    spec = feature_spec(data.feature_extractor_spec())
+    shipped = ArtifactCache(tmp_path).shipped(FEATURE_KIND, spec)
+    assert shipped is not None and (shipped / "net.pt").is_file()
 
 
 @pytest.mark.parametrize("option", _options("trainer"))

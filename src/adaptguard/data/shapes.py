@@ -8,6 +8,7 @@ of them can serve as the domain label or a split filter.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -57,6 +58,13 @@ def _luma(rgb: tuple[int, int, int]) -> float:
     return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
 
+@functools.lru_cache(maxsize=64)
+def _readable(colours: tuple[str, ...], backgrounds: tuple[str, ...]) -> dict[str, list[str]]:
+    """The colours readable on each background (looked up for every item of the stream, so computed once;
+    kept off the world itself, whose attributes are its description and so part of every cache key)."""
+    return {b: [c for c in colours if abs(_luma(PALETTE[c]) - _luma(PALETTE[b])) >= MIN_CONTRAST] for b in backgrounds}
+
+
 @dataclass
 class ShapesWorld:
     """The attribute vocabulary and the renderer; ``seed`` fixes which shape item ``i`` of the stream is."""
@@ -75,13 +83,7 @@ class ShapesWorld:
             bad = [v for v in values if v not in allowed]
             if bad or not values:
                 raise ConfigError(f"dataset.world.{key}: unknown or empty {bad}; choose from {sorted(allowed)}")
-        # the colours readable on each background: looked up per item, so computed once (not a field: the
-        # world's description, and so every cache key, stays what it was)
-        self._readable = {
-            b: [c for c in self.colours if abs(_luma(PALETTE[c]) - _luma(PALETTE[b])) >= MIN_CONTRAST]
-            for b in self.backgrounds
-        }
-        if not any(self._readable.values()):
+        if not any(_readable(tuple(self.colours), tuple(self.backgrounds)).values()):
             raise ConfigError("dataset.world: no colour/background pair has enough contrast")
 
     def values(self, attribute: str) -> list[str]:
@@ -95,11 +97,12 @@ class ShapesWorld:
 
     def attributes(self, index: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, index])
+        readable = _readable(tuple(self.colours), tuple(self.backgrounds))
         bg = self.backgrounds[rng.integers(len(self.backgrounds))]
-        colours = self._readable[bg]
+        colours = readable[bg]
         while not colours:  # this background has no readable colour: draw another
             bg = self.backgrounds[rng.integers(len(self.backgrounds))]
-            colours = self._readable[bg]
+            colours = readable[bg]
         return {
             "kind": self.kinds[rng.integers(len(self.kinds))],
             "colour": colours[rng.integers(len(colours))],
