@@ -5,6 +5,7 @@ import torch
 
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.shapes import ATTRIBUTES, ShapesDataModule
+from adaptguard.metrics import features
 from adaptguard.metrics.fidelity import shares
 from adaptguard.metrics.quality import QualityEvaluator
 from tests.helpers import model_source
@@ -107,3 +108,16 @@ def test_missing_inception_weights_is_a_clear_error(micro_data, ctx, tmp_path, m
         QualityEvaluator(feature="inception", weights_path=str(tmp_path / "nope.pth")).extractor(micro_data, ctx)
     with pytest.raises(ConfigError, match="eval.fid.feature"):
         QualityEvaluator(feature="clip")
+
+
+def test_a_rebuilt_feature_extractor_does_not_depend_on_what_ran_before(ctx, monkeypatch):
+    """Two empty caches rebuild the same extractor (and so report the same FID) whatever the process drew
+    before: its initialisation once came from the global RNG as it happened to be."""
+    monkeypatch.setattr(features, "TRAIN_STEPS", 3)
+    labelled = ShapesDataModule(resolution=16).feature_training_data()
+    nets = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        nets.append(features._train_feature_net(labelled, 16, ctx).state_dict())
+    assert nets[0].keys() == nets[1].keys()
+    assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])

@@ -153,10 +153,10 @@ def domain_feature_net(data: CaptionedImageDataModule, ctx: RunContext) -> Domai
 
 
 def _train_feature_net(labelled: LabelledImages, resolution: int, ctx: RunContext) -> DomainFeatureNet:
+    L.seed_everything(0, verbose=False)  # before the net's initialisation: it must not depend on what ran before
     net = DomainFeatureNet({k: len(v) for k, v in labelled.labels.items()}, resolution)
     loader = DataLoader(labelled.train, batch_size=TRAIN_BATCH, shuffle=True, drop_last=True, num_workers=0)
     log.info("training the domain feature extractor for FID/KID (%d steps, cached afterwards)", TRAIN_STEPS)
-    L.seed_everything(0, verbose=False)
     trainer = L.Trainer(max_steps=TRAIN_STEPS, logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=ctx.progress, accelerator="cpu", devices=1)  # fmt: skip
     trainer.fit(_Classifier(net, labelled.labels, 2e-3), loader)
