@@ -43,8 +43,9 @@ from adaptguard.defenses.message_codec import CodecConfig
 from adaptguard.metrics.quality import QualityEvaluator
 from adaptguard.models.bundle import SamplerConfig
 from adaptguard.models.tiny import TinySchedulerSpec, TinyTextSpec, TinyUNetSpec, TinyVAESpec
+from adaptguard.models.tiny_dit import FlowSchedulerSpec, TinyT5Spec, TinyTransformerSpec
 from adaptguard.pipeline import EvalConfig
-from adaptguard.sources import PretrainedSource, TinyModelSource
+from adaptguard.sources import PretrainedSource, TinyDiTSource, TinyModelSource
 from adaptguard.training.pretraining import PretrainConfig
 from tests.helpers import REPO
 
@@ -68,6 +69,10 @@ PAGES = {
         (TinyVAESpec, "model.vae"),
         (TinyTextSpec, "model.text_encoder"),
         (TinySchedulerSpec, "model.scheduler"),
+        (TinyDiTSource, "model"),
+        (TinyTransformerSpec, "model.transformer"),
+        (TinyT5Spec, "model.t5"),
+        (FlowSchedulerSpec, "model.scheduler"),
     ],  # fmt: skip
     "docs/evaluation.md": [(EvalConfig, "eval"), (QualityEvaluator, "eval.fid")],
     "docs/datasets.md": [(c, "dataset") for c in DATASETS],

@@ -16,6 +16,7 @@ from adaptguard.data.shapes import ShapesDataModule
 from adaptguard.metrics.quality import QualityEvaluator
 from adaptguard.models.bundle import DiffusionModel, SamplerConfig
 from adaptguard.models.tiny import TinySchedulerSpec, TinyTextSpec, TinyUNetSpec, TinyVAESpec, build_tiny_model
+from adaptguard.models.tiny_dit import FlowSchedulerSpec, TinyT5Spec, TinyTransformerSpec, build_tiny_dit, sd3_vae
 from adaptguard.training.pretraining import PRETRAIN_SPLIT, PretrainConfig, Probe, pretrain
 
 CURVE_SPLIT = {"offset": 20000, "size": 512}  # conf/dataset/shapes.yaml's eval split: held-out real images
@@ -32,8 +33,50 @@ class ModelSource(Protocol):
     def load(self, ctx: RunContext) -> DiffusionModel: ...
 
 
+class ShapesPretrained:
+    """Pretraining on ``shapes`` by our own code, cached by :meth:`describe`; the class builds the random-init
+    model (``build``) and holds ``resolution``, ``pretrain``, ``sampler`` and ``gradient_checkpointing``."""
+
+    resolution: int
+    pretrain: dict[str, Any]
+    sampler: dict[str, Any]
+    gradient_checkpointing: bool
+
+    def describe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def build(self) -> DiffusionModel:
+        raise NotImplementedError
+
+    def _pretrain(self, work: Path, ctx: RunContext) -> None:
+        cfg = from_mapping(PretrainConfig, self.pretrain)
+        data = ShapesDataModule(resolution=self.resolution, splits={PRETRAIN_SPLIT: {"size": cfg.dataset_size}})
+        pretrain(self.build().to(ctx.torch_device()), data, cfg, ctx, work, self._curve_probe(cfg, ctx))
+
+    def _curve_probe(self, cfg: PretrainConfig, ctx: RunContext) -> Probe | None:
+        """FID and prompt fidelity of ``curve_samples`` images of the shapes eval split, from the same noise at
+        every point (the pretraining curve of docs/models.md)."""
+        if not cfg.curve_every:
+            return None
+        data = ShapesDataModule(resolution=self.resolution, splits={"eval": CURVE_SPLIT})
+        n = cfg.curve_samples
+        ev = QualityEvaluator(num_samples=n, kid_subset_size=min(50, n), kid_subsets=10, bootstrap=0)
+
+        def probe(model: DiffusionModel) -> dict[str, float]:
+            report, _ = ev.evaluate(model, data, "eval", ctx, offset=100)
+            return {"fid": report.fid, **{f"fidelity/{k}": v for k, v in report.fidelity.items()}}
+
+        return probe
+
+    def load(self, ctx: RunContext) -> DiffusionModel:
+        folder = ctx.cache.get_or_build("base", self.describe(), lambda work: self._pretrain(work, ctx))
+        model = DiffusionModel.load(folder / "model", sampler=from_mapping(SamplerConfig, self.sampler))
+        model.gradient_checkpointing = self.gradient_checkpointing
+        return model.to(ctx.torch_device())
+
+
 @dataclass
-class TinyModelSource(Validated):
+class TinyModelSource(ShapesPretrained, Validated):
     """``model=tiny`` / ``micro``: built from config and pretrained on ``shapes`` by our own code.
 
     The pretrained weights are cached by the hash of this config (``ADAPTGUARD_CACHE``);
@@ -102,31 +145,53 @@ class TinyModelSource(Validated):
             self.resolution, self.unet, self.text_encoder, self.scheduler, self.sampler, self.init_seed, self.vae
         )
 
-    def _pretrain(self, work: Path, ctx: RunContext) -> None:
-        cfg = from_mapping(PretrainConfig, self.pretrain)
-        data = ShapesDataModule(resolution=self.resolution, splits={PRETRAIN_SPLIT: {"size": cfg.dataset_size}})
-        pretrain(self.build().to(ctx.torch_device()), data, cfg, ctx, work, self._curve_probe(cfg, ctx))
 
-    def _curve_probe(self, cfg: PretrainConfig, ctx: RunContext) -> Probe | None:
-        """FID and prompt fidelity of ``curve_samples`` images of the shapes eval split, from the same noise at
-        every point (the pretraining curve of docs/models.md)."""
-        if not cfg.curve_every:
-            return None
-        data = ShapesDataModule(resolution=self.resolution, splits={"eval": CURVE_SPLIT})
-        n = cfg.curve_samples
-        ev = QualityEvaluator(num_samples=n, kid_subset_size=min(50, n), kid_subsets=10, bootstrap=0)
+@dataclass
+class TinyDiTSource(ShapesPretrained, Validated):
+    """``model=tiny_dit`` / ``micro_dit``: Stable Diffusion 3's structure (:mod:`adaptguard.models.tiny_dit`),
+    built from config and pretrained on ``shapes`` by flow matching; cached by the hash of this config."""
 
-        def probe(model: DiffusionModel) -> dict[str, float]:
-            report, _ = ev.evaluate(model, data, "eval", ctx, offset=100)
-            return {"fid": report.fid, **{f"fidelity/{k}": v for k, v in report.fidelity.items()}}
+    config_key = "model"
 
-        return probe
+    resolution: int = setting(64, ge=8, doc="image size in pixels")
+    transformer: dict[str, Any] = setting(default_factory=dict, doc="the SD3 transformer's shape")
+    vae: dict[str, Any] = setting(default_factory=dict, doc="the `AutoencoderKL` (SD3's 16 latent channels)")
+    text_encoder: dict[str, Any] = setting(default_factory=dict, doc="each of the two CLIP text encoders' shape")
+    t5: dict[str, Any] = setting(default_factory=dict, doc="the T5 encoder's shape (its width is the prompt tokens')")
+    scheduler: dict[str, Any] = setting(default_factory=dict, doc="the flow-matching schedule (its shift)")
+    sampler: dict[str, Any] = setting(
+        default_factory=dict, doc="default sampling; verification and FID use it unless their own keys say otherwise"
+    )
+    pretrain: dict[str, Any] = setting(
+        default_factory=dict, doc="how the base model learns the shapes world (changing it pretrains anew)"
+    )
+    init_seed: int = setting(0, doc="seed of the random initialisation before pretraining")
+    gradient_checkpointing: bool = setting(
+        False, doc="training stages (protection, attacks) recompute activations to save memory"
+    )
+    name: str = setting("tiny_dit", doc="label in results and logs")
 
-    def load(self, ctx: RunContext) -> DiffusionModel:
-        folder = ctx.cache.get_or_build("base", self.describe(), lambda work: self._pretrain(work, ctx))
-        model = DiffusionModel.load(folder / "model", sampler=from_mapping(SamplerConfig, self.sampler))
-        model.gradient_checkpointing = self.gradient_checkpointing
-        return model.to(ctx.torch_device())
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for cls, value in ((TinyTransformerSpec, self.transformer), (TinyTextSpec, self.text_encoder),
+                           (TinyT5Spec, self.t5), (FlowSchedulerSpec, self.scheduler), (SamplerConfig, self.sampler),
+                           (PretrainConfig, self.pretrain), (TinyVAESpec, self.vae)):  # fmt: skip
+            from_mapping(cls, value)  # a bad nested value fails now, naming its key
+
+    def describe(self) -> dict[str, Any]:
+        """What determines the pretrained weights (not the name, the sampler or checkpointing), defaults filled in."""
+        specs = {"transformer": TinyTransformerSpec, "vae": TinyVAESpec, "text_encoder": TinyTextSpec,
+                 "t5": TinyT5Spec, "scheduler": FlowSchedulerSpec, "pretrain": PretrainConfig}  # fmt: skip
+        d: dict[str, Any] = {"family": "sd3", "resolution": self.resolution, "init_seed": self.init_seed}
+        d.update({key: asdict(from_mapping(cls, getattr(self, key))) for key, cls in specs.items()})
+        d["vae"] = asdict(from_mapping(TinyVAESpec, sd3_vae(self.vae)))
+        for key in ("checkpoint_every", "curve_every", "curve_samples"):
+            d["pretrain"].pop(key)
+        return d
+
+    def build(self) -> DiffusionModel:
+        return build_tiny_dit(self.resolution, self.transformer, self.text_encoder, self.t5, self.scheduler,
+                              self.sampler, self.init_seed, self.vae)  # fmt: skip
 
 
 @dataclass

@@ -240,7 +240,7 @@ class CodecModule(L.LightningModule):
             x_rec, x_w = images, z_w.clamp(-1, 1)
         distorted = self._distort(x_w)
         if model.is_latent and (self.cfg.round_trip or self.distortions):  # read as verification reads: the mean
-            read = model.vae.encode(distorted).latent_dist.mode() * model.vae.config.scaling_factor
+            read = model.scale_latents(model.vae.encode(distorted).latent_dist.mode())
         else:
             read = z_w if model.is_latent else distorted
         logits = self.decoder(read)

@@ -121,12 +121,18 @@ class DiffusionModel(nn.Module):
         with torch.no_grad():
             posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
             latents = posterior.mode() if mode else posterior.sample()
-        return latents * self.vae.config.scaling_factor
+        return self.scale_latents(latents)
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The VAE's latents as the denoiser sees them: ``(z - shift_factor) * scaling_factor`` (SD 1.x/2.x have
+        no shift; SD3's VAE has one)."""
+        return (latents - (self.vae.config.get("shift_factor") or 0.0)) * self.vae.config.scaling_factor
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         if self.vae is None:
             return latents.clamp(-1, 1)
-        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        shift = self.vae.config.get("shift_factor") or 0.0
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor + shift).sample
         return images.clamp(-1, 1)
 
     # ----------------------------------------------------------------- training
@@ -140,7 +146,7 @@ class DiffusionModel(nn.Module):
         """A batch's latents: drawn from cached VAE posteriors (``latent_mean``/``latent_std``) or encoded now."""
         if "latent_mean" in batch:
             mean, std = batch["latent_mean"].to(self.device), batch["latent_std"].to(self.device)
-            return (mean + std * torch.randn_like(std)) * self.vae.config.scaling_factor
+            return self.scale_latents(mean + std * torch.randn_like(std))
         return self.encode_images(batch["image"].to(self.device))
 
     def noisy_latents(
@@ -278,6 +284,11 @@ class DiffusionModel(nn.Module):
         path = Path(path)
         meta_path = path / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+        kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        if (path / "transformer").is_dir() and (path / "text_encoder_3").is_dir():  # a StableDiffusion3Pipeline folder
+            from adaptguard.models.sd3 import SD3Model
+
+            return SD3Model.load_sd3(path, meta, resolution, sampler, kw)
         missing = [d for d in ("unet", "text_encoder", "tokenizer", "scheduler") if not (path / d).is_dir()]
         if missing:
             raise ConfigError(
@@ -285,7 +296,6 @@ class DiffusionModel(nn.Module):
                 "Expected unet/, text_encoder/, tokenizer/, scheduler/ and, for latent models, vae/ "
                 "- e.g. a local copy of stable-diffusion-v1-5 saved with save_pretrained."
             )
-        kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", **kw)
         text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **kw)
         tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")

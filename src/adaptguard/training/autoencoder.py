@@ -86,7 +86,15 @@ def cache_latents(vae: AutoencoderKL, dataset: Dataset, batch_size: int = 64, pr
 
 def latent_scale(latents: CachedLatents, generator: torch.Generator, n: int = 1024) -> float:
     """1 / std of sampled latents, the value SD's ``scaling_factor`` holds (0.18215 for SD 1.x)."""
+    return float(1.0 / _latent_sample(latents, generator, n).std())
+
+
+def latent_mean(latents: CachedLatents, generator: torch.Generator, n: int = 1024) -> float:
+    """The mean of sampled latents, the value SD3's ``shift_factor`` holds (0.0609 for SD3)."""
+    return float(_latent_sample(latents, generator, n).mean())
+
+
+def _latent_sample(latents: CachedLatents, generator: torch.Generator, n: int) -> torch.Tensor:
     idx = torch.randperm(len(latents), generator=generator)[:n]
     mean, std = latents.mean[idx], latents.std[idx]
-    sample = mean + std * torch.randn(mean.shape, generator=generator)
-    return float(1.0 / sample.std())
+    return mean + std * torch.randn(mean.shape, generator=generator)

@@ -25,7 +25,7 @@ from adaptguard.core.config import Validated, setting
 from adaptguard.core.context import RunContext
 from adaptguard.data.base import CaptionedImageDataModule, train_loader
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training.autoencoder import AutoencoderModule, cache_latents, latent_scale
+from adaptguard.training.autoencoder import AutoencoderModule, cache_latents, latent_mean, latent_scale
 from adaptguard.training.loop import fit
 from adaptguard.training.module import DenoisingModule, OptimConfig
 
@@ -174,7 +174,10 @@ def _latent_loader(model: DiffusionModel, data: CaptionedImageDataModule, cfg: P
     model.vae.requires_grad_(False).eval()
     latents = cache_latents(model.vae, data.dataset(PRETRAIN_SPLIT), progress=ctx.progress)
     if not (vae_dir / "config.json").is_file():
-        model.vae.register_to_config(scaling_factor=latent_scale(latents, ctx.generator(0)))
+        shift = {}  # SD3's VAE also centres its latents (shift_factor); SD 1.x/2.x's only scale them
+        if model.vae.config.get("shift_factor") is not None:
+            shift = {"shift_factor": latent_mean(latents, ctx.generator(0))}
+        model.vae.register_to_config(scaling_factor=latent_scale(latents, ctx.generator(0)), **shift)
         model.vae.save_pretrained(vae_dir)
         shutil.rmtree(work / RESUME_DIR / "vae_fit", ignore_errors=True)
     log.info("VAE latent scale: %.4f", model.vae.config.scaling_factor)
