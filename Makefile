@@ -85,6 +85,7 @@ pretrain: install  ## (re)make the shipped base weights (latent tiny/micro, pixe
 	$(BIN)/adaptguard pretrain model=micro
 	$(BIN)/adaptguard pretrain model=pixel
 	$(BIN)/adaptguard pretrain model=pixel_micro
+	$(BIN)/adaptguard pretrain model=micro_dit
 	$(BIN)/adaptguard pretrain model=tiny experiment=freeze +features_only=true
 	$(BIN)/adaptguard pretrain model=micro experiment=freeze +features_only=true
 	$(BIN)/adaptguard pretrain model=pixel_micro experiment=freeze +features_only=true
