@@ -1,6 +1,6 @@
 """FID/KID and prompt fidelity of shipped base models against their random initialisation (docs/models.md).
 
-    python -m tools.base_fid micro micro_dit          # 64 samples of the shapes eval split, each model's sampler
+python -m tools.base_fid micro micro_dit          # 64 samples of the shapes eval split, each model's sampler
 """
 
 from __future__ import annotations
