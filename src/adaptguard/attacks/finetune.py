@@ -158,6 +158,8 @@ class FineTuning(Attack):
 class FullFineTune(FineTuning):
     """Fine-tune every UNet weight (and optionally the text encoder) on the attacker's data."""
 
+    runs_on_dit: ClassVar[bool] = True
+
     split: str = setting("attacker", doc="the dataset split the attacker adapts to")
     name: str = setting("full", doc="label in results and logs")
 
@@ -205,6 +207,8 @@ class LoraOptions:
 @dataclass
 class LoraFineTune(LoraOptions, FullFineTune):
     """Train low-rank adapters on the attacker's data, then merge them into the weights."""
+
+    runs_on_dit: ClassVar[bool] = False  # its adapters target the UNet's layout (issue 31)
 
     lr: float = setting(1e-3, gt=0)
     name: str = "lora"

@@ -114,7 +114,7 @@ class MaskLearning(L.LightningModule):
 
     def denoising_loss(self, params: dict[str, torch.Tensor], batch: Mapping[str, Any]) -> torch.Tensor:
         noisy, t, emb, target = self.model.noisy_inputs(batch["image"], batch["caption"])
-        pred = functional_call(self.model.unet, params, (noisy, t), {"encoder_hidden_states": emb}).sample
+        pred = functional_call(self.model.unet, params, *self.model.denoiser_inputs(noisy, t, emb)).sample
         return F.mse_loss(pred.float(), target.float())
 
     def set_gradients(self, batch: Mapping[str, Mapping[str, Any]], publisher: bool) -> dict[str, torch.Tensor]:

@@ -90,6 +90,8 @@ class FreezingDefense(Defense):
     into the protection's info under ``mask``.
     """
 
+    runs_on_dit: ClassVar[bool] = True
+
     key_type: ClassVar[type[SecretKey]] = FreezeMask
     modifies_weights: ClassVar[bool] = False
 

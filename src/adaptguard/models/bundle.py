@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +51,11 @@ class SamplerConfig(Validated):
     steps: int = setting(20, ge=1, doc="sampler steps")
     guidance_scale: float = setting(3.0, ge=0, doc="classifier-free guidance, against the empty prompt")
     batch_size: int = setting(64, ge=1, doc="images per sampling batch")
+
+
+# (recognises(folder), load(folder, meta, resolution, sampler, from_pretrained kwargs)) of the folder layouts
+# other than Stable Diffusion 1.x/2.x's; each family's module registers its own (so this one imports none)
+FOLDER_FORMATS: list[tuple[Callable[[Path], bool], Callable[..., DiffusionModel]]] = []
 
 
 class DiffusionModel(nn.Module):
@@ -167,8 +172,15 @@ class DiffusionModel(nn.Module):
             raise ConfigError(f"model.scheduler.prediction_type: {kind!r} is not supported (epsilon, v_prediction)")
         return noisy, timesteps, self.encode_prompts(prompts), target
 
+    def denoiser_inputs(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The denoiser's (args, kwargs) for one prediction: for code that calls it another way (functional_call)."""
+        return (noisy, timesteps), {"encoder_hidden_states": embeddings}
+
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
+        args, kwargs = self.denoiser_inputs(noisy, timesteps, embeddings)
+        return self.unet(*args, **kwargs).sample
 
     def training_loss(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Denoising MSE (epsilon or v target, as the scheduler was trained)."""
@@ -285,10 +297,9 @@ class DiffusionModel(nn.Module):
         meta_path = path / META_FILE
         meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
         kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-        if (path / "transformer").is_dir() and (path / "text_encoder_3").is_dir():  # a StableDiffusion3Pipeline folder
-            from adaptguard.models.sd3 import SD3Model
-
-            return SD3Model.load_sd3(path, meta, resolution, sampler, kw)
+        for recognises, load in FOLDER_FORMATS:  # other families' folders (models/sd3.py registers SD3's)
+            if recognises(path):
+                return load(path, meta, resolution, sampler, kw)
         missing = [d for d in ("unet", "text_encoder", "tokenizer", "scheduler") if not (path / d).is_dir()]
         if missing:
             raise ConfigError(

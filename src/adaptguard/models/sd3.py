@@ -18,13 +18,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from transformers import AutoTokenizer, CLIPTextModelWithProjection, PreTrainedTokenizerBase, T5EncoderModel
 
-from adaptguard.models.bundle import META_FILE, DiffusionModel, SamplerConfig, portable_folder
+from adaptguard.models.bundle import FOLDER_FORMATS, META_FILE, DiffusionModel, SamplerConfig, portable_folder
 
 FAMILY = "sd3"
 
@@ -70,11 +71,14 @@ class SD3Model(DiffusionModel):
         pooled_row = F.pad(pooled_row, (0, width - pooled_row.shape[-1]))[:, None]
         return torch.cat([clip, t5, pooled_row], dim=-2)
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def denoiser_inputs(
+        self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The transformer's arguments: the packed conditioning split back into tokens and the pooled row."""
         pooled = embeddings[:, -1, : self.unet.config.pooled_projection_dim]
         timesteps = timesteps.expand(noisy.shape[0]) if timesteps.ndim == 0 else timesteps
-        return self.unet(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=embeddings[:, :-1],
-                         pooled_projections=pooled).sample  # fmt: skip
+        return (), {"hidden_states": noisy, "timestep": timesteps, "encoder_hidden_states": embeddings[:, :-1],
+                    "pooled_projections": pooled}  # fmt: skip
 
     # ----------------------------------------------------------------- training: flow matching
     def noisy_latents(
@@ -160,3 +164,10 @@ class SD3Model(DiffusionModel):
             )
         return cls(transformer, encoders, tokenizers, scheduler, vae, resolution, sampler,
                    t5_length=meta.get("t5_length") or 256)  # fmt: skip
+
+
+def is_sd3_folder(path: Path) -> bool:
+    return (path / "transformer").is_dir() and (path / "text_encoder_3").is_dir()
+
+
+FOLDER_FORMATS.append((is_sd3_folder, SD3Model.load_sd3))
