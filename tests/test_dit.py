@@ -103,7 +103,8 @@ def test_what_does_not_run_on_a_dit_yet_is_refused_in_one_line_before_any_pretra
     result = cli(["run", "model=micro_dit", "defense=aiao", "attack=lora", "logger=none",
                   f"hydra.run.dir={tmp_path / 'run'}"])  # fmt: skip
     assert result.code == 2
-    assert "defense=aiao and attack=lora: does not run on model=micro_dit" in result.stderr
+    assert "defense=aiao: does not run on model=micro_dit" in result.stderr  # LoRA does: not named
+    assert result.stderr.count("\n") == 1
     assert not (tmp_path / "cache" / "base").exists()  # nothing was pretrained
 
 
@@ -117,11 +118,17 @@ DIT_DIAGONAL = {
     "random_freeze-prune": ["defense=random_freeze", "attack=prune"],
     "none-quantize": ["defense=none", "attack=quantize"],
     "none-weight_noise": ["defense=none", "attack=weight_noise"],
+    "random_freeze-lora": ["defense=random_freeze", "attack=lora", "attack.steps=3", "attack.batch_size=4",
+                           "attack.save=adapter"],
+    "none-dreambooth": ["defense=none", "attack=dreambooth", "attack.steps=3", "attack.batch_size=4",
+                        "attack.num_class_images=2"],
 }  # fmt: skip
 
 
 @pytest.mark.slow
 def test_the_freezing_defenses_and_the_generic_attacks_run_on_micro_dit(tmp_path, monkeypatch):
+    from adaptguard.core.artifacts import ArtifactCache
+    from tests.helpers import model_source as runs_source
     from tests.helpers import run_config
 
     monkeypatch.setenv("ADAPTGUARD_CACHE", str(tmp_path / "cache"))
@@ -134,3 +141,20 @@ def test_the_freezing_defenses_and_the_generic_attacks_run_on_micro_dit(tmp_path
         assert before and fids != before, name  # the attack changed the transformer's weights and its images
     for name in ("freezeasguard-full", "random_freeze-prune"):  # masks over the transformer's tensors
         assert 0 < runs[name].summary["frozen_tensors_ratio"] < 1, name
+    # the LoRA attack's adapter is SD3's diffusers LoRA file: a process without adaptguard loads it on the base
+    (lora,) = runs["random_freeze-lora"].attacks.values()
+    assert lora.cost["lora_modules"] > 0
+    base = ArtifactCache(tmp_path / "cache").shipped("base", runs_source("micro_dit").describe()) / "model"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from diffusers import StableDiffusion3Pipeline
+        pipe = StableDiffusion3Pipeline.from_pretrained({str(base)!r})
+        pipe.load_lora_weights({lora.cost["saved_to"]!r})
+        images = pipe(["a red circle"] * 2, num_inference_steps=3, max_sequence_length=32, output_type="pt",
+                      generator=torch.Generator().manual_seed(0)).images
+        assert "adaptguard" not in sys.modules
+        print("shape", list(images.shape), "std", float(images.std()))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shape [2, 3, 32, 32]" in proc.stdout and float(proc.stdout.split("std")[1]) > 0.01

@@ -208,8 +208,6 @@ class LoraOptions:
 class LoraFineTune(LoraOptions, FullFineTune):
     """Train low-rank adapters on the attacker's data, then merge them into the weights."""
 
-    runs_on_dit: ClassVar[bool] = False  # its adapters target the UNet's layout (issue 31)
-
     lr: float = setting(1e-3, gt=0)
     name: str = "lora"
     report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "rank")

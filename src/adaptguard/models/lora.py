@@ -1,8 +1,9 @@
 """LoRA adapters on the bundle (peft, through diffusers' and transformers' adapter APIs).
 
-Adapters go on the UNet (and optionally the text encoder); modules a FineTuneConstraint
-freezes get none, since an adapter would change their effective weight. Saved adapters
-use diffusers' LoRA file, so ``StableDiffusionPipeline.load_lora_weights(dir)`` opens them.
+Adapters go on the UNet or the SD3 transformer (and optionally a UNet model's text encoder); modules a
+FineTuneConstraint freezes get none, since an adapter would change their effective weight. Saved adapters
+use diffusers' LoRA file of the model's family, so ``StableDiffusionPipeline.load_lora_weights(dir)`` (or
+``StableDiffusion3Pipeline``'s) opens them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import peft
 import transformers
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
 from diffusers.loaders.lora_base import fuse_text_encoder_lora
 from diffusers.utils.peft_utils import recurse_remove_peft_layers
 from packaging.version import Version
@@ -26,6 +27,7 @@ from torch import nn
 from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel
+from adaptguard.models.sd3 import SD3Model
 
 log = logging.getLogger(__name__)
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]  # CLIP attention, as diffusers' examples
@@ -79,6 +81,8 @@ def add_lora(
         )
     model.unet.add_adapter(settings.config(matched))
     info = {"lora_modules": len(matched), "lora_skipped_frozen": len(skipped)}
+    if text_encoder and isinstance(model, SD3Model):
+        raise ConfigError("attack.train_text_encoder: not on a diffusion transformer yet (issue 31); set it to false")
     if text_encoder:
         te_matched, te_skipped = _targets(model.text_encoder, "text_encoder", TEXT_ENCODER_TARGETS, constraint)
         if not te_matched:
@@ -121,7 +125,14 @@ def merge_lora(model: DiffusionModel) -> None:
 
 
 def save_lora(model: DiffusionModel, path: Path) -> Path:
-    """Write the adapters as diffusers' LoRA file (``pytorch_lora_weights.safetensors``)."""
+    """Write the adapters as diffusers' LoRA file (``pytorch_lora_weights.safetensors``) of the model's family."""
+    if isinstance(model, SD3Model):  # StableDiffusion3Pipeline.load_lora_weights opens it
+        StableDiffusion3Pipeline.save_lora_weights(
+            save_directory=path,
+            transformer_lora_layers=get_peft_model_state_dict(model.unet),
+            transformer_lora_adapter_metadata=model.unet.peft_config["default"].to_dict(),
+        )
+        return path
     text = get_peft_model_state_dict(model.text_encoder) if has_lora_in(model.text_encoder) else None
     StableDiffusionPipeline.save_lora_weights(
         save_directory=path,
@@ -137,6 +148,12 @@ def load_lora(model: DiffusionModel, path: Path) -> None:
     """Load adapters saved by :func:`save_lora` (or diffusers' training scripts; a folder or the file) into ``model``."""
     path = Path(path)
     where = {"weight_name": path.name} if path.is_file() else {}
+    if isinstance(model, SD3Model):
+        state, metadata = StableDiffusion3Pipeline.lora_state_dict(
+            str(path.parent if path.is_file() else path), return_lora_metadata=True, **where
+        )
+        StableDiffusion3Pipeline.load_lora_into_transformer(state, transformer=model.unet, metadata=metadata)
+        return
     state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
         str(path.parent if path.is_file() else path), return_lora_metadata=True, **where
     )
