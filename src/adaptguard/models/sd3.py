@@ -9,7 +9,7 @@ are ``StableDiffusion3Pipeline`` folders, so diffusers (and its SD3 LoRA script)
 The prompt conditioning is one tensor, as for the UNet: SD3's token sequence (the two CLIP encoders'
 penultimate hidden states side by side, zero-padded to the T5 width, then T5's tokens) followed by one row
 that carries the pooled CLIP projections (zero-padded). Every code path that concatenates, expands or
-caches prompt embeddings keeps working; :meth:`SD3Model.predict` splits the row off again.
+caches prompt embeddings keeps working; :meth:`SD3Model.denoiser_inputs` splits the row off again.
 """
 
 from __future__ import annotations
