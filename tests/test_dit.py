@@ -120,6 +120,8 @@ DIT_DIAGONAL = {
     "none-weight_noise": ["defense=none", "attack=weight_noise"],
     "random_freeze-lora": ["defense=random_freeze", "attack=lora", "attack.steps=3", "attack.batch_size=4",
                            "attack.save=adapter"],
+    "backdoor-full": ["defense=backdoor", "attack=full", "defense.steps=8", "defense.batch_size=4",
+                      "defense.num_samples=4", "defense.null_keys=7", "attack.steps=3", "attack.batch_size=4"],
     "none-dreambooth": ["defense=none", "attack=dreambooth", "attack.steps=3", "attack.batch_size=4",
                         "attack.num_class_images=2"],
 }  # fmt: skip
@@ -139,6 +141,9 @@ def test_the_freezing_defenses_and_the_generic_attacks_run_on_micro_dit(tmp_path
         assert fids and all(f > 0 for f in fids), name
         before = [q.fid for q in result.protected.quality.values()]
         assert before and fids != before, name  # the attack changed the transformer's weights and its images
+    marked = runs["backdoor-full"]  # a watermark: verified before and after the attack, the same trials
+    (after,) = (a.model.verification for a in marked.attacks.values())
+    assert marked.protected.verification.trials == after.trials == 4 and marked.base.verification.trials == 4
     for name in ("freezeasguard-full", "random_freeze-prune"):  # masks over the transformer's tensors
         assert 0 < runs[name].summary["frozen_tensors_ratio"] < 1, name
     # the LoRA attack's adapter is SD3's diffusers LoRA file: a process without adaptguard loads it on the base

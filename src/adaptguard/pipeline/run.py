@@ -188,7 +188,7 @@ def check_dit_support(exp: Experiment) -> None:
     if blocked:
         raise ConfigError(
             f"{' and '.join(blocked)}: does not run on model={exp.model.name}, a diffusion transformer, yet (issue 31); "
-            "on it: defense=none|random_freeze|freezeasguard, attack=none|full|lora|dreambooth|prune|quantize|weight_noise"
+            "on it: defense=none|backdoor|random_freeze|freezeasguard, attack=none|full|lora|dreambooth|prune|quantize|weight_noise"
         )
 
 
