@@ -237,11 +237,13 @@ class DiffusionModel(nn.Module):
             uncond = self.encode_prompts([""] * len(prompts)).to(dtype)
             cond = torch.cat([uncond, cond])
         latents = torch.randn((len(prompts), *self.latent_shape), generator=generator, dtype=torch.float32)
-        latents = (latents * scheduler.init_noise_sigma).to(self.device, dtype)
+        # flow matching's Euler sampler starts at unit noise and takes the input unscaled (neither attribute)
+        latents = (latents * getattr(scheduler, "init_noise_sigma", 1.0)).to(self.device, dtype)
         for t in scheduler.timesteps:
             model_in = torch.cat([latents, latents]) if use_cfg else latents
-            model_in = scheduler.scale_model_input(model_in, t)
-            pred = self.unet(model_in, t, encoder_hidden_states=cond).sample
+            if hasattr(scheduler, "scale_model_input"):
+                model_in = scheduler.scale_model_input(model_in, t)
+            pred = self.predict(model_in, t.expand(model_in.shape[0]), cond)
             if use_cfg:
                 pred_uncond, pred_cond = pred.chunk(2)
                 pred = pred_uncond + guidance * (pred_cond - pred_uncond)

@@ -100,26 +100,6 @@ class SD3Model(DiffusionModel):
     def make_sampler(self, name: str | None = None):
         return FlowMatchEulerDiscreteScheduler.from_config(self.noise_scheduler.config)
 
-    def _sample_batch(self, prompts, steps, guidance, generator, sampler_name, bar) -> torch.Tensor:
-        scheduler = self.make_sampler(sampler_name)
-        scheduler.set_timesteps(steps, device=self.device)
-        dtype = self.unet.dtype
-        cond = self.encode_prompts(prompts).to(dtype)
-        use_cfg = guidance != 1.0
-        if use_cfg:
-            cond = torch.cat([self.encode_prompts([""] * len(prompts)).to(dtype), cond])
-        latents = torch.randn((len(prompts), *self.latent_shape), generator=generator, dtype=torch.float32)
-        latents = latents.to(self.device, dtype)
-        for t in scheduler.timesteps:
-            model_in = torch.cat([latents, latents]) if use_cfg else latents
-            pred = self.predict(model_in, t.expand(model_in.shape[0]), cond)
-            if use_cfg:
-                pred_uncond, pred_cond = pred.chunk(2)
-                pred = pred_uncond + guidance * (pred_cond - pred_uncond)
-            latents = scheduler.step(pred, t, latents).prev_sample
-            bar.update(1)
-        return self.decode_latents(latents).float().cpu()
-
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> Path:
         """A ``StableDiffusion3Pipeline`` folder plus ``adaptguard.json``."""
