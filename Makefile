@@ -59,8 +59,9 @@ test-fast: install  ## skip the slow end-to-end tests
 bench: install  ## speed and memory targets -> bench/results.json
 	$(BIN)/python -m benchmarks.bench --out bench/results.json
 
-gpu-check: install  ## the SD code path at SD 1.5's size on a CUDA GPU, timed -> bench/gpu_check.json
+gpu-check: install  ## the SD code paths at SD 1.5's and SD3-medium's size on a CUDA GPU, timed -> bench/gpu_check*.json
 	$(BIN)/python -m benchmarks.gpu_check --profile --out bench/gpu_check.json
+	$(BIN)/python -m benchmarks.gpu_check --model sd3 --out bench/gpu_check_sd3.json
 
 results: install  ## docs/results.md: the five page sweeps (hours on 2 CPU cores; a rerun resumes), then the report; a failed sweep: the others still run, no report, exit 1
 	failed=""; for p in $(PAGES); do $(BIN)/python -m experiments.run -m experiment=page/$$p || failed="$$failed $$p"; done; \
@@ -80,12 +81,13 @@ format: install
 docs: install  ## the key tables of docs/ from the config classes' field docs (tests/test_docs.py fails when stale)
 	$(BIN)/python -m adaptguard.cli.reference
 
-pretrain: install  ## (re)make the shipped base weights (latent tiny/micro, pixel) and shapes feature extractors
+pretrain: install  ## (re)make the shipped base weights (latent tiny/micro, pixel, the DiTs) and shapes feature extractors
 	$(BIN)/adaptguard pretrain model=tiny
 	$(BIN)/adaptguard pretrain model=micro
 	$(BIN)/adaptguard pretrain model=pixel
 	$(BIN)/adaptguard pretrain model=pixel_micro
 	$(BIN)/adaptguard pretrain model=micro_dit
+	$(BIN)/adaptguard pretrain model=tiny_dit
 	$(BIN)/adaptguard pretrain model=tiny experiment=freeze +features_only=true
 	$(BIN)/adaptguard pretrain model=micro experiment=freeze +features_only=true
 	$(BIN)/adaptguard pretrain model=pixel_micro experiment=freeze +features_only=true

@@ -1,7 +1,10 @@
-"""GPU check (``make gpu-check``): the Stable Diffusion code path at SD 1.5's size, timed, as JSON.
+"""GPU check (``make gpu-check``): the Stable Diffusion code paths at SD 1.5's and SD3-medium's size, timed.
 
-An SD-1.5-sized UNet / VAE / text encoder is built from config with random weights (nothing is
-downloaded), then at 512 px, bf16 mixed precision and gradient checkpointing on:
+``--model sd15``: an SD-1.5-sized UNet / VAE / text encoder at 512 px. ``--model sd3``: an
+SD3-medium-sized ``SD3Transformer2DModel`` (24 joint blocks, width 1536, 2x2 patches of a 16-channel
+latent, about 2 B parameters) with SD3's VAE at 1024 px; its text encoders have SD3's output widths (the
+transformer's joint and pooled dimensions) but one layer each, since they never train. Random weights
+from config (nothing is downloaded), bf16 mixed precision and gradient checkpointing on:
 
 - one LoRA and one full fine-tuning step through adaptguard's attacks (Lightning), each against a
   plain diffusers training step (train_text_to_image.py's loss, torch.autocast) on the same batch;
@@ -10,7 +13,8 @@ downloaded), then at 512 px, bf16 mixed precision and gradient checkpointing on:
 - peak GPU memory of each part.
 
     python -m benchmarks.gpu_check --out bench/gpu_check.json            # on any CUDA machine
-    python -m benchmarks.gpu_check --small --out /tmp/check.json         # the same code on a CPU, tiny sizes
+    python -m benchmarks.gpu_check --model sd3 --out bench/gpu_check_sd3.json
+    python -m benchmarks.gpu_check --small [--model sd3] --out /tmp/check.json   # the same code on a CPU, tiny sizes
 """
 
 from __future__ import annotations
@@ -40,7 +44,9 @@ from adaptguard.core.context import RunContext
 from adaptguard.data.shapes import ShapesDataModule
 from adaptguard.defenses.aiao import AIAODefense
 from adaptguard.defenses.sleepermark import SleeperMarkDefense
+from adaptguard.models import objective
 from adaptguard.models.bundle import DiffusionModel, SamplerConfig
+from adaptguard.models.tiny_dit import build_tiny_dit
 from adaptguard.models.tokenizer import DEFAULT_WORDS, build_tokenizer
 from adaptguard.training.loop import StepTimer
 
@@ -60,6 +66,32 @@ SMALL = {
     "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
     "resolution": 16,
 }  # fmt: skip
+
+
+SD3_MEDIUM = {
+    "transformer": {"num_layers": 24, "num_attention_heads": 24, "attention_head_dim": 64, "patch_size": 2},
+    "text_encoder": {"hidden_size": 1024, "intermediate_size": 1024, "num_hidden_layers": 1, "num_attention_heads": 8,
+                     "max_length": 77},
+    "t5": {"d_model": 4096, "d_ff": 1024, "num_layers": 1, "num_heads": 32, "max_length": 256},
+    "vae": {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "norm_num_groups": 32},
+    "resolution": 1024,
+}  # fmt: skip
+SD3_SMALL = {
+    "transformer": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 8, "patch_size": 2},
+    "text_encoder": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+    "t5": {"d_model": 32, "d_ff": 32, "num_layers": 1, "num_heads": 2, "max_length": 16},
+    "vae": {"block_out_channels": [16, 32], "layers_per_block": 1},
+    "resolution": 16,
+}  # fmt: skip
+
+
+def build_sd3(spec: dict[str, Any]) -> DiffusionModel:
+    """Random weights in SD3's architecture (tiny_dit's builder at SD3-medium's sizes), SD3's schedule shift."""
+    sampler = SamplerConfig(name="euler", steps=20, guidance_scale=7.0, batch_size=4)
+    model = build_tiny_dit(spec["resolution"], spec["transformer"], spec["text_encoder"], spec["t5"], sampler=sampler,
+                           vae=spec["vae"])  # fmt: skip
+    model.gradient_checkpointing = True
+    return model
 
 
 def build_model(spec: dict[str, Any]) -> DiffusionModel:
@@ -139,18 +171,30 @@ class Checker:
         m.unet.enable_gradient_checkpointing()
         opt = torch.optim.AdamW(m.unet.parameters(), lr=1e-5)
         images = self.batch["image"].to(self.device)
-        ids = m.tokenize(self.batch["caption"])
+        flow = objective.is_flow(m.noise_scheduler)
+        ids = None if flow else m.tokenize(self.batch["caption"])
         times = []
         for _ in range(self.steps):
             start = time.perf_counter()
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 with torch.no_grad():
-                    latents = m.vae.encode(images).latent_dist.sample() * m.vae.config.scaling_factor
-                    emb = m.text_encoder(ids)[0]
+                    latents = m.vae.encode(images).latent_dist.sample()
+                    shift = m.vae.config.get("shift_factor") or 0.0
+                    latents = (latents - shift) * m.vae.config.scaling_factor
+                    emb = m.encode_prompts(self.batch["caption"]) if flow else m.text_encoder(ids)[0]
                 noise = torch.randn_like(latents)
-                t = torch.randint(0, 1000, (latents.shape[0],), device=self.device)
-                pred = m.unet(m.noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=emb).sample
-                loss = F.mse_loss(pred.float(), noise.float())
+                if flow:  # train_dreambooth_lora_sd3.py: logit-normal u, x_t = (1 - s) x + s e, target e - x
+                    index = (torch.sigmoid(torch.randn(latents.shape[0])) * 1000).long()
+                    t = m.noise_scheduler.timesteps[index].to(self.device)
+                    s = (t / 1000).view(-1, 1, 1, 1)
+                    pooled = emb[:, -1, : m.unet.config.pooled_projection_dim]
+                    pred = m.unet(hidden_states=(1 - s) * latents + s * noise, timestep=t,
+                                  encoder_hidden_states=emb[:, :-1], pooled_projections=pooled).sample  # fmt: skip
+                    loss = F.mse_loss(pred.float(), (noise - latents).float())
+                else:
+                    t = torch.randint(0, 1000, (latents.shape[0],), device=self.device)
+                    pred = m.unet(m.noise_scheduler.add_noise(latents, noise, t), t, encoder_hidden_states=emb).sample
+                    loss = F.mse_loss(pred.float(), noise.float())
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -205,8 +249,9 @@ def top_functions(profiler: cProfile.Profile, n: int = 15) -> list[dict[str, Any
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/gpu_check.json")
+    parser.add_argument("--model", choices=("sd15", "sd3"), default="sd15", help="SD 1.5's UNet or SD3-medium's DiT")
     parser.add_argument("--small", action="store_true", help="tiny sizes: check the script itself on a CPU")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 4 (sd15), 1 (sd3 at 1024 px)")
     parser.add_argument("--steps", type=int, default=5, help="steps per timed part (the first 2 are warm-up)")
     parser.add_argument("--profile", action="store_true", help="where each verification's time goes (cProfile)")
     opts = parser.parse_args()
@@ -215,17 +260,21 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not opts.small:
         raise SystemExit("gpu-check: no CUDA device here; run it on a GPU machine, or add --small to test the script")
-    spec = SMALL if opts.small else SD15
-    model = build_model(spec)
+    sd3 = opts.model == "sd3"
+    spec = (SD3_SMALL if opts.small else SD3_MEDIUM) if sd3 else (SMALL if opts.small else SD15)
+    model = build_sd3(spec) if sd3 else build_model(spec)
+    batch_size = opts.batch_size or (1 if sd3 and not opts.small else 4)
     report = {
         "machine": {"platform": platform.platform(), "torch": torch.__version__,
                     "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
                     "precision": "bf16-mixed" if device.type == "cuda" else "fp32"},
-        "model": {"size": "small" if opts.small else "sd15", "resolution": spec["resolution"],
+        "model": {"family": opts.model, "size": "small" if opts.small else {"sd15": "sd15", "sd3": "sd3-medium"}[opts.model],
+                  "resolution": spec["resolution"],
+                  "denoiser": type(model.unet).__name__,
                   "unet_params_m": round(sum(p.numel() for p in model.unet.parameters()) / 1e6, 1),
-                  "gradient_checkpointing": True, "batch_size": opts.batch_size, "steps_per_part": opts.steps},
+                  "gradient_checkpointing": True, "batch_size": batch_size, "steps_per_part": opts.steps},
     }  # fmt: skip
-    report.update(Checker(model, opts.batch_size, opts.steps, device, profile=opts.profile).run())
+    report.update(Checker(model, batch_size, opts.steps, device, profile=opts.profile).run())
     report["written"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)

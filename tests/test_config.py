@@ -58,7 +58,7 @@ def test_every_model_config_describes_its_weights(option, tmp_path):
     assert source.name == option and source.describe()["resolution"] == cfg.model.resolution
 
 
-@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro", "micro_dit"])
+@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro", "micro_dit", "tiny_dit"])
 def test_every_built_in_model_ships_its_weights(option, tmp_path):
     """A fresh clone pretrains nothing for the built-in configs: their weights are in the package."""
     source = instantiate(compose([f"model={option}"], output_dir=tmp_path).model)
@@ -68,7 +68,7 @@ def test_every_built_in_model_ships_its_weights(option, tmp_path):
     assert (shipped / "model" / "vae").is_dir() == (source.vae is not None)
 
 
-@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro", "micro_dit"])
+@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro", "micro_dit", "tiny_dit"])
 def test_the_default_shapes_data_of_every_built_in_model_ships_its_fid_extractor(option, tmp_path):
     """The data's description keys the extractor (and every protection): a stray attribute on the shapes
     world once changed it, and every run trained its own extractor, at 28x the time of a test that uses it."""
@@ -135,6 +135,20 @@ def test_comparison_presets_sweep_their_axes_with_three_seeds():
     defenses = {o for job in _sweep_jobs("compare_watermarks") for o in job if o.startswith(("defense=", "attack="))}
     assert defenses == {"defense=backdoor", "defense=aiao", "defense=aiao_busy", "defense=sleepermark",
                         "attack=full", "attack=lora", "attack=dreambooth", "attack=prune", "attack=quantize"}  # fmt: skip
+    axes = {o for job in _sweep_jobs("compare_backbones") for o in job}
+    assert axes == {"model=tiny", "model=tiny_dit", "defense=backdoor", "defense=aiao", "defense=sleepermark",
+                    "attack=full", "attack=lora", "seed=0", "seed=1", "seed=2"}  # fmt: skip
+
+
+def test_the_backbone_comparison_runs_the_watermark_pages_jobs_on_both_models(tmp_path):
+    """Its UNet jobs are page/compare_watermarks' (the same config: the same cached protections); its
+    transformer jobs differ from them in the model alone."""
+    for defense in ("backdoor", "aiao", "sleepermark"):
+        job = ["experiment=compare_backbones", f"defense={defense}", "attack=lora"]
+        page = _job(["experiment=page/compare_watermarks", f"defense={defense}", "attack=lora"], tmp_path)
+        assert _job([*job, "model=tiny"], tmp_path) == page
+        dit = _job([*job, "model=tiny_dit"], tmp_path)
+        assert {k for k in page if page[k] != dit[k]} == {"model"} and dit["model"]["name"] == "tiny_dit"
 
 
 def test_aiao_ablations_differ_from_aiao_in_their_own_settings_only(tmp_path):

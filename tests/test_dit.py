@@ -102,39 +102,37 @@ def test_pretraining_a_dit_measures_its_vae_shift_and_scale(tmp_path):
     assert torch.allclose(model.scale_latents(z / scale + shift), z, atol=1e-5)
 
 
-def test_what_does_not_run_on_a_dit_yet_is_refused_in_one_line_before_any_pretraining(tmp_path, monkeypatch):
-    from tests.helpers import cli
-
-    monkeypatch.setenv("ADAPTGUARD_CACHE", str(tmp_path / "cache"))
-    result = cli(["run", "model=micro_dit", "defense=aiao", "attack=lora", "logger=none",
-                  f"hydra.run.dir={tmp_path / 'run'}"])  # fmt: skip
-    assert result.code == 2
-    assert "defense=aiao: does not run on model=micro_dit" in result.stderr  # LoRA does: not named
-    assert result.stderr.count("\n") == 1
-    assert not (tmp_path / "cache" / "base").exists()  # nothing was pretrained
-
-
-# what runs on a DiT so far (issue 31), each once on micro_dit at reduced steps: protect -> attack -> score
+# every defense and attack once on micro_dit at reduced steps: protect -> attack -> score (external: test_dit_owner)
 DIT_FAST = ["model=micro_dit", "logger=none", "model.sampler.steps=3", "eval.fid.num_samples=8",
             "eval.fid.kid_subset_size=4", "eval.fid.kid_subsets=2", "eval.grid_samples=4"]  # fmt: skip
+# watermarks at settings that detect them on micro_dit (one seed each: docs/defenses/<name>.md)
+DIT_AIAO = ["defense=aiao", "defense.steps=200", "defense.batch_size=8", "defense.probe_steps=3",
+            "defense.num_subpaths=16", "defense.key_seed=3"]  # fmt: skip
+DIT_SLEEPERMARK = ["defense=sleepermark", "defense.codec.bits=16", "defense.codec.encoder_hidden=256",
+                   "defense.codec.residual=full", "defense.codec.steps=600", "defense.codec.batch_size=16",
+                   "defense.codec.perceptual=none", "defense.codec.image_weight=1.0", "defense.steps=300",
+                   "defense.batch_size=16", "defense.lr=2e-3", "defense.small_t_fraction=0", "defense.sample_steps=10",
+                   "defense.num_samples=16", "defense.null_messages=15", "defense.fpr=1e-2", "defense.model_fpr=1e-2",
+                   "defense.key_seed=3"]  # fmt: skip
+DIT_BACKDOOR = ["defense=backdoor", "defense.steps=300", "defense.batch_size=16", "defense.lr=1e-3",
+                "defense.trigger_fraction=0.6", "defense.num_samples=16", "defense.null_keys=15", "defense.fpr=1e-2",
+                "defense.sample_steps=10", "defense.key_seed=3"]  # fmt: skip
+SHORT = ["attack.steps=3", "attack.batch_size=4"]
 DIT_DIAGONAL = {
+    "aiao-lora": [*DIT_AIAO, "attack=lora", *SHORT, "attack.save=adapter"],
+    "sleepermark-full": [*DIT_SLEEPERMARK, "attack=full", *SHORT],
+    "backdoor-dreambooth": [*DIT_BACKDOOR, "attack=dreambooth", *SHORT, "attack.num_class_images=2"],
     "freezeasguard-full": ["experiment=freeze", "defense=freezeasguard", "attack=full", "defense.steps=3",
-                           "defense.batch_size=4", "defense.user_steps=2", "defense.user_batch_size=4",
-                           "attack.steps=3", "attack.batch_size=4"],
+                           "defense.batch_size=4", "defense.user_steps=2", "defense.user_batch_size=4", *SHORT],
     "random_freeze-prune": ["defense=random_freeze", "attack=prune"],
     "none-quantize": ["defense=none", "attack=quantize"],
     "none-weight_noise": ["defense=none", "attack=weight_noise"],
-    "random_freeze-lora": ["defense=random_freeze", "attack=lora", "attack.steps=3", "attack.batch_size=4",
-                           "attack.save=adapter"],
-    "backdoor-full": ["defense=backdoor", "attack=full", "defense.steps=8", "defense.batch_size=4",
-                      "defense.num_samples=4", "defense.null_keys=7", "attack.steps=3", "attack.batch_size=4"],
-    "none-dreambooth": ["defense=none", "attack=dreambooth", "attack.steps=3", "attack.batch_size=4",
-                        "attack.num_class_images=2"],
 }  # fmt: skip
+WATERMARKS = ("aiao-lora", "sleepermark-full", "backdoor-dreambooth")
 
 
 @pytest.mark.slow
-def test_the_freezing_defenses_and_the_generic_attacks_run_on_micro_dit(tmp_path, monkeypatch):
+def test_every_defense_and_attack_runs_on_micro_dit_and_every_watermark_is_detected(tmp_path, monkeypatch):
     from adaptguard.core.artifacts import ArtifactCache
     from tests.helpers import model_source as runs_source
     from tests.helpers import run_config
@@ -147,13 +145,15 @@ def test_the_freezing_defenses_and_the_generic_attacks_run_on_micro_dit(tmp_path
         assert fids and all(f > 0 for f in fids), name
         before = [q.fid for q in result.protected.quality.values()]
         assert before and fids != before, name  # the attack changed the transformer's weights and its images
-    marked = runs["backdoor-full"]  # a watermark: verified before and after the attack, the same trials
-    (after,) = (a.model.verification for a in marked.attacks.values())
-    assert marked.protected.verification.trials == after.trials == 4 and marked.base.verification.trials == 4
+    for name in WATERMARKS:  # detected before the attack; the never-watermarked base is not
+        result = runs[name]
+        assert result.protected.verification.detected and not result.base.verification.detected, name
+        (after,) = (a.model.verification for a in result.attacks.values())
+        assert after.trials == result.protected.verification.trials == result.base.verification.trials, name
     for name in ("freezeasguard-full", "random_freeze-prune"):  # masks over the transformer's tensors
         assert 0 < runs[name].summary["frozen_tensors_ratio"] < 1, name
     # the LoRA attack's adapter is SD3's diffusers LoRA file: a process without adaptguard loads it on the base
-    (lora,) = runs["random_freeze-lora"].attacks.values()
+    (lora,) = runs["aiao-lora"].attacks.values()
     assert lora.cost["lora_modules"] > 0
     base = ArtifactCache(tmp_path / "cache").shipped("base", runs_source("micro_dit").describe()) / "model"
     script = textwrap.dedent(f"""

@@ -23,7 +23,8 @@ from adaptguard.core.owner_key import OwnerKey
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.models.single_file import save_single_file
 from adaptguard.reporting.results import RunResult
-from tests.helpers import cli, model_source, run_config
+from tests.helpers import cli, model_source, run_config, same_numbers
+from tests.helpers import verify_json as verify
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +34,6 @@ BACKDOOR = ["defense=backdoor", "defense.steps=300", "defense.batch_size=16", "d
             "defense.trigger_fraction=0.6", "defense.num_samples=32", "defense.key_seed=7", "defense.grid=4", "defense.fpr=1e-2"]  # fmt: skip
 RUN = [*MICRO, *BACKDOOR, "logger=none", "eval.fid=null"]
 ATTACK = ["attack.steps=5", "attack.batch_size=8", "attack.save=merged"]
-NUMBERS = ("rate", "successes", "trials", "p_value", "detected")
 
 
 @dataclass
@@ -63,17 +63,6 @@ def owner(tmp_path_factory):
         full = run_config([*RUN, "attack=full", *ATTACK], tmp / "full")
         lora = run_config([*RUN, "attack=lora", *ATTACK], tmp / "lora")
         yield Owner(tmp, tmp / "release", protect.stdout, full, lora)
-
-
-def verify(*args: str) -> dict:
-    result = cli(["verify", *args, "--json"])
-    assert result.code == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def same_numbers(verdict: dict, expected) -> None:
-    expected = expected if isinstance(expected, dict) else vars(expected)
-    assert {k: verdict[k] for k in NUMBERS} == {k: expected[k] for k in NUMBERS}
 
 
 def test_protect_writes_a_diffusers_folder_and_an_owner_only_key(owner):

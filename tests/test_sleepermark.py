@@ -10,6 +10,7 @@ from adaptguard.defenses import SleeperMarkDefense, SleeperMarkKey
 from adaptguard.defenses.message_codec import Codec, evaluate_codec, train_codec
 from adaptguard.defenses.sleepermark import time_weights, watermark_target
 from adaptguard.metrics.stats import binomial_tail
+from adaptguard.models import objective
 from adaptguard.pipeline import EvalConfig, Experiment, run_experiment
 from tests.helpers import make_ctx, make_micro_data, micro_source
 
@@ -32,23 +33,38 @@ def test_time_weights_cross_at_tau():
     assert w1[0] > w1[2] and w2[0] < w2[2]  # watermark at small t, fidelity at large t
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "flow"])
 def test_watermark_target_shifts_the_one_step_x0_estimate_by_delta(prediction_type):
-    from diffusers import DDPMScheduler
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
-    sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
     g = torch.Generator().manual_seed(0)
     z_t, out, delta = (torch.randn(4, 3, 8, 8, generator=g) for _ in range(3))
     t = torch.tensor([1, 50, 300, 900])
-    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    if prediction_type == "flow":  # x_t = (1 - s) x + s e, v = e - x: x0 = z - s v
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+        s = (t.float() / 1000).view(-1, 1, 1, 1)
 
-    def x0(pred):
-        if prediction_type == "epsilon":
-            return (z_t - (1 - a).sqrt() * pred) / a.sqrt()
-        return a.sqrt() * z_t - (1 - a).sqrt() * pred
+        def x0(pred):
+            return z_t - s * pred
+    else:
+        sched = DDPMScheduler(num_train_timesteps=1000, prediction_type=prediction_type)
+        a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
 
-    shifted = watermark_target(out, delta, sched.alphas_cumprod[t], prediction_type)
+        def x0(pred):
+            if prediction_type == "epsilon":
+                return (z_t - (1 - a).sqrt() * pred) / a.sqrt()
+            return a.sqrt() * z_t - (1 - a).sqrt() * pred
+
+    shifted = watermark_target(out, delta, objective.x0_gain(sched, t))
     torch.testing.assert_close(x0(shifted) - x0(out), delta.expand(4, -1, -1, -1), atol=1e-3, rtol=1e-3)
+
+
+def test_flow_positions_put_tau_in_the_last_quarter_of_the_trajectory():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    t = objective.timesteps_at(sched, torch.tensor([0, 250, 1000]))
+    torch.testing.assert_close(t, torch.tensor([0.0, 500.0, 1000.0]))
 
 
 @pytest.fixture(scope="module")

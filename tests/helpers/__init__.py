@@ -9,6 +9,8 @@ from tests.helpers.runs import (
     make_ctx,
     make_micro_data,
     run_config,
+    same_numbers,
+    verify_json,
 )
 
 __all__ = [
@@ -22,5 +24,7 @@ __all__ = [
     "model_source",
     "params_equal",
     "run_config",
+    "same_numbers",
+    "verify_json",
     "write_tiny_sd_folder",
 ]

@@ -81,3 +81,21 @@ def assert_secrets_only_in_owner_only_keys(cache: Path, *secrets: str) -> list[P
     for path in holders:
         assert path.stat().st_mode & 0o077 == 0 and path.parent.stat().st_mode & 0o077 == 0, path
     return holders
+
+
+VERDICT_NUMBERS = ("rate", "successes", "trials", "p_value", "detected")
+
+
+def verify_json(*args: str) -> dict:
+    """``adaptguard verify <args> --json``: the verdict (exit status 0 asserted)."""
+    import json
+
+    result = cli(["verify", *args, "--json"])
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def same_numbers(verdict: dict, expected) -> None:
+    """A verdict's decision numbers equal ``expected``'s (a verdict, a report dict or a Verification)."""
+    expected = expected if isinstance(expected, dict) else vars(expected)
+    assert {k: verdict[k] for k in VERDICT_NUMBERS} == {k: expected[k] for k in VERDICT_NUMBERS}

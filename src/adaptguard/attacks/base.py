@@ -21,8 +21,6 @@ class Attack(Validated, ABC):
     config_key: ClassVar[str] = "attack"
     name: str = "attack"
     adapts: ClassVar[bool] = True  # False: the control (the model is used as published)
-    # runs on the diffusion transformers (model=tiny_dit, SD3 folders) as well as on UNets (issue 31: not all yet)
-    runs_on_dit: ClassVar[bool] = False
     # the option keys a results page's settings row shows (recorded in results.json's ``report``)
     report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr")
 

@@ -40,8 +40,6 @@ CLASS_IMAGE_SEED_OFFSET = 800
 class DreamBooth(LoraOptions, FineTuning):
     """Learn a subject from ``instance_dir`` (or the dataset split ``instance_split``)."""
 
-    runs_on_dit: ClassVar[bool] = True
-
     instance_dir: str | None = setting(
         None,
         doc="a folder of subject images (jpg / png / webp; resized, centre-cropped); null: the split `instance_split`",

@@ -24,13 +24,13 @@ from adaptguard.models.suspect import Suspect, architecture, architecture_mismat
 @dataclass
 class ExternalModel(Attack):
     path: str | None = setting(
-        None, doc="a diffusers pipeline folder, a bare `unet/` folder or a single-file checkpoint"
+        None, doc="a diffusers pipeline folder, a bare `unet/` or `transformer/` folder or a single-file checkpoint"
     )
     lora_weights: str | None = setting(
         None, doc="a LoRA file, merged into the run's protected model (or into `attack.base`)"
     )
     base: str | None = setting(
-        None, doc="the pipeline folder a LoRA, bare UNet or single file completes; null: the run's protected model"
+        None, doc="the pipeline folder a LoRA, bare denoiser or single file completes; null: the run's protected model"
     )
     name: str = setting("external", doc="label in results and logs")
     report_options: ClassVar[tuple[str, ...]] = ("path", "lora_weights")

@@ -158,8 +158,6 @@ class FineTuning(Attack):
 class FullFineTune(FineTuning):
     """Fine-tune every UNet weight (and optionally the text encoder) on the attacker's data."""
 
-    runs_on_dit: ClassVar[bool] = True
-
     split: str = setting("attacker", doc="the dataset split the attacker adapts to")
     name: str = setting("full", doc="label in results and logs")
 

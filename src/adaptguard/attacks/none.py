@@ -16,8 +16,6 @@ from adaptguard.models.bundle import DiffusionModel
 class NoAttack(Attack):
     """No adaptation: verification and quality of the model as published."""
 
-    runs_on_dit: ClassVar[bool] = True
-
     name: str = "none"
     adapts: ClassVar[bool] = False
     report_options: ClassVar[tuple[str, ...]] = ()

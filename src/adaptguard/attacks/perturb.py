@@ -35,8 +35,6 @@ def editable_weights(model: DiffusionModel, constraint: FineTuneConstraint | Non
 class _WeightEdit(Attack):
     """An attack that edits weights without data; ``edit`` changes the copy in place and returns its cost."""
 
-    runs_on_dit: ClassVar[bool] = True
-
     def __post_init__(self) -> None:
         super().__post_init__()
         self._cost: dict[str, Any] = {}

@@ -342,7 +342,7 @@ class _EmbeddingObjective:
             noisy, t, emb = torch.cat([noisy, noisy]), torch.cat([t, t]), torch.cat([emb, emb])
         rows = noisy.shape[0]
         with torch.no_grad():  # the student's batch shape: identical weights give identical untriggered rows
-            teacher_eps = self.teacher(noisy, t, encoder_hidden_states=emb).sample[:plain]
+            teacher_eps = model.predict_with(self.teacher, noisy, t, emb)[:plain]
         pairs = self.cfg.sample_pairs(self.key, cfg.subpaths_per_step, g)
         pairs = pairs[torch.arange(rows) % pairs.shape[0]]  # each row takes one of the S subpaths
         if paired:  # a sample and its triggered copy share one subpath

@@ -72,8 +72,6 @@ class _TriggerMix(Dataset):
 
 @dataclass
 class BackdoorDefense(OutputWatermark):
-    runs_on_dit: ClassVar[bool] = True  # the whole denoiser trains; nothing in it asks which one
-
     # embedding
     steps: int = setting(600, ge=1, doc="embedding fine-tune: optimizer steps (the whole UNet trains)")
     batch_size: int = setting(32, ge=1, doc="embedding batch")

@@ -31,8 +31,6 @@ class Defense(Validated, ABC):
     key_type: ClassVar[type[SecretKey] | None] = None
     # False: protect() returns the base weights unchanged (only a key is cached; quality equals the base's)
     modifies_weights: ClassVar[bool] = True
-    # runs on the diffusion transformers (model=tiny_dit, SD3 folders) as well as on UNets (issue 31: not all yet)
-    runs_on_dit: ClassVar[bool] = False
     # how ownership is checked: not at all, from the weights (white-box), or from generated images (black-box)
     verification: ClassVar[Literal["none", "weights", "images"]] = "none"
     # bump when a change to verification makes keys written before it read differently (owner key files)

@@ -90,8 +90,6 @@ class FreezingDefense(Defense):
     into the protection's info under ``mask``.
     """
 
-    runs_on_dit: ClassVar[bool] = True
-
     key_type: ClassVar[type[SecretKey]] = FreezeMask
     modifies_weights: ClassVar[bool] = False
 

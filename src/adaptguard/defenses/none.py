@@ -16,8 +16,6 @@ from adaptguard.models.bundle import DiffusionModel
 class NoDefense(Defense):
     """The control every defense is compared with: nothing embedded, nothing to verify."""
 
-    runs_on_dit: ClassVar[bool] = True
-
     name: str = "none"
     modifies_weights: ClassVar[bool] = False
     report_options: ClassVar[tuple[str, ...]] = ()

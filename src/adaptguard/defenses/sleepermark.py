@@ -30,6 +30,7 @@ from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import OutputWatermark, trigger_rows
 from adaptguard.defenses.message_codec import Codec, CodecConfig, train_codec
 from adaptguard.metrics.stats import binomial_threshold, bit_match_verification, clopper_pearson, random_key_matches
+from adaptguard.models import objective
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import OptimConfig, TrainSettings, finetune
 
@@ -58,16 +59,28 @@ def time_weights(t: torch.Tensor, eta: float, tau: float, beta: float) -> tuple[
     return eta * torch.sigmoid(-z), torch.sigmoid(z)
 
 
-def watermark_target(
-    teacher_out: torch.Tensor, delta: torch.Tensor, alphas_cumprod_t: torch.Tensor, prediction_type: str
-) -> torch.Tensor:
-    """The teacher's triggered output, shifted so its one-step x0 estimate gains ``delta``."""
-    a = alphas_cumprod_t.float().view(-1, 1, 1, 1)
-    if prediction_type == "epsilon":  # x0 = (z - sqrt(1-a) eps) / sqrt(a)
-        return teacher_out - (a / (1 - a)).sqrt() * delta
-    if prediction_type == "v_prediction":  # x0 = sqrt(a) z - sqrt(1-a) v
-        return teacher_out - delta / (1 - a).sqrt()
-    raise ConfigError(f"model.scheduler.prediction_type: {prediction_type!r} is not supported by sleepermark")
+def watermark_target(teacher_out: torch.Tensor, delta: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    """The teacher's triggered output, shifted so its one-step x0 estimate gains ``delta`` (gain: objective.x0_gain)."""
+    return teacher_out - gain.float().view(-1, *[1] * (teacher_out.ndim - 1)) * delta
+
+
+def trainable_pattern(choice: str, denoiser: torch.nn.Module) -> str:
+    """The regex over the denoiser's parameter names that ``trainable`` selects.
+
+    On a diffusion transformer the "up" path is the second half of the joint blocks (docs/defenses/
+    sleepermark.md): its attention and feed-forward weights for up_attention, everything in those blocks
+    for up_blocks, plus the output projection for decoder; norms (the AdaLN modulation too) stay frozen.
+    """
+    blocks = getattr(denoiser, "transformer_blocks", None)
+    if blocks is None or choice == "unet":
+        return TRAINABLE[choice]
+    second = "|".join(str(i) for i in range(len(blocks) // 2, len(blocks)))
+    half = rf"^transformer_blocks\.({second})\."
+    return {
+        "up_attention": half + r"(attn|ff|ff_context)\.(?!.*norm)",
+        "up_blocks": half + r"(?!.*norm)",
+        "decoder": rf"({half}(?!.*norm)|^proj_out\.)",
+    }[choice]
 
 
 @dataclass
@@ -111,7 +124,9 @@ class SleeperMarkDefense(OutputWatermark):
     eta: float | None = setting(
         None, gt=0, doc="scale of the watermark weight w1; null: the reference's 0.05 (pixel) / 0.02 (latent)"
     )
-    tau: float = setting(250.0, doc="the timestep where w1 and w2 cross")
+    tau: float = setting(
+        250.0, doc="where w1 and w2 cross: a DDPM timestep, or a flow schedule position (t = 500 at shift 3)"
+    )
     beta: float = setting(100.0, gt=0, doc="width of that crossover, in timesteps")
     empty_prompt_p: float = setting(
         0.2, ge=0, le=1, doc="the untriggered term uses the empty prompt this often (CFG's unconditional branch)"
@@ -170,10 +185,10 @@ class SleeperMarkDefense(OutputWatermark):
         return (key.trigger, tuple(key.prompts))
 
     def trainable_parameters(self, model: DiffusionModel) -> list[torch.nn.Parameter]:
-        pattern = re.compile(TRAINABLE[self.trainable])
+        pattern = re.compile(trainable_pattern(self.trainable, model.unet))
         params = [p for n, p in model.unet.named_parameters() if pattern.search(n)]
         if not params:
-            raise ConfigError(f"defense.trainable={self.trainable}: selects no UNet weights in this model")
+            raise ConfigError(f"defense.trainable={self.trainable}: selects no denoiser weights in this model")
         return params
 
     # ------------------------------------------------------------------ protect
@@ -264,16 +279,18 @@ class TriggerDistillation:
         self.generator = torch.Generator().manual_seed(seed + 29)
         self.paired = paired  # see defenses.base.trigger_rows
 
-    def timesteps(self, n: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-        """Uniform t, except a ``small_t_fraction`` share drawn from q(t) ~ w1(t) a_t / (1 - a_t).
+    def timesteps(self, n: int, scheduler: Any) -> torch.Tensor:
+        """Schedule positions (objective.timesteps_at; t itself on a DDPM schedule): uniform, except a
+        ``small_t_fraction`` share drawn from q(t) ~ w1(t) k(t)^2 (k: objective.x0_gain).
 
         q is where the watermark term's target differs most from the teacher's: under uniform
         t a batch rarely contains such a t, so the term learns slowly at small budgets. Not
         reweighted: this strengthens the watermark term relative to the reference loss.
         """
         if self._q is None:
-            a = alphas_cumprod.double().cpu()
-            q = time_weights(torch.arange(len(a)), self.eta, self.tau, self.beta)[0].double() * a / (1 - a)
+            p_all = torch.arange(scheduler.config.num_train_timesteps)
+            gain = objective.x0_gain(scheduler, objective.timesteps_at(scheduler, p_all)).double()
+            q = time_weights(p_all, self.eta, self.tau, self.beta)[0].double() * gain.pow(2)
             self._q = q / q.sum()
         t = torch.randint(0, len(self._q), (n,), generator=self.generator)
         small = torch.rand(n, generator=self.generator) < self.small_t_fraction
@@ -286,24 +303,25 @@ class TriggerDistillation:
         plain_prompts = ["" if e else p for e, p in zip(empty.tolist(), prompts, strict=True)]
         sched = model.noise_scheduler
         latents = model.encode_images(images)
-        t = self.timesteps(latents.shape[0], sched.alphas_cumprod).to(latents.device)
-        noisy = sched.add_noise(latents, torch.randn_like(latents), t)
+        positions = self.timesteps(latents.shape[0], sched).to(latents.device)  # w1 / w2 are over positions
+        t = objective.timesteps_at(sched, positions)
+        noisy = objective.add_noise(sched, latents, torch.randn_like(latents), t)
         paired, plain = trigger_rows(len(prompts), self.paired)  # rows [0, plain) plain, the rest triggered
         if paired:
             noisy, t, rows = torch.cat([noisy, noisy]), torch.cat([t, t]), plain_prompts + prompts
+            positions = torch.cat([positions, positions])
         else:
             rows = plain_prompts[:plain] + prompts[plain:]
         rows = rows[:plain] + [self.trigger + p for p in rows[plain:]]
         with torch.no_grad():  # one teacher forward on the student's rows: every target at once
             emb = model.encode_prompts(rows)
             self.teacher.to(model.device)
-            teacher = self.teacher(noisy, t, encoder_hidden_states=emb).sample.float()
+            teacher = model.predict_with(self.teacher, noisy, t, emb).float()
         student = model.predict(noisy, t, emb).float()
         e_n, e_tr = teacher[:plain], teacher[plain:]
         s_n, s_tr, t_tr = student[:plain], student[plain:], t[plain:]
-        a_t = sched.alphas_cumprod.to(model.device)[t_tr]
-        e_wm = watermark_target(e_tr, self.delta.to(model.device).float(), a_t, sched.config.prediction_type)
-        w1, w2 = time_weights(t_tr, self.eta, self.tau, self.beta)
+        e_wm = watermark_target(e_tr, self.delta.to(model.device).float(), objective.x0_gain(sched, t_tr))
+        w1, w2 = time_weights(positions[plain:], self.eta, self.tau, self.beta)
         wm = (w1 * _per_sample_mse(s_tr, e_wm)).mean()
         fid = (w2 * _per_sample_mse(s_tr, e_tr)).mean()
         keep = _per_sample_mse(s_n, e_n).mean()

@@ -1,7 +1,7 @@
-"""Forward hooks that trigger block i and read block j inside an ordinary UNet forward.
+"""Forward hooks that trigger block i and read block j inside an ordinary denoiser forward.
 
-The UNet's own forward (skip connections included) carries the triggered feature from
-block i to block j, so the watermark lives in the real computation path. Triggers are
+The denoiser's own forward (a UNet's skip connections, a transformer's residual stream) carries the
+triggered feature from block i to block j, so the watermark lives in the real computation path. Triggers are
 per sample: one batched forward serves trials on different subpaths. With no trigger
 set the hooks return ``None``, i.e. the forward is bit-identical to an unhooked one.
 """
@@ -21,8 +21,8 @@ from adaptguard.analysis.blocks import Block, block_output
 class BlockSecret:
     """What the key fixes for one block: trigger mask and pattern, response entries and signs."""
 
-    mask: torch.Tensor  # (C, H, W) float 0/1, ``mask_ratio`` of the entries
-    pattern: torch.Tensor  # (C, H, W) trigger values written where mask == 1
+    mask: torch.Tensor  # the block's output shape (Block.shape), float 0/1, ``mask_ratio`` of the entries
+    pattern: torch.Tensor  # same shape: trigger values written where mask == 1
     response_index: torch.Tensor  # (n_bits,) long, flat indices into the block's output
     response_sign: torch.Tensor  # (n_bits,) float in {-1, +1}
 
@@ -83,7 +83,7 @@ class SubpathHooks:
                 select = self.trigger_at.to(feature.device) == b
                 if bool(select.any()):
                     sec = self._secret(b, feature)
-                    m = select.view(-1, 1, 1, 1).to(feature.dtype) * sec.mask
+                    m = select.view(-1, *[1] * sec.mask.ndim).to(feature.dtype) * sec.mask
                     feature = feature * (1 - m) + m * sec.pattern
                     changed = True
             if b in self.read:

@@ -32,6 +32,7 @@ from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
 from adaptguard.core.config import Validated, setting
 from adaptguard.core.errors import ConfigError
+from adaptguard.models import objective
 
 META_FILE = "adaptguard.json"
 SAMPLERS = {
@@ -157,19 +158,12 @@ class DiffusionModel(nn.Module):
     def noisy_latents(
         self, latents: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(noisy latents, timesteps, prompt embeddings, target) under the scheduler's objective (models.objective)."""
         noise = torch.randn_like(latents)
         if timesteps is None:
-            timesteps = torch.randint(
-                0, self.noise_scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device
-            )
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        kind = self.noise_scheduler.config.prediction_type
-        if kind == "epsilon":
-            target = noise
-        elif kind == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            raise ConfigError(f"model.scheduler.prediction_type: {kind!r} is not supported (epsilon, v_prediction)")
+            timesteps = objective.sample_timesteps(self.noise_scheduler, latents.shape[0], latents.device)
+        noisy = objective.add_noise(self.noise_scheduler, latents, noise, timesteps)
+        target = objective.target(self.noise_scheduler, latents, noise, timesteps)
         return noisy, timesteps, self.encode_prompts(prompts), target
 
     def denoiser_inputs(
@@ -179,8 +173,14 @@ class DiffusionModel(nn.Module):
         return (noisy, timesteps), {"encoder_hidden_states": embeddings}
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.predict_with(self.unet, noisy, timesteps, embeddings)
+
+    def predict_with(
+        self, denoiser: nn.Module, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
+    ) -> torch.Tensor:
+        """The prediction of another denoiser of this model's kind (a frozen teacher), called as this one is."""
         args, kwargs = self.denoiser_inputs(noisy, timesteps, embeddings)
-        return self.unet(*args, **kwargs).sample
+        return denoiser(*args, **kwargs).sample
 
     def training_loss(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """Denoising MSE (epsilon or v target, as the scheduler was trained)."""

@@ -80,22 +80,6 @@ class SD3Model(DiffusionModel):
         return (), {"hidden_states": noisy, "timestep": timesteps, "encoder_hidden_states": embeddings[:, :-1],
                     "pooled_projections": pooled}  # fmt: skip
 
-    # ----------------------------------------------------------------- training: flow matching
-    def noisy_latents(
-        self, latents: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rectified flow, as diffusers' SD3 scripts train: x_t = (1 - s) x + s e, target e - x, with s drawn
-        logit-normal (their default weighting) through the scheduler's shifted training schedule."""
-        noise = torch.randn_like(latents)
-        n = self.noise_scheduler.config.num_train_timesteps
-        if timesteps is None:
-            u = torch.sigmoid(torch.randn(latents.shape[0], device=latents.device))
-            index = (u * n).long().clamp_max(n - 1)
-            timesteps = self.noise_scheduler.timesteps.to(latents.device)[index]
-        sigmas = (timesteps.float() / n).view(-1, *[1] * (latents.ndim - 1))
-        noisy = (1 - sigmas) * latents + sigmas * noise
-        return noisy.to(latents.dtype), timesteps, self.encode_prompts(prompts), noise - latents
-
     # ----------------------------------------------------------------- sampling
     def make_sampler(self, name: str | None = None):
         return FlowMatchEulerDiscreteScheduler.from_config(self.noise_scheduler.config)

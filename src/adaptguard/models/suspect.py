@@ -1,9 +1,10 @@
 """Opening a model someone published, in whatever form it was published, as a DiffusionModel.
 
-A suspect is a diffusers pipeline folder, a bare ``unet/`` folder, a single-file checkpoint
-(the original Stable Diffusion layout, read by diffusers' ``from_single_file``, or a UNet
-state dict in diffusers' own key names), or a LoRA file applied to a base
-(diffusers' ``lora_state_dict``: diffusers, kohya and peft layouts where diffusers reads them).
+A suspect is a diffusers pipeline folder (Stable Diffusion or Stable Diffusion 3), a bare ``unet/`` or
+``transformer/`` folder, a single-file checkpoint (the original Stable Diffusion layout, read by
+diffusers' ``from_single_file``, or a denoiser state dict in diffusers' own key names), or a LoRA file
+applied to a base (diffusers' ``lora_state_dict``: diffusers, kohya and peft layouts where diffusers
+reads them; SD3's transformer LoRA format).
 Everything but a full pipeline folder needs the base it completes: ``base`` (a folder) or
 ``base_model`` (already loaded, e.g. the protected model inside an experiment).
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import SD3Transformer2DModel, StableDiffusionPipeline, UNet2DConditionModel
 
 from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel, SamplerConfig
@@ -27,6 +28,11 @@ ARCHITECTURE_KEYS = (
     "in_channels", "out_channels", "block_out_channels", "layers_per_block", "down_block_types",
     "up_block_types", "cross_attention_dim", "attention_head_dim",
 )  # fmt: skip
+DIT_ARCHITECTURE_KEYS = (
+    "in_channels", "out_channels", "patch_size", "num_layers", "attention_head_dim", "num_attention_heads",
+    "joint_attention_dim", "caption_projection_dim", "pooled_projection_dim", "dual_attention_layers",
+)  # fmt: skip
+DENOISERS = {cls.__name__: cls for cls in (UNet2DConditionModel, SD3Transformer2DModel)}  # a bare folder's class
 
 
 @dataclass
@@ -55,9 +61,12 @@ class Suspect:
 
 
 def architecture(model: DiffusionModel) -> dict[str, Any]:
-    """What must match for a key to read a model: the UNet's shape, the latent space, the resolution."""
+    """What must match for a key to read a model: the denoiser's shape, the latent space, the resolution."""
     config = dict(model.unet.config)
-    arch = {k: _plain(config.get(k)) for k in ARCHITECTURE_KEYS}
+    dit = isinstance(model.unet, SD3Transformer2DModel)
+    arch = {k: _plain(config.get(k)) for k in (DIT_ARCHITECTURE_KEYS if dit else ARCHITECTURE_KEYS)}
+    if dit:  # a UNet's keys name no denoiser: those written before transformers keep reading
+        arch["denoiser"] = type(model.unet).__name__
     arch["latent"] = model.is_latent
     return arch
 
@@ -103,12 +112,13 @@ def load_suspect(
     if path.is_dir():
         if _is_pipeline(path):
             return DiffusionModel.load(path, sampler=sampler, key=key)
-        if _is_unet(path):
-            model = _base(key, base, base_model, sampler, what="a bare unet/ folder", base_key=base_key)
-            return _with_unet(model, UNet2DConditionModel.from_pretrained(path).to(model.device), key, path)
+        if denoiser := _denoiser_class(path):
+            what = f"a bare {'unet' if denoiser is UNet2DConditionModel else 'transformer'}/ folder"
+            model = _base(key, base, base_model, sampler, what=what, base_key=base_key)
+            return _with_unet(model, denoiser.from_pretrained(path).to(model.device), key, path)
         raise ConfigError(
-            f"{key}: {path} is neither a diffusers pipeline folder (unet/ text_encoder/ tokenizer/ scheduler/ [vae/]) "
-            "nor a UNet folder (config.json + diffusion_pytorch_model.safetensors)"
+            f"{key}: {path} is neither a diffusers pipeline folder (unet/ or transformer/, text_encoder/, tokenizer/, "
+            "scheduler/, vae/) nor a denoiser folder (config.json + diffusion_pytorch_model.safetensors)"
         )
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise ConfigError(f"{key}: {path} is not a folder or a checkpoint file ({', '.join(CHECKPOINT_SUFFIXES)})")
@@ -118,10 +128,13 @@ def load_suspect(
                           or "lora")  # fmt: skip
         return load_suspect(as_lora, base_model=base_model, sampler=sampler)
     model = _base(key, base, base_model, sampler, what="a single-file checkpoint", base_key=base_key)
-    if set(state) == set(model.unet.state_dict()):  # a UNet in diffusers' own key names
+    if set(state) == set(model.unet.state_dict()):  # a denoiser in diffusers' own key names
         unet = model.unet
         unet.load_state_dict({k: v.to(unet.dtype) for k, v in state.items()})
         return model
+    if isinstance(model.unet, SD3Transformer2DModel):
+        raise ConfigError(f"{key}: {path} is not a state dict of this base's transformer in diffusers' key names "
+                          "(the original SD3 single-file layout is not read: convert it with diffusers first)")  # fmt: skip
     if not base:
         raise ConfigError(f"{base_key}: a Stable Diffusion single-file checkpoint needs {base_key}=<pipeline folder> "
                           "for its component configs (nothing is downloaded)")  # fmt: skip
@@ -136,14 +149,14 @@ def _existing(path: str, key: str) -> Path:
 
 
 def _is_pipeline(path: Path) -> bool:
-    return (path / "unet").is_dir()
+    return (path / "unet").is_dir() or (path / "transformer").is_dir()
 
 
-def _is_unet(path: Path) -> bool:
+def _denoiser_class(path: Path) -> type | None:
     config = path / "config.json"
     if not config.is_file():
-        return False
-    return json.loads(config.read_text()).get("_class_name") == "UNet2DConditionModel"
+        return None
+    return DENOISERS.get(json.loads(config.read_text()).get("_class_name"))
 
 
 def _base(
@@ -157,16 +170,19 @@ def _base(
     if base is not None:
         folder = _existing(str(base), base_key)
         if not _is_pipeline(folder):
-            raise ConfigError(f"{base_key}: {folder} is not a diffusers pipeline folder (no unet/)")
+            raise ConfigError(f"{base_key}: {folder} is not a diffusers pipeline folder (no unet/ or transformer/)")
         return DiffusionModel.load(folder, sampler=sampler, key=base_key)
     if base_model is not None:
         return base_model.clone()
     raise ConfigError(f"{base_key}: {key} is {what}; set {base_key}=<the pipeline folder it applies to>")
 
 
-def _with_unet(model: DiffusionModel, unet: UNet2DConditionModel, key: str, path: Path) -> DiffusionModel:
+def _with_unet(model: DiffusionModel, unet: torch.nn.Module, key: str, path: Path) -> DiffusionModel:
+    if type(unet) is not type(model.unet):
+        raise ConfigError(f"{key}: {path} holds a {type(unet).__name__}, its base a {type(model.unet).__name__}: "
+                          "it does not belong to this base")  # fmt: skip
     if dict(unet.config).get("in_channels") != model.unet.config.in_channels:
-        raise ConfigError(f"{key}: the UNet in {path} takes {unet.config.in_channels} input channels, its base "
+        raise ConfigError(f"{key}: the denoiser in {path} takes {unet.config.in_channels} input channels, its base "
                           f"{model.unet.config.in_channels}: it does not belong to this base")  # fmt: skip
     model.unet = unet
     return model

@@ -29,8 +29,6 @@ from adaptguard.core.keys import Protected
 from adaptguard.metrics.cost import CostTracker
 from adaptguard.metrics.curve import StepProbe
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.models.sd3 import FAMILY as FAMILY_SD3
-from adaptguard.models.sd3 import SD3Model
 from adaptguard.pipeline.evaluator import Evaluator
 from adaptguard.pipeline.experiment import Experiment
 from adaptguard.reporting.logger import log_results
@@ -181,26 +179,11 @@ def run_experiment(exp: Experiment, ctx: RunContext) -> RunResult:
         raise
 
 
-def check_dit_support(exp: Experiment) -> None:
-    """On a diffusion transformer, only what runs on one (``runs_on_dit``): refused in one line, naming the rest."""
-    blocked = [f"{k}={part.name}" for k, part in (("defense", exp.defense), ("attack", exp.attack))
-               if not part.runs_on_dit]  # fmt: skip
-    if blocked:
-        raise ConfigError(
-            f"{' and '.join(blocked)}: does not run on model={exp.model.name}, a diffusion transformer, yet (issue 31); "
-            "on it: defense=none|backdoor|random_freeze|freezeasguard, attack=none|full|lora|dreambooth|prune|quantize|weight_noise"
-        )
-
-
 def _run_stages(exp: Experiment, ctx: RunContext, out: Path, tracker: CostTracker) -> RunResult:
     notes = check_before_work(exp)
-    if exp.model.describe().get("family") == FAMILY_SD3:  # refused before it pretrains for an hour
-        check_dit_support(exp)
     ev = Evaluator(exp.defense, exp.eval, exp.data, ctx, tracker, out)
     with ev.tracker.stage("base"):
         base = exp.model.load(ctx)
-    if isinstance(base, SD3Model):  # an SD3 folder given as model.path
-        check_dit_support(exp)
     plans = plan_attacks(exp, base.resolution)
     domains = [p.domain for p in plans if p.domain is not None]
     base_quality = ev.quality("base", base, domains) if exp.eval.quality_of_base else {}

@@ -1,0 +1,163 @@
+"""The owner's workflow on the SD3-structured micro_dit: protect -> fine-tuned elsewhere -> verify from disk.
+
+As tests/test_owner.py does for the UNet: every form a transformer fine-tune is published in (the
+StableDiffusion3Pipeline folder, its ``transformer/`` subfolder, a single file, a LoRA file made by a
+diffusers-only script) verifies with the numbers the run measured in-process. AIAO is the watermark:
+white-box, so the verdict reads the transformer's weights whatever form they arrive in.
+"""
+
+import json
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+
+from adaptguard.core.artifacts import ArtifactCache
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.reporting.results import RunResult
+from tests.helpers import cli, model_source, run_config, same_numbers
+from tests.helpers import verify_json as verify
+from tests.test_dit import DIT_AIAO, DIT_FAST
+
+pytestmark = pytest.mark.slow
+
+AIAO = DIT_AIAO  # detected on micro_dit at rate 1.0 (base: not detected) in about 15 s of protect
+
+
+@dataclass
+class DitOwner:
+    tmp: Path
+    release: Path
+    full: RunResult
+
+    @property
+    def key(self) -> str:
+        return f"key={self.release / 'owner.key'}"
+
+    @property
+    def attacked(self) -> Path:
+        return Path(self.full.attacks["attacker"].cost["saved_to"])
+
+
+@pytest.fixture(scope="module")
+def dit_owner(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dit_owner")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("ADAPTGUARD_CACHE", str(tmp / "cache"))
+        protect = cli(["protect", "model=micro_dit", "progress=false", *AIAO, f"out={tmp / 'release'}"])
+        assert protect.code == 0, protect.stderr
+        full = run_config([*DIT_FAST, *AIAO, "attack=full", "attack.steps=3", "attack.batch_size=4",
+                           "attack.save=merged"], tmp / "full")  # fmt: skip
+        yield DitOwner(tmp, tmp / "release", full)
+
+
+def test_the_protected_dit_folder_is_detected_and_the_never_watermarked_base_is_not(dit_owner):
+    protected = json.loads((dit_owner.release / "protect.json").read_text())
+    verdict = verify(dit_owner.key, f"suspect={dit_owner.release / 'model'}")
+    assert verdict["detected"] and verdict["identical_to_protected"]
+    same_numbers(verdict, protected["protected"])
+    base = ArtifactCache().shipped("base", model_source("micro_dit").describe()) / "model"
+    never = verify(dit_owner.key, f"suspect={base}")
+    assert not never["detected"]
+    same_numbers(never, protected["base"])
+
+
+def test_a_fine_tuned_dit_verifies_alike_as_a_folder_its_transformer_and_a_single_file(dit_owner):
+    expected = dit_owner.full.attacks["attacker"].model.verification
+    assert expected.detected  # AIAO survives three full steps
+    folder = dit_owner.attacked
+    assert (folder / "transformer").is_dir() and not (folder / "unet").exists()
+    same_numbers(verify(dit_owner.key, f"suspect={folder}"), expected)
+    # a bare transformer/ folder: its base is the folder protect wrote (recorded in the key)
+    same_numbers(verify(dit_owner.key, f"suspect={folder / 'transformer'}"), expected)
+    one_file = dit_owner.tmp / "finetuned_transformer.safetensors"  # diffusers' key names
+    save_file(DiffusionModel.load(folder).unet.state_dict(), one_file)
+    same_numbers(verify(dit_owner.key, f"suspect={one_file}", f"suspect.base={dit_owner.release / 'model'}"), expected)
+    # attack=external puts the same folder through an experiment: the same verdict
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("ADAPTGUARD_CACHE", str(dit_owner.tmp / "cache"))
+        ext = run_config([*DIT_FAST, *AIAO, "attack=external", f"attack.path={folder}"], dit_owner.tmp / "ext")
+    same_numbers(vars(ext.attacks["attacker"].model.verification), expected)
+
+
+def test_a_unet_suspect_against_a_dit_key_is_one_line_naming_the_mismatch(dit_owner):
+    unet_base = ArtifactCache().shipped("base", model_source("micro").describe()) / "model"
+    result = cli(["verify", dit_owner.key, f"suspect={unet_base}"])
+    assert result.code == 2 and result.stderr.count("\n") == 1
+    assert "denoiser" in result.stderr and "SD3Transformer2DModel" in result.stderr
+
+
+# What diffusers' examples/dreambooth/train_dreambooth_lora_sd3.py does, in a process that never imports
+# adaptguard: peft LoRA on the transformer's joint-attention projections, prompts through the pipeline's
+# encode_prompt, logit-normal timesteps and SD3's loss weighting from diffusers.training_utils, the
+# flow-matching target, then StableDiffusion3Pipeline.save_lora_weights. It also fuses the LoRA with
+# diffusers' own API and saves that pipeline, to compare the two readings.
+SD3_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    base, out, merged = sys.argv[1:4]
+    torch.manual_seed(0)
+    pipe = StableDiffusion3Pipeline.from_pretrained(base)
+    transformer = pipe.transformer.requires_grad_(False)
+    targets = ["attn.add_k_proj", "attn.add_q_proj", "attn.add_v_proj", "attn.to_add_out", "attn.to_k",
+               "attn.to_out.0", "attn.to_q", "attn.to_v"]
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets))
+    params = [p for p in transformer.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    train_scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with torch.no_grad():
+        prompt, pooled = pipe.encode_prompt(["a photo of sks shape"] * 4, None, None, do_classifier_free_guidance=False,
+                                            max_sequence_length=32)[0::2]
+    size = transformer.config.sample_size * pipe.vae_scale_factor
+    for _ in range(3):
+        with torch.no_grad():
+            images = torch.rand(4, 3, size, size) * 2 - 1
+            latents = pipe.vae.encode(images).latent_dist.sample()
+            latents = (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        u = compute_density_for_timestep_sampling("logit_normal", 4, logit_mean=0.0, logit_std=1.0)
+        index = (u * train_scheduler.config.num_train_timesteps).long()
+        timesteps = train_scheduler.timesteps[index]
+        sigmas = train_scheduler.sigmas[index].view(-1, 1, 1, 1)
+        noise = torch.randn_like(latents)
+        noisy = (1 - sigmas) * latents + sigmas * noise
+        pred = transformer(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=prompt,
+                           pooled_projections=pooled).sample
+        weight = compute_loss_weighting_for_sd3("logit_normal", sigmas=sigmas)
+        loss = (weight * (pred - (noise - latents)) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    StableDiffusion3Pipeline.save_lora_weights(out, transformer_lora_layers=get_peft_model_state_dict(transformer))
+    fused = StableDiffusion3Pipeline.from_pretrained(base)
+    fused.load_lora_weights(out)
+    fused.fuse_lora()
+    fused.unload_lora_weights()
+    fused.save_pretrained(merged)
+    assert not any(m.startswith("adaptguard") for m in sys.modules)
+    print("loss", float(loss))
+""")
+
+
+def test_a_lora_from_diffusers_sd3_script_is_verified_on_its_base(dit_owner):
+    protected = dit_owner.release / "model"
+    out, merged = dit_owner.tmp / "sd3_lora", dit_owner.tmp / "sd3_lora_merged"
+    proc = subprocess.run([sys.executable, "-c", SD3_SCRIPT, str(protected), str(out), str(merged)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lora = out / "pytorch_lora_weights.safetensors"
+    assert lora.is_file() and float(proc.stdout.split("loss")[1]) > 0
+    verdict = verify(dit_owner.key, f"suspect.lora={lora}", f"suspect.base={protected}")
+    assert verdict["detected"] and not verdict["identical_to_protected"] and verdict["trials"] == 16
+    # diffusers' own fuse of the same file, saved as a folder, verifies identically
+    (merged / "adaptguard.json").write_text((protected / "adaptguard.json").read_text())  # the sampler settings
+    same_numbers(verify(dit_owner.key, f"suspect={merged}"), verdict)
+    # without suspect.base the LoRA applies to the folder protect wrote (recorded in the key)
+    same_numbers(verify(dit_owner.key, f"suspect.lora={lora}"), verdict)
