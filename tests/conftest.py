@@ -42,7 +42,7 @@ LONGEST_FIRST = (
     "test_e2e",
     "test_ddp",
     "test_sleepermark",
-    "test_dit",
+    "test_dit_runs",
     "test_report",
     "test_owner",
     "test_scale",

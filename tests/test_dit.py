@@ -1,5 +1,5 @@
-"""The diffusion-transformer path (issue 31, first part): the SD3-structured micro_dit built from config,
-its flow-matching objective, its StableDiffusion3Pipeline folders, and diffusers as their client."""
+"""The diffusion-transformer model: the SD3-structured micro_dit built from config, its flow-matching
+objective, its StableDiffusion3Pipeline folders and diffusers as their client (runs: test_dit_runs.py)."""
 
 import subprocess
 import sys
@@ -100,72 +100,3 @@ def test_pretraining_a_dit_measures_its_vae_shift_and_scale(tmp_path):
     # the denoiser sees centred, unit-scale latents, and decoding undoes it
     z = torch.randn(1, *model.latent_shape)
     assert torch.allclose(model.scale_latents(z / scale + shift), z, atol=1e-5)
-
-
-# every defense and attack once on micro_dit at reduced steps: protect -> attack -> score (external: test_dit_owner)
-DIT_FAST = ["model=micro_dit", "logger=none", "model.sampler.steps=3", "eval.fid.num_samples=8",
-            "eval.fid.kid_subset_size=4", "eval.fid.kid_subsets=2", "eval.grid_samples=4"]  # fmt: skip
-# watermarks at settings that detect them on micro_dit (one seed each: docs/defenses/<name>.md)
-DIT_AIAO = ["defense=aiao", "defense.steps=200", "defense.batch_size=8", "defense.probe_steps=3",
-            "defense.num_subpaths=16", "defense.key_seed=3"]  # fmt: skip
-DIT_SLEEPERMARK = ["defense=sleepermark", "defense.codec.bits=16", "defense.codec.encoder_hidden=256",
-                   "defense.codec.residual=full", "defense.codec.steps=600", "defense.codec.batch_size=16",
-                   "defense.codec.perceptual=none", "defense.codec.image_weight=1.0", "defense.steps=300",
-                   "defense.batch_size=16", "defense.lr=2e-3", "defense.small_t_fraction=0", "defense.sample_steps=10",
-                   "defense.num_samples=16", "defense.null_messages=15", "defense.fpr=1e-2", "defense.model_fpr=1e-2",
-                   "defense.key_seed=3"]  # fmt: skip
-DIT_BACKDOOR = ["defense=backdoor", "defense.steps=300", "defense.batch_size=16", "defense.lr=1e-3",
-                "defense.trigger_fraction=0.6", "defense.num_samples=16", "defense.null_keys=15", "defense.fpr=1e-2",
-                "defense.sample_steps=10", "defense.key_seed=3"]  # fmt: skip
-SHORT = ["attack.steps=3", "attack.batch_size=4"]
-DIT_DIAGONAL = {
-    "aiao-lora": [*DIT_AIAO, "attack=lora", *SHORT, "attack.save=adapter"],
-    "sleepermark-full": [*DIT_SLEEPERMARK, "attack=full", *SHORT],
-    "backdoor-dreambooth": [*DIT_BACKDOOR, "attack=dreambooth", *SHORT, "attack.num_class_images=2"],
-    "freezeasguard-full": ["experiment=freeze", "defense=freezeasguard", "attack=full", "defense.steps=3",
-                           "defense.batch_size=4", "defense.user_steps=2", "defense.user_batch_size=4", *SHORT],
-    "random_freeze-prune": ["defense=random_freeze", "attack=prune"],
-    "none-quantize": ["defense=none", "attack=quantize"],
-    "none-weight_noise": ["defense=none", "attack=weight_noise"],
-}  # fmt: skip
-WATERMARKS = ("aiao-lora", "sleepermark-full", "backdoor-dreambooth")
-
-
-@pytest.mark.slow
-def test_every_defense_and_attack_runs_on_micro_dit_and_every_watermark_is_detected(tmp_path, monkeypatch):
-    from adaptguard.core.artifacts import ArtifactCache
-    from tests.helpers import model_source as runs_source
-    from tests.helpers import run_config
-
-    monkeypatch.setenv("ADAPTGUARD_CACHE", str(tmp_path / "cache"))
-    runs = {name: run_config([*DIT_FAST, *args], tmp_path / name) for name, args in DIT_DIAGONAL.items()}
-    for name, result in runs.items():
-        assert result.status == "ok" and result.run.model == "micro_dit", name
-        fids = [q.fid for a in result.attacks.values() for q in a.model.quality.values()]
-        assert fids and all(f > 0 for f in fids), name
-        before = [q.fid for q in result.protected.quality.values()]
-        assert before and fids != before, name  # the attack changed the transformer's weights and its images
-    for name in WATERMARKS:  # detected before the attack; the never-watermarked base is not
-        result = runs[name]
-        assert result.protected.verification.detected and not result.base.verification.detected, name
-        (after,) = (a.model.verification for a in result.attacks.values())
-        assert after.trials == result.protected.verification.trials == result.base.verification.trials, name
-    for name in ("freezeasguard-full", "random_freeze-prune"):  # masks over the transformer's tensors
-        assert 0 < runs[name].summary["frozen_tensors_ratio"] < 1, name
-    # the LoRA attack's adapter is SD3's diffusers LoRA file: a process without adaptguard loads it on the base
-    (lora,) = runs["aiao-lora"].attacks.values()
-    assert lora.cost["lora_modules"] > 0
-    base = ArtifactCache(tmp_path / "cache").shipped("base", runs_source("micro_dit").describe()) / "model"
-    script = textwrap.dedent(f"""
-        import sys, torch
-        from diffusers import StableDiffusion3Pipeline
-        pipe = StableDiffusion3Pipeline.from_pretrained({str(base)!r})
-        pipe.load_lora_weights({lora.cost["saved_to"]!r})
-        images = pipe(["a red circle"] * 2, num_inference_steps=3, max_sequence_length=32, output_type="pt",
-                      generator=torch.Generator().manual_seed(0)).images
-        assert "adaptguard" not in sys.modules
-        print("shape", list(images.shape), "std", float(images.std()))
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "shape [2, 3, 32, 32]" in proc.stdout and float(proc.stdout.split("std")[1]) > 0.01

@@ -37,6 +37,12 @@ DIAGONAL = {
     "none-weight_noise": ["defense=none", "attack=weight_noise"],
     "aiao_busy-none": ["defense=aiao_busy", "attack=none", *WATERMARK, "defense.probe_steps=3",
                        "defense.num_subpaths=8"],
+    # the same protections as above (cached): a merge with an independent fine-tune, a fine-tuned decoder
+    "backdoor-merge": ["defense=backdoor", "attack=merge", *WATERMARK, "defense.num_samples=4",
+                       "defense.null_keys=7", *TRAIN],
+    "sleepermark-vae_swap": ["defense=sleepermark", "attack=vae_swap", *WATERMARK, "defense.codec.steps=20",
+                             "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
+                             "defense.null_messages=7", *TRAIN],
 }  # fmt: skip
 
 
@@ -55,7 +61,7 @@ def test_every_defense_and_attack_runs_on_the_latent_model(diagonal):
     assert {r.run.defense for r in runs.values()} >= {"aiao", "sleepermark", "backdoor", "freezeasguard",
                                                      "random_freeze", "none"}  # fmt: skip
     assert {r.run.attack for r in runs.values()} >= {"lora", "full", "dreambooth", "quantize", "prune",
-                                                    "weight_noise", "none"}  # fmt: skip
+                                                    "weight_noise", "none", "merge", "vae_swap"}  # fmt: skip
     for name, result in runs.items():
         assert result.status == "ok", name
         assert result.run.model == "micro"

@@ -1,11 +1,13 @@
-"""Attacks: adaptations of a published model (fine-tuning, DreamBooth, weight edits)."""
+"""Attacks: adaptations of a published model (fine-tuning, DreamBooth, weight edits, merges, VAE swaps)."""
 
 from adaptguard.attacks.base import Attack
 from adaptguard.attacks.dreambooth import DreamBooth
 from adaptguard.attacks.external import ExternalModel
 from adaptguard.attacks.finetune import FineTuning, FullFineTune, LoraFineTune
+from adaptguard.attacks.merge import WeightMerge
 from adaptguard.attacks.none import NoAttack
 from adaptguard.attacks.perturb import Int8Quantize, MagnitudePrune, WeightNoise
+from adaptguard.attacks.vae_swap import VaeSwap
 
 __all__ = [
     "Attack",
@@ -17,5 +19,7 @@ __all__ = [
     "LoraFineTune",
     "MagnitudePrune",
     "NoAttack",
+    "VaeSwap",
+    "WeightMerge",
     "WeightNoise",
 ]

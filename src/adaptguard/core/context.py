@@ -7,6 +7,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -38,6 +39,9 @@ class RunContext:
     checkpoint_every: int = 200  # optimizer steps between checkpoints (config key checkpoint_every; 0: none)
     sweep: str = ""  # the Hydra sweep this run is a job of (its wandb group; results.json -> run.sweep)
     fresh_keys: bool = False  # ``protect``: keys whose seed is null are drawn fresh, not from the run seed
+    # the experiment's never-protected base model (a DiffusionModel), for attacks that start from it as model-hub
+    # users do (merges with an independent fine-tune, VAE swaps back to the original); None outside experiments
+    base_model: Any = None
 
     def key_seed(self, configured: int | None) -> int:
         """The seed a defense draws its key from: ``configured`` if set; else derived from the run seed, so
@@ -60,6 +64,10 @@ class RunContext:
     def with_checkpoints(self, folder: Path | None) -> RunContext:
         """The same context, with fits checkpointing into ``folder`` and resuming from it."""
         return replace(self, checkpoint_dir=folder if self.checkpoint_every > 0 else None)
+
+    def with_base(self, base: Any) -> RunContext:
+        """The same context, knowing the experiment's base model."""
+        return replace(self, base_model=base)
 
     def with_callbacks(self, *callbacks: Callback) -> RunContext:
         """The same context with ``callbacks`` added to every fit."""

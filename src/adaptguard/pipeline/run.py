@@ -194,7 +194,8 @@ def _run_stages(exp: Experiment, ctx: RunContext, out: Path, tracker: CostTracke
     reuse = base_quality if not exp.defense.modifies_weights else None  # same weights: same scores
     protected_report = ev.evaluate("protected", protected.model, domains, quality=reuse)
     protected_report.paired = ev.paired(base_report, protected_report)
-    attacks = {p.name: run_attack(exp, p, protected, protected_report, ev, ctx) for p in plans}
+    attack_ctx = ctx.with_base(base)  # merges and VAE swaps start from the never-protected base, as users do
+    attacks = {p.name: run_attack(exp, p, protected, protected_report, ev, attack_ctx) for p in plans}
     result = build_result(exp, ctx, protected, base_report, protected_report, attacks, notes, ev)
     if ranks.is_main():  # under DDP every rank runs the pipeline; one writes
         result.write(out)

@@ -9,6 +9,7 @@ posteriors instead of running the encoder every step.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -28,7 +29,9 @@ class AutoencoderModule(L.LightningModule):
     """
 
     def __init__(self, vae: AutoencoderKL, lr: float, kl_weight: float, max_steps: int, warmup_steps: int = 0,
-                 crop: int | None = None):  # fmt: skip
+                 crop: int | None = None, decoder_only: bool = False):  # fmt: skip
+        """``decoder_only``: the encoder (and so the latent space) stays fixed and only the decoder trains on
+        reconstruction, as Stable Diffusion's ft-MSE / ft-EMA VAEs were made: a drop-in replacement VAE."""
         super().__init__()
         self.vae = vae
         self.lr = lr
@@ -36,22 +39,28 @@ class AutoencoderModule(L.LightningModule):
         self.max_steps = max_steps
         self.warmup_steps = warmup_steps
         self.crop = crop
+        self.decoder_only = decoder_only
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         x = batch["image"]
         if self.crop and self.crop < x.shape[-1]:
             i, j = torch.randint(0, x.shape[-1] - self.crop + 1, (2,)).tolist()
             x = x[..., i : i + self.crop, j : j + self.crop]
-        posterior = self.vae.encode(x).latent_dist
-        recon = self.vae.decode(posterior.sample()).sample
+        with torch.no_grad() if self.decoder_only else nullcontext():
+            posterior = self.vae.encode(x).latent_dist
+            z = posterior.sample()
+        recon = self.vae.decode(z).sample
         rec = F.mse_loss(recon, x) + F.l1_loss(recon, x)
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = rec + self.kl_weight * kl
+        loss = rec if self.decoder_only else rec + self.kl_weight * posterior.kl().mean() / x[0].numel()
         self.log_dict({"vae/loss": loss.detach(), "vae/rec": rec.detach()}, prog_bar=True, batch_size=x.shape[0])
         return loss
 
+    def trained_parameters(self) -> list[torch.nn.Parameter]:
+        parts = (self.vae.decoder, self.vae.post_quant_conv) if self.decoder_only else (self.vae,)
+        return [p for part in parts if part is not None for p in part.parameters()]
+
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.vae.parameters(), lr=self.lr, weight_decay=0.0)
+        optimizer = torch.optim.AdamW(self.trained_parameters(), lr=self.lr, weight_decay=0.0)
         scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=self.warmup_steps,
                                   num_training_steps=self.max_steps)  # fmt: skip
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

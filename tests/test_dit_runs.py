@@ -1,9 +1,12 @@
-"""The owner's workflow on the SD3-structured micro_dit: protect -> fine-tuned elsewhere -> verify from disk.
+"""Every defense and attack on the SD3-structured micro_dit, and the owner's workflow on it.
 
-As tests/test_owner.py does for the UNet: every form a transformer fine-tune is published in (the
-StableDiffusion3Pipeline folder, its ``transformer/`` subfolder, a single file, a LoRA file made by a
-diffusers-only script) verifies with the numbers the run measured in-process. AIAO is the watermark:
-white-box, so the verdict reads the transformer's weights whatever form they arrive in.
+A diagonal of the product at reduced steps, in which every watermark is detected before its attack and
+the never-watermarked base is not; then, as tests/test_owner.py does for the UNet, every form a
+transformer fine-tune is published in (the StableDiffusion3Pipeline folder, its ``transformer/``
+subfolder, a single file, a LoRA file made by a diffusers-only script) verifies with the numbers the
+run measured in-process. AIAO is the owner's watermark there: white-box, so the verdict reads the
+transformer's weights whatever form they arrive in. One module, so the owner's protection is the
+diagonal's (the same cache).
 """
 
 import json
@@ -14,25 +17,56 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.reporting.results import RunResult
 from tests.helpers import cli, model_source, run_config, same_numbers
 from tests.helpers import verify_json as verify
-from tests.test_dit import DIT_AIAO, DIT_FAST
 
 pytestmark = pytest.mark.slow
 
-AIAO = DIT_AIAO  # detected on micro_dit at rate 1.0 (base: not detected) in about 15 s of protect
+# every defense and attack once on micro_dit at reduced steps: protect -> attack -> score (external: below)
+DIT_FAST = ["model=micro_dit", "logger=none", "model.sampler.steps=3", "eval.fid.num_samples=8",
+            "eval.fid.kid_subset_size=4", "eval.fid.kid_subsets=2", "eval.grid_samples=4"]  # fmt: skip
+# watermarks at settings that detect them on micro_dit (one seed each: docs/defenses/<name>.md)
+DIT_AIAO = ["defense=aiao", "defense.steps=200", "defense.batch_size=8", "defense.probe_steps=3",
+            "defense.num_subpaths=16", "defense.key_seed=3"]  # fmt: skip
+DIT_SLEEPERMARK = ["defense=sleepermark", "defense.codec.bits=16", "defense.codec.encoder_hidden=256",
+                   "defense.codec.residual=full", "defense.codec.steps=600", "defense.codec.batch_size=16",
+                   "defense.codec.perceptual=none", "defense.codec.image_weight=1.0", "defense.steps=300",
+                   "defense.batch_size=16", "defense.lr=2e-3", "defense.small_t_fraction=0", "defense.sample_steps=10",
+                   "defense.num_samples=16", "defense.null_messages=15", "defense.fpr=1e-2", "defense.model_fpr=1e-2",
+                   "defense.key_seed=3"]  # fmt: skip
+DIT_BACKDOOR = ["defense=backdoor", "defense.steps=300", "defense.batch_size=16", "defense.lr=1e-3",
+                "defense.trigger_fraction=0.6", "defense.num_samples=16", "defense.null_keys=15", "defense.fpr=1e-2",
+                "defense.sample_steps=10", "defense.key_seed=3"]  # fmt: skip
+SHORT = ["attack.steps=3", "attack.batch_size=4"]
+DIT_DIAGONAL = {
+    "aiao-lora": [*DIT_AIAO, "attack=lora", *SHORT, "attack.save=adapter"],
+    "aiao-full": [*DIT_AIAO, "attack=full", *SHORT, "attack.save=merged"],  # the owner's tests' fine-tune
+    "backdoor-dreambooth": [*DIT_BACKDOOR, "attack=dreambooth", *SHORT, "attack.num_class_images=2"],
+    "freezeasguard-full": ["experiment=freeze", "defense=freezeasguard", "attack=full", "defense.steps=3",
+                           "defense.batch_size=4", "defense.user_steps=2", "defense.user_batch_size=4", *SHORT],
+    "random_freeze-prune": ["defense=random_freeze", "attack=prune"],
+    "none-quantize": ["defense=none", "attack=quantize"],
+    "none-weight_noise": ["defense=none", "attack=weight_noise"],
+    "backdoor-merge": [*DIT_BACKDOOR, "attack=merge", *SHORT],  # the protection above, cached
+    "sleepermark-vae_swap": [*DIT_SLEEPERMARK, "attack=vae_swap", *SHORT],
+}  # fmt: skip
+WATERMARKS = ("aiao-lora", "aiao-full", "backdoor-dreambooth", "backdoor-merge", "sleepermark-vae_swap")
 
 
 @dataclass
 class DitOwner:
     tmp: Path
     release: Path
-    full: RunResult
+    runs: dict[str, RunResult]
+
+    @property
+    def full(self) -> RunResult:
+        return self.runs["aiao-full"]
 
     @property
     def key(self) -> str:
@@ -45,14 +79,52 @@ class DitOwner:
 
 @pytest.fixture(scope="module")
 def dit_owner(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dit_owner")
+    """The diagonal, then the owner's protect with the diagonal's AIAO settings (found in its cache)."""
+    tmp = tmp_path_factory.mktemp("dit")
     with pytest.MonkeyPatch.context() as m:
         m.setenv("ADAPTGUARD_CACHE", str(tmp / "cache"))
-        protect = cli(["protect", "model=micro_dit", "progress=false", *AIAO, f"out={tmp / 'release'}"])
+        runs = {name: run_config([*DIT_FAST, *args], tmp / name) for name, args in DIT_DIAGONAL.items()}
+        protect = cli(["protect", "model=micro_dit", "progress=false", *DIT_AIAO, f"out={tmp / 'release'}"])
         assert protect.code == 0, protect.stderr
-        full = run_config([*DIT_FAST, *AIAO, "attack=full", "attack.steps=3", "attack.batch_size=4",
-                           "attack.save=merged"], tmp / "full")  # fmt: skip
-        yield DitOwner(tmp, tmp / "release", full)
+        yield DitOwner(tmp, tmp / "release", runs)
+
+
+def test_every_defense_and_attack_runs_on_micro_dit_and_every_watermark_is_detected(dit_owner):
+    runs = dit_owner.runs
+    assert {r.run.defense for r in runs.values()} == {"aiao", "sleepermark", "backdoor", "freezeasguard",
+                                                     "random_freeze", "none"}  # fmt: skip
+    assert {r.run.attack for r in runs.values()} | {"external"} == {"lora", "full", "dreambooth", "prune", "quantize",
+                                                                   "weight_noise", "merge", "vae_swap", "external"}  # fmt: skip
+    for name, result in runs.items():
+        assert result.status == "ok" and result.run.model == "micro_dit", name
+        fids = [q.fid for a in result.attacks.values() for q in a.model.quality.values()]
+        assert fids and all(f > 0 for f in fids), name
+        before = [q.fid for q in result.protected.quality.values()]
+        assert before and fids != before, name  # the attack changed the transformer's weights and its images
+    for name in WATERMARKS:  # detected before the attack; the never-watermarked base is not
+        result = runs[name]
+        assert result.protected.verification.detected and not result.base.verification.detected, name
+        (after,) = (a.model.verification for a in result.attacks.values())
+        assert after.trials == result.protected.verification.trials == result.base.verification.trials, name
+    for name in ("freezeasguard-full", "random_freeze-prune"):  # masks over the transformer's tensors
+        assert 0 < runs[name].summary["frozen_tensors_ratio"] < 1, name
+    # the LoRA attack's adapter is SD3's diffusers LoRA file: a process without adaptguard loads it on the base
+    (lora,) = runs["aiao-lora"].attacks.values()
+    assert lora.cost["lora_modules"] > 0
+    base = ArtifactCache().shipped("base", model_source("micro_dit").describe()) / "model"
+    script = textwrap.dedent(f"""
+        import sys, torch
+        from diffusers import StableDiffusion3Pipeline
+        pipe = StableDiffusion3Pipeline.from_pretrained({str(base)!r})
+        pipe.load_lora_weights({lora.cost["saved_to"]!r})
+        images = pipe(["a red circle"] * 2, num_inference_steps=3, max_sequence_length=32, output_type="pt",
+                      generator=torch.Generator().manual_seed(0)).images
+        assert "adaptguard" not in sys.modules
+        print("shape", list(images.shape), "std", float(images.std()))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "shape [2, 3, 32, 32]" in proc.stdout and float(proc.stdout.split("std")[1]) > 0.01
 
 
 def test_the_protected_dit_folder_is_detected_and_the_never_watermarked_base_is_not(dit_owner):
@@ -77,10 +149,14 @@ def test_a_fine_tuned_dit_verifies_alike_as_a_folder_its_transformer_and_a_singl
     one_file = dit_owner.tmp / "finetuned_transformer.safetensors"  # diffusers' key names
     save_file(DiffusionModel.load(folder).unet.state_dict(), one_file)
     same_numbers(verify(dit_owner.key, f"suspect={one_file}", f"suspect.base={dit_owner.release / 'model'}"), expected)
+    original = dit_owner.tmp / "sd3_original_layout.safetensors"  # keys as the original SD3 checkpoints name them
+    save_file({f"model.diffusion_model.{k}": v for k, v in load_file(one_file).items()}, original)
+    refused = cli(["verify", dit_owner.key, f"suspect={original}"])
+    assert refused.code == 2 and refused.stderr.count("\n") == 1 and "original SD3 single-file layout" in refused.stderr
     # attack=external puts the same folder through an experiment: the same verdict
     with pytest.MonkeyPatch.context() as m:
         m.setenv("ADAPTGUARD_CACHE", str(dit_owner.tmp / "cache"))
-        ext = run_config([*DIT_FAST, *AIAO, "attack=external", f"attack.path={folder}"], dit_owner.tmp / "ext")
+        ext = run_config([*DIT_FAST, *DIT_AIAO, "attack=external", f"attack.path={folder}"], dit_owner.tmp / "ext")
     same_numbers(vars(ext.attacks["attacker"].model.verification), expected)
 
 

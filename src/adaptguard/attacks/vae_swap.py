@@ -1,0 +1,105 @@
+"""Swapping the VAE, as users do with Stable Diffusion's ft-MSE VAE: the natural attack on decoder watermarks.
+
+The replacement keeps the latent space (the denoiser still works) and changes the decoder that draws the
+images: ``finetuned`` fine-tunes the published VAE's decoder on the attacker's images with its encoder
+frozen, as Stability's ft-MSE / ft-EMA VAEs were made; ``base`` takes the never-protected base model's VAE;
+a folder gives any ``AutoencoderKL`` (a ``vae/`` folder, or a pipeline folder holding one).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from diffusers import AutoencoderKL
+
+from adaptguard.attacks.base import Attack
+from adaptguard.core.config import setting
+from adaptguard.core.constraint import FineTuneConstraint
+from adaptguard.core.context import RunContext
+from adaptguard.core.errors import ConfigError
+from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.models.bundle import DiffusionModel
+from adaptguard.training.autoencoder import AutoencoderModule
+from adaptguard.training.loop import fit
+
+
+@dataclass
+class VaeSwap(Attack):
+    vae: str = setting(
+        "finetuned",
+        doc="the replacement: `finetuned` (the published decoder fine-tuned on the attacker's images, encoder "
+        "frozen), `base` (the never-protected base's VAE) or an AutoencoderKL folder (or a pipeline folder with vae/)",
+    )
+    steps: int = setting(200, ge=1, doc="*finetuned*: decoder optimizer steps")
+    batch_size: int = setting(16, ge=1, doc="*finetuned*: images per step")
+    lr: float = setting(1e-4, gt=0, doc="*finetuned*: AdamW learning rate (cosine decay)")
+    split: str = setting("attacker", doc="*finetuned*: the split the decoder trains on")
+    name: str = setting("vae_swap", doc="label in results and logs")
+    report_options: ClassVar[tuple[str, ...]] = ("vae", "steps", "lr")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._cost: dict[str, Any] = {}
+
+    @property
+    def train_split(self) -> str | None:
+        return self.split if self.vae == "finetuned" else None
+
+    @property
+    def training_steps(self) -> int | None:
+        return self.steps if self.vae == "finetuned" else None
+
+    def check_data(self, data: CaptionedImageDataModule) -> None:
+        if self.vae == "finetuned":
+            data.spec(self.split)
+        elif self.vae != "base" and not Path(self.vae).expanduser().exists():
+            raise ConfigError(f"attack.vae: {Path(self.vae).expanduser()} does not exist (or use finetuned | base)")
+
+    def run(
+        self,
+        model: DiffusionModel,
+        data: CaptionedImageDataModule,
+        constraint: FineTuneConstraint | None,
+        ctx: RunContext,
+    ) -> DiffusionModel:
+        if model.vae is None:
+            raise ConfigError(f"attack=vae_swap: model {type(model).__name__} works in pixel space and has no VAE "
+                              "to swap; use a latent model")  # fmt: skip
+        swapped = model.clone()
+        if self.vae == "finetuned":
+            swapped.vae.requires_grad_(True).train()
+            module = AutoencoderModule(swapped.vae, self.lr, 0.0, self.steps, decoder_only=True)
+            fit(module, data.dataloader(self.split, self.batch_size), self.steps, ctx, label="attack vae",
+                lr_key="attack.lr")  # fmt: skip
+            swapped.vae = module.vae.to(model.device)
+            trained = sum(p.numel() for p in module.trained_parameters())
+            self._cost = {"vae": "finetuned", "trainable_params": trained}
+        elif self.vae == "base":
+            if ctx.base_model is None or ctx.base_model.vae is None:
+                raise ConfigError("attack.vae: base needs the experiment's base model; outside an experiment, "
+                                  "give a folder")  # fmt: skip
+            swapped.vae = copy.deepcopy(ctx.base_model.vae)
+            self._cost = {"vae": "base", "trainable_params": 0}
+        else:
+            swapped.vae = self._load(Path(self.vae).expanduser(), model).to(model.device)
+            self._cost = {"vae": str(self.vae), "trainable_params": 0}
+        swapped.vae.requires_grad_(False).eval()
+        return swapped
+
+    def _load(self, path: Path, model: DiffusionModel) -> AutoencoderKL:
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        try:
+            vae = AutoencoderKL.from_pretrained(folder)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"attack.vae: {folder} is not an AutoencoderKL folder ({str(err).splitlines()[0][:160]})"
+                              ) from None  # fmt: skip
+        if vae.config.latent_channels != model.vae.config.latent_channels:
+            raise ConfigError(f"attack.vae: {folder} has {vae.config.latent_channels} latent channels, the model "
+                              f"{model.vae.config.latent_channels}: its latent space is not this model's")  # fmt: skip
+        return vae
+
+    def cost(self) -> dict[str, Any]:
+        return dict(self._cost)
