@@ -34,7 +34,7 @@ DIT_FAST = ["model=micro_dit", "logger=none", "model.sampler.steps=3", "eval.fid
 DIT_AIAO = ["defense=aiao", "defense.steps=200", "defense.batch_size=8", "defense.probe_steps=3",
             "defense.num_subpaths=16", "defense.key_seed=3"]  # fmt: skip
 DIT_SLEEPERMARK = ["defense=sleepermark", "defense.codec.bits=16", "defense.codec.encoder_hidden=256",
-                   "defense.codec.residual=full", "defense.codec.steps=600", "defense.codec.batch_size=16",
+                   "defense.codec.residual=full", "defense.codec.steps=300", "defense.codec.batch_size=16",
                    "defense.codec.perceptual=none", "defense.codec.image_weight=1.0", "defense.steps=300",
                    "defense.batch_size=16", "defense.lr=2e-3", "defense.small_t_fraction=0", "defense.sample_steps=10",
                    "defense.num_samples=16", "defense.null_messages=15", "defense.fpr=1e-2", "defense.model_fpr=1e-2",

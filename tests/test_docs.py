@@ -17,6 +17,8 @@ from adaptguard.attacks import (
     Int8Quantize,
     LoraFineTune,
     MagnitudePrune,
+    VaeSwap,
+    WeightMerge,
     WeightNoise,
 )
 from adaptguard.cli import reference
@@ -57,7 +59,17 @@ PAGES = {
     "docs/defenses/freezeasguard.md": [(FreezeAsGuardDefense, "defense"), (RandomFreezeDefense, "defense")],
     "docs/attacks.md": [
         (c, "attack")
-        for c in (FullFineTune, LoraFineTune, DreamBooth, MagnitudePrune, Int8Quantize, WeightNoise, ExternalModel)
+        for c in (
+            FullFineTune,
+            LoraFineTune,
+            DreamBooth,
+            MagnitudePrune,
+            Int8Quantize,
+            WeightNoise,
+            ExternalModel,
+            WeightMerge,
+            VaeSwap,
+        )
     ]
     + [(c, f"eval.image_attacks.{c.name}") for c in IMAGE_TRANSFORMS.values()],  # fmt: skip
     "docs/models.md": [

@@ -1,6 +1,6 @@
 import pytest
 
-from adaptguard.models.tokenizer import build_tokenizer
+from adaptguard.models.tokenizer import build_t5_tokenizer, build_tokenizer
 
 
 @pytest.mark.parametrize("text", ["*[Z]& a photo", "a photo of sks dog", "héllo 日本 ~`|\\", "[V]", ""])
@@ -17,6 +17,20 @@ def test_deterministic_and_words_are_single_tokens():
     assert a.get_vocab() == b.get_vocab()
     ids = a("a small red circle on a white background").input_ids
     assert len(ids) == 2 + 8  # BOS + one token per word + EOS
+
+
+@pytest.mark.parametrize("text", ["*[Z]& a photo", "a photo of sks dog", "~`|\\ [V] 123"])
+def test_t5s_tokenizer_has_no_unknown_ascii_and_is_what_diffusers_sd3_scripts_load(text, tmp_path):
+    """The DiTs' third tokenizer: T5's kind, which train_dreambooth_lora_sd3.py opens with T5TokenizerFast."""
+    from transformers import T5TokenizerFast
+
+    tok = build_t5_tokenizer(max_length=32)
+    ids = tok(text).input_ids
+    assert tok.unk_token_id not in ids and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert len(tok("a small red circle").input_ids) == 4 + 1  # one piece per word, then </s>
+    tok.save_pretrained(tmp_path)
+    assert T5TokenizerFast.from_pretrained(tmp_path)(text).input_ids == ids
 
 
 def test_padding_and_truncation_to_max_length():

@@ -182,7 +182,9 @@ class TinyDiTSource(ShapesPretrained, Validated):
         """What determines the pretrained weights (not the name, the sampler or checkpointing), defaults filled in."""
         specs = {"transformer": TinyTransformerSpec, "vae": TinyVAESpec, "text_encoder": TinyTextSpec,
                  "t5": TinyT5Spec, "scheduler": FlowSchedulerSpec, "pretrain": PretrainConfig}  # fmt: skip
-        d: dict[str, Any] = {"family": "sd3", "resolution": self.resolution, "init_seed": self.init_seed}
+        # format 2: what diffusers' SD3 scripts load: T5's tokenizer of T5's kind (a Unigram; 1: a BPE) and CLIP
+        # encoders with 77 positions
+        d: dict[str, Any] = {"family": "sd3", "format": 2, "resolution": self.resolution, "init_seed": self.init_seed}
         d.update({key: asdict(from_mapping(cls, getattr(self, key))) for key, cls in specs.items()})
         d["vae"] = asdict(from_mapping(TinyVAESpec, sd3_vae(self.vae)))
         for key in ("checkpoint_every", "curve_every", "curve_samples"):

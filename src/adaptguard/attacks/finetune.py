@@ -33,6 +33,13 @@ PRECISIONS = {"no": "32-true", "fp16": "16-mixed", "bf16": "bf16-mixed"}
 SaveMode = Literal["merged", "adapter"]
 
 
+# one key, two attacks (the keys table shows one description per key)
+ALPHA_DOC = (
+    "lora: the LoRA scale (alpha / rank multiplies the update); merge: the other checkpoint's weight (of its "
+    "difference, add_difference)"
+)
+
+
 @dataclass
 class FineTuning(Attack):
     """What every fine-tuning attack shares: the training knobs of diffusers' scripts."""
@@ -176,7 +183,7 @@ class LoraOptions:
     FineTuneConstraint freezes get no adapter (it would change their effective weight)."""
 
     rank: int = setting(4, ge=1, doc="LoRA adapter rank")
-    alpha: float = setting(4.0, gt=0, doc="LoRA scale (alpha / rank multiplies the update)")
+    alpha: float = setting(4.0, gt=0, doc=ALPHA_DOC)
     dropout: float = setting(0.0, ge=0, lt=1, doc="LoRA dropout")
     target_modules: list[str] = setting(
         default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from adaptguard.attacks.base import Attack
-from adaptguard.attacks.finetune import FullFineTune
+from adaptguard.attacks.finetune import ALPHA_DOC, FineTuning, FullFineTune
 from adaptguard.core.artifacts import RESUME_DIR, weights_sha256
-from adaptguard.core.config import setting
+from adaptguard.core.config import key_docs, setting
 from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
@@ -36,17 +36,18 @@ class WeightMerge(Attack):
     mode: Literal["weighted_sum", "add_difference"] = setting(
         "weighted_sum", doc="weighted_sum: (1 - alpha) A + alpha B; add_difference: A + alpha (B - base)"
     )
-    alpha: float = setting(0.5, ge=0, le=1, doc="the other checkpoint's weight (of its difference, add_difference)")
+    alpha: float = setting(0.5, ge=0, le=1, doc=ALPHA_DOC)
     other: str = setting(
         "finetune",
         doc="B: `finetune` (the never-protected base, fully fine-tuned on the attacker's split: an independent "
         "fine-tune), `base` (that base as is; weighted_sum only) or a diffusers pipeline folder of the same "
         "architecture",
     )
-    steps: int = setting(100, ge=1, doc="*other=finetune*: the independent fine-tune's optimizer steps")
-    batch_size: int = setting(32, ge=1, doc="*other=finetune*: its batch")
-    lr: float = setting(1e-4, gt=0, doc="*other=finetune*: its learning rate")
-    split: str = setting("attacker", doc="*other=finetune*: the split it trains on")
+    # other=finetune: the independent fine-tune's settings (the fine-tuning attacks' keys and descriptions)
+    steps: int = setting(100, ge=1, doc=key_docs(FineTuning)["steps"])
+    batch_size: int = setting(32, ge=1, doc=key_docs(FineTuning)["batch_size"])
+    lr: float = setting(1e-4, gt=0, doc=key_docs(FineTuning)["lr"])
+    split: str = setting("attacker", doc=key_docs(FullFineTune)["split"])
     name: str = setting("merge", doc="label in results and logs")
     report_options: ClassVar[tuple[str, ...]] = ("mode", "alpha", "other")
 

@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 from diffusers import AutoencoderKL
 
 from adaptguard.attacks.base import Attack
-from adaptguard.core.config import setting
+from adaptguard.attacks.finetune import FineTuning, FullFineTune
+from adaptguard.core.config import key_docs, setting
 from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
@@ -33,10 +34,11 @@ class VaeSwap(Attack):
         doc="the replacement: `finetuned` (the published decoder fine-tuned on the attacker's images, encoder "
         "frozen), `base` (the never-protected base's VAE) or an AutoencoderKL folder (or a pipeline folder with vae/)",
     )
-    steps: int = setting(200, ge=1, doc="*finetuned*: decoder optimizer steps")
-    batch_size: int = setting(16, ge=1, doc="*finetuned*: images per step")
-    lr: float = setting(1e-4, gt=0, doc="*finetuned*: AdamW learning rate (cosine decay)")
-    split: str = setting("attacker", doc="*finetuned*: the split the decoder trains on")
+    # vae=finetuned: the decoder's training (AdamW, cosine decay), with the fine-tuning attacks' keys
+    steps: int = setting(200, ge=1, doc=key_docs(FineTuning)["steps"])
+    batch_size: int = setting(16, ge=1, doc=key_docs(FineTuning)["batch_size"])
+    lr: float = setting(1e-4, gt=0, doc=key_docs(FineTuning)["lr"])
+    split: str = setting("attacker", doc=key_docs(FullFineTune)["split"])
     name: str = setting("vae_swap", doc="label in results and logs")
     report_options: ClassVar[tuple[str, ...]] = ("vae", "steps", "lr")
 

@@ -19,7 +19,7 @@ from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import SamplerConfig
 from adaptguard.models.sd3 import SD3Model
 from adaptguard.models.tiny import TinyTextSpec, TinyVAESpec
-from adaptguard.models.tokenizer import DEFAULT_WORDS, build_tokenizer
+from adaptguard.models.tokenizer import DEFAULT_WORDS, build_t5_tokenizer, build_tokenizer
 
 
 @dataclass
@@ -79,7 +79,7 @@ def build_tiny_dit(
         raise ConfigError(f"model.t5.d_model: {t5_spec.d_model} is narrower than the two CLIP encoders side by side "
                           f"(2 x model.text_encoder.hidden_size = {2 * t.hidden_size}); SD3 pads them to T5's width")  # fmt: skip
     tokenizer = build_tokenizer(DEFAULT_WORDS, vocab_size=t.vocab_size, max_length=t.max_length)
-    t5_tokenizer = build_tokenizer(DEFAULT_WORDS, vocab_size=t.vocab_size, max_length=t5_spec.max_length)
+    t5_tokenizer = build_t5_tokenizer(DEFAULT_WORDS, max_length=t5_spec.max_length)
     width = d.num_attention_heads * d.attention_head_dim
     with torch.random.fork_rng(devices=[]):  # the init draws from its own seed, not the caller's stream
         torch.manual_seed(seed)
@@ -107,10 +107,16 @@ def sd3_vae(vae: TinyVAESpec | dict | None) -> dict:
     return {"latent_channels": 16, **given}
 
 
+# SD3's CLIP encoders take 77 tokens, and diffusers' SD3 scripts pad to 77 whatever the tokenizer says; the
+# pipeline and adaptguard use the tokenizer's `model_max_length` (`model.text_encoder.max_length`)
+CLIP_POSITIONS = 77
+
+
 def _clip(t: TinyTextSpec, tokenizer) -> CLIPTextModelWithProjection:
     return CLIPTextModelWithProjection(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=t.hidden_size, intermediate_size=t.intermediate_size,
         num_hidden_layers=t.num_hidden_layers, num_attention_heads=t.num_attention_heads,
-        max_position_embeddings=t.max_length, projection_dim=t.hidden_size, bos_token_id=tokenizer.bos_token_id,
+        max_position_embeddings=max(CLIP_POSITIONS, t.max_length), projection_dim=t.hidden_size,
+        bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     ))  # fmt: skip

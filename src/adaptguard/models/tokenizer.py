@@ -1,8 +1,10 @@
-"""A tokenizer built locally that can encode any string.
+"""Tokenizers built locally that can encode any string.
 
-Byte-level BPE: every byte has a token, so trigger strings such as ``*[Z]&`` or ``sks``
-never become unknown tokens; merges learned on a small word list keep ordinary prompt
-words short. Nothing is downloaded.
+Byte-level BPE (CLIP's kind): every byte has a token, so trigger strings such as ``*[Z]&`` or
+``sks`` never become unknown tokens; merges learned on a small word list keep ordinary prompt
+words short. T5's kind (a Unigram over SentencePiece pieces), for the diffusion transformers'
+third encoder: every printable ASCII character is a piece, so ASCII prompts never become unknown
+tokens either. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast, T5TokenizerFast
 
 BOS, EOS, PAD = "<|startoftext|>", "<|endoftext|>", "<|pad|>"
 
@@ -54,3 +56,17 @@ def build_tokenizer(
         pad_token=PAD,
         model_max_length=max_length,
     )
+
+
+def build_t5_tokenizer(words: Iterable[str] = DEFAULT_WORDS, max_length: int = 32) -> T5TokenizerFast:
+    """T5's tokenizer type, with a vocabulary of ``words`` and the printable ASCII characters.
+
+    It is what diffusers' SD3 scripts (``train_dreambooth_lora_sd3.py``) open ``tokenizer_3/`` with:
+    ``T5TokenizerFast`` rebuilds a Unigram from the saved pieces, which a BPE vocabulary is not. Whole
+    words score above the characters they would otherwise split into.
+    """
+    chars = [chr(c) for c in range(33, 127)]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -1.0) for w in sorted(set(words))]
+    pieces += [(c, -5.0) for c in chars] + [("\u2581" + c, -5.5) for c in chars]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=max_length)
