@@ -50,10 +50,6 @@ class VaeSwap(Attack):
     def train_split(self) -> str | None:
         return self.split if self.vae == "finetuned" else None
 
-    @property
-    def training_steps(self) -> int | None:
-        return self.steps if self.vae == "finetuned" else None
-
     def check_data(self, data: CaptionedImageDataModule) -> None:
         if self.vae == "finetuned":
             data.spec(self.split)
