@@ -5,8 +5,8 @@ the never-watermarked base is not; then, as tests/test_owner.py does for the UNe
 transformer fine-tune is published in (the StableDiffusion3Pipeline folder, its ``transformer/``
 subfolder, a single file, a LoRA file made by a diffusers-only script) verifies with the numbers the
 run measured in-process. AIAO is the owner's watermark there: white-box, so the verdict reads the
-transformer's weights whatever form they arrive in. One module, so the owner's protection is the
-diagonal's (the same cache).
+transformer's weights whatever form they arrive in. One module: the owner protects with the diagonal's
+AIAO settings in the diagonal's cache.
 """
 
 import json
@@ -78,7 +78,7 @@ class DitOwner:
 
 @pytest.fixture(scope="module")
 def dit_owner(tmp_path_factory):
-    """The diagonal, then the owner's protect with the diagonal's AIAO settings (found in its cache)."""
+    """The diagonal, then the owner's protect with the diagonal's AIAO settings, in the same cache."""
     tmp = tmp_path_factory.mktemp("dit")
     with pytest.MonkeyPatch.context() as m:
         m.setenv("ADAPTGUARD_CACHE", str(tmp / "cache"))
