@@ -140,6 +140,19 @@ def test_comparison_presets_sweep_their_axes_with_three_seeds():
                     "attack=full", "attack=lora", "seed=0", "seed=1", "seed=2"}  # fmt: skip
 
 
+def test_the_adaptation_comparison_sweeps_merges_by_alpha_and_vae_swaps_on_the_pages_protections(tmp_path):
+    merges = {o for job in _sweep_jobs("compare_adaptations") for o in job}
+    assert merges == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "attack=merge", "attack.alpha=0.25",
+                      "attack.alpha=0.5", "attack.alpha=0.75", "seed=0", "seed=1", "seed=2"}  # fmt: skip
+    swaps = {o for job in _sweep_jobs("compare_adaptations_vae_swap") for o in job}
+    assert swaps == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "attack=vae_swap", "seed=0", "seed=1",
+                     "seed=2"}  # fmt: skip
+    for preset, attack in (("compare_adaptations", "merge"), ("compare_adaptations_vae_swap", "vae_swap")):
+        job = _job([f"experiment={preset}", "defense=sleepermark"], tmp_path)
+        page = _job(["experiment=page/compare_watermarks", "defense=sleepermark"], tmp_path)
+        assert job["defense"] == page["defense"] and job["attack"]["name"] == attack  # the page's protections
+
+
 def test_the_backbone_comparison_runs_the_watermark_pages_jobs_on_both_models(tmp_path):
     """Its UNet jobs are page/compare_watermarks' (the same config: the same cached protections); its
     transformer jobs differ from them in the model alone."""
