@@ -58,7 +58,7 @@ def test_every_model_config_describes_its_weights(option, tmp_path):
     assert source.name == option and source.describe()["resolution"] == cfg.model.resolution
 
 
-@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro", "micro_dit"])
+@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro", "micro_dit", "tiny_dit"])
 def test_every_built_in_model_ships_its_weights(option, tmp_path):
     """A fresh clone pretrains nothing for the built-in configs: their weights are in the package."""
     source = instantiate(compose([f"model={option}"], output_dir=tmp_path).model)
@@ -68,7 +68,7 @@ def test_every_built_in_model_ships_its_weights(option, tmp_path):
     assert (shipped / "model" / "vae").is_dir() == (source.vae is not None)
 
 
-@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro", "micro_dit"])
+@pytest.mark.parametrize("option", ["tiny", "micro", "pixel", "pixel_micro", "micro_dit", "tiny_dit"])
 def test_the_default_shapes_data_of_every_built_in_model_ships_its_fid_extractor(option, tmp_path):
     """The data's description keys the extractor (and every protection): a stray attribute on the shapes
     world once changed it, and every run trained its own extractor, at 28x the time of a test that uses it."""
