@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import asdict, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from adaptguard.core.config import Validated, secret_fields
 from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.context import RunContext
 from adaptguard.core.domains import EvalDomain
+from adaptguard.core.errors import ConfigError
 from adaptguard.core.redact import redact
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.models.bundle import DiffusionModel
@@ -74,3 +76,34 @@ class Attack(Validated, ABC):
     def cost(self) -> dict[str, Any]:
         """Cost of the last run (trainable parameters, step time, ...); empty if free."""
         return {}
+
+
+class SourcedAttack(Attack):
+    """An attack whose ingredient (a checkpoint to merge, a VAE) is trained here on ``split`` (the option
+    ``trained_source``), is the experiment's base model (``base``), or is a folder: ``source_key`` names the
+    field that says which."""
+
+    source_key: ClassVar[str]
+    trained_source: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._cost: dict[str, Any] = {}
+
+    @property
+    def source(self) -> str:
+        return getattr(self, self.source_key)
+
+    @property
+    def train_split(self) -> str | None:
+        return self.split if self.source == self.trained_source else None  # type: ignore[attr-defined]
+
+    def check_data(self, data: CaptionedImageDataModule) -> None:
+        if self.source == self.trained_source:
+            data.spec(self.split)  # type: ignore[attr-defined]
+        elif self.source != "base" and not Path(self.source).expanduser().exists():
+            raise ConfigError(f"attack.{self.source_key}: {Path(self.source).expanduser()} does not exist "
+                              f"(or use {self.trained_source} | base)")  # fmt: skip
+
+    def cost(self) -> dict[str, Any]:
+        return dict(self._cost)

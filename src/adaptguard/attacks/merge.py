@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from adaptguard.attacks.base import Attack
+from adaptguard.attacks.base import SourcedAttack
 from adaptguard.attacks.finetune import ALPHA_DOC, FineTuning, FullFineTune
 from adaptguard.core.artifacts import RESUME_DIR, weights_sha256
 from adaptguard.core.config import key_docs, setting
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class WeightMerge(Attack):
+class WeightMerge(SourcedAttack):
     mode: Literal["weighted_sum", "add_difference"] = setting(
         "weighted_sum", doc="weighted_sum: (1 - alpha) A + alpha B; add_difference: A + alpha (B - base)"
     )
@@ -49,6 +49,8 @@ class WeightMerge(Attack):
     lr: float = setting(1e-4, gt=0, doc=key_docs(FineTuning)["lr"])
     split: str = setting("attacker", doc=key_docs(FullFineTune)["split"])
     name: str = setting("merge", doc="label in results and logs")
+    source_key: ClassVar[str] = "other"
+    trained_source: ClassVar[str] = "finetune"
     report_options: ClassVar[tuple[str, ...]] = ("mode", "alpha", "other")
 
     def __post_init__(self) -> None:
@@ -56,17 +58,6 @@ class WeightMerge(Attack):
         if self.mode == "add_difference" and self.other == "base":
             raise ConfigError("attack.other: add_difference with other=base adds nothing (B - base = 0); use "
                               "other=finetune or a folder")  # fmt: skip
-        self._cost: dict[str, Any] = {}
-
-    @property
-    def train_split(self) -> str | None:
-        return self.split if self.other == "finetune" else None
-
-    def check_data(self, data: CaptionedImageDataModule) -> None:
-        if self.other == "finetune":
-            data.spec(self.split)
-        elif self.other != "base" and not Path(self.other).expanduser().exists():
-            raise ConfigError(f"attack.other: {Path(self.other).expanduser()} does not exist (or use finetune | base)")
 
     def run(
         self,
@@ -136,6 +127,3 @@ class WeightMerge(Attack):
                 tensor.add_(other - c_state[name].to(tensor), alpha=self.alpha)
             merged += 1
         return merged
-
-    def cost(self) -> dict[str, Any]:
-        return dict(self._cost)

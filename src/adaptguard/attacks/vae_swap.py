@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from diffusers import AutoencoderKL
 
-from adaptguard.attacks.base import Attack
+from adaptguard.attacks.base import SourcedAttack
 from adaptguard.attacks.finetune import FineTuning, FullFineTune
 from adaptguard.core.config import key_docs, setting
 from adaptguard.core.constraint import FineTuneConstraint
@@ -28,7 +28,7 @@ from adaptguard.training.loop import fit
 
 
 @dataclass
-class VaeSwap(Attack):
+class VaeSwap(SourcedAttack):
     vae: str = setting(
         "finetuned",
         doc="the replacement: `finetuned` (the published decoder fine-tuned on the attacker's images, encoder "
@@ -40,21 +40,9 @@ class VaeSwap(Attack):
     lr: float = setting(1e-4, gt=0, doc=key_docs(FineTuning)["lr"])
     split: str = setting("attacker", doc=key_docs(FullFineTune)["split"])
     name: str = setting("vae_swap", doc="label in results and logs")
+    source_key: ClassVar[str] = "vae"
+    trained_source: ClassVar[str] = "finetuned"
     report_options: ClassVar[tuple[str, ...]] = ("vae", "steps", "lr")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._cost: dict[str, Any] = {}
-
-    @property
-    def train_split(self) -> str | None:
-        return self.split if self.vae == "finetuned" else None
-
-    def check_data(self, data: CaptionedImageDataModule) -> None:
-        if self.vae == "finetuned":
-            data.spec(self.split)
-        elif self.vae != "base" and not Path(self.vae).expanduser().exists():
-            raise ConfigError(f"attack.vae: {Path(self.vae).expanduser()} does not exist (or use finetuned | base)")
 
     def run(
         self,
@@ -98,6 +86,3 @@ class VaeSwap(Attack):
             raise ConfigError(f"attack.vae: {folder} has {vae.config.latent_channels} latent channels, the model "
                               f"{model.vae.config.latent_channels}: its latent space is not this model's")  # fmt: skip
         return vae
-
-    def cost(self) -> dict[str, Any]:
-        return dict(self._cost)
