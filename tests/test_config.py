@@ -9,7 +9,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import OmegaConf
 
 from adaptguard.attacks.base import Attack
-from adaptguard.cli.build import instantiate
+from adaptguard.cli.build import defense_node, instantiate
 from adaptguard.cli.config import compose, config_dir
 from adaptguard.cli.per_option import apply_per_option, experiment_config
 from adaptguard.core.artifacts import ArtifactCache
@@ -32,7 +32,7 @@ def test_config_dir_is_the_checkout_conf():
 
 @pytest.mark.parametrize("option", _options("defense"))
 def test_every_defense_config_builds_its_defense(option, tmp_path):
-    defense = instantiate(compose([f"defense={option}"], output_dir=tmp_path).defense)
+    defense = instantiate(defense_node(compose([f"defense={option}"], output_dir=tmp_path).defense))
     assert isinstance(defense, Defense) and defense.name == option
     assert defense.describe()["name"] == option
 
@@ -134,7 +134,7 @@ def test_comparison_presets_sweep_their_axes_with_three_seeds():
         assert sorted(set(seeds)) == ["seed=0", "seed=1", "seed=2"], preset
     defenses = {o for job in _sweep_jobs("compare_watermarks") for o in job if o.startswith(("defense=", "attack="))}
     assert defenses == {"defense=backdoor", "defense=aiao", "defense=aiao_busy", "defense=sleepermark",
-                        "attack=full", "attack=lora", "attack=dreambooth", "attack=prune", "attack=quantize"}  # fmt: skip
+                        "defense=stable_signature", "attack=full", "attack=lora", "attack=dreambooth", "attack=prune", "attack=quantize"}  # fmt: skip
     axes = {o for job in _sweep_jobs("compare_backbones") for o in job}
     assert axes == {"model=tiny", "model=tiny_dit", "defense=backdoor", "defense=aiao", "defense=sleepermark",
                     "attack=full", "attack=lora", "seed=0", "seed=1", "seed=2"}  # fmt: skip
@@ -142,10 +142,12 @@ def test_comparison_presets_sweep_their_axes_with_three_seeds():
 
 def test_the_adaptation_comparison_sweeps_merges_by_alpha_and_vae_swaps_on_the_pages_protections(tmp_path):
     merges = {o for job in _sweep_jobs("compare_adaptations") for o in job}
-    assert merges == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "attack=merge", "attack.alpha=0.25",
+    assert merges == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "defense=stable_signature",
+                      "attack=merge", "attack.alpha=0.25",
                       "attack.alpha=0.5", "attack.alpha=0.75", "seed=0", "seed=1", "seed=2"}  # fmt: skip
     swaps = {o for job in _sweep_jobs("compare_adaptations_vae_swap") for o in job}
-    assert swaps == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "attack=vae_swap", "seed=0", "seed=1",
+    assert swaps == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "defense=stable_signature",
+                     "attack=vae_swap", "seed=0", "seed=1",
                      "seed=2"}  # fmt: skip
     for preset, attack in (("compare_adaptations", "merge"), ("compare_adaptations_vae_swap", "vae_swap")):
         job = _job([f"experiment={preset}", "defense=sleepermark"], tmp_path)

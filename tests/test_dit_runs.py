@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.reporting.results import RunResult
-from tests.helpers import cli, model_source, run_config, same_numbers
+from tests.helpers import STABLE_SIGNATURE, cli, model_source, run_config, same_numbers
 from tests.helpers import verify_json as verify
 
 pytestmark = pytest.mark.slow
@@ -53,8 +53,10 @@ DIT_DIAGONAL = {
     "none-weight_noise": ["defense=none", "attack=weight_noise"],
     "backdoor-merge": [*DIT_BACKDOOR, "attack=merge", *SHORT],  # the protection above, cached
     "sleepermark-vae_swap": [*DIT_SLEEPERMARK, "attack=vae_swap", *SHORT],
+    "stable_signature-lora": [*STABLE_SIGNATURE, "attack=lora", *SHORT],
 }  # fmt: skip
-WATERMARKS = ("aiao-lora", "aiao-full", "backdoor-dreambooth", "backdoor-merge", "sleepermark-vae_swap")
+WATERMARKS = ("aiao-lora", "aiao-full", "backdoor-dreambooth", "backdoor-merge", "sleepermark-vae_swap",
+              "stable_signature-lora")  # fmt: skip
 
 
 @dataclass
@@ -91,7 +93,7 @@ def dit_owner(tmp_path_factory):
 def test_every_defense_and_attack_runs_on_micro_dit_and_every_watermark_is_detected(dit_owner):
     runs = dit_owner.runs
     assert {r.run.defense for r in runs.values()} == {"aiao", "sleepermark", "backdoor", "freezeasguard",
-                                                     "random_freeze", "none"}  # fmt: skip
+                                                     "random_freeze", "none", "stable_signature"}  # fmt: skip
     assert {r.run.attack for r in runs.values()} | {"external"} == {"lora", "full", "dreambooth", "prune", "quantize",
                                                                    "weight_noise", "merge", "vae_swap", "external"}  # fmt: skip
     for name, result in runs.items():

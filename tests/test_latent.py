@@ -14,7 +14,7 @@ from adaptguard.analysis.blocks import unet_blocks
 from adaptguard.core.context import RunContext
 from adaptguard.defenses.aiao import AIAODefense, _EmbeddingObjective
 from adaptguard.sources import PretrainedSource
-from tests.helpers import model_source, run_config, write_tiny_sd_folder
+from tests.helpers import STABLE_SIGNATURE, model_source, run_config, write_tiny_sd_folder
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +43,9 @@ DIAGONAL = {
     "sleepermark-vae_swap": ["defense=sleepermark", "attack=vae_swap", *WATERMARK, "defense.codec.steps=20",
                              "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
                              "defense.null_messages=7", *TRAIN],
+    # one decoder watermark: a UNet fine-tune, then the base's VAE put back
+    "stable_signature-full": [*STABLE_SIGNATURE, "attack=full", *TRAIN],
+    "stable_signature-vae_swap": [*STABLE_SIGNATURE, "attack=vae_swap", "attack.vae=base"],
 }  # fmt: skip
 
 
@@ -59,19 +62,36 @@ def diagonal(tmp_path_factory):
 def test_every_defense_and_attack_runs_on_the_latent_model(diagonal):
     _, runs = diagonal
     assert {r.run.defense for r in runs.values()} >= {"aiao", "sleepermark", "backdoor", "freezeasguard",
-                                                     "random_freeze", "none"}  # fmt: skip
+                                                     "random_freeze", "none", "stable_signature"}  # fmt: skip
     assert {r.run.attack for r in runs.values()} >= {"lora", "full", "dreambooth", "quantize", "prune",
                                                     "weight_noise", "none", "merge", "vae_swap"}  # fmt: skip
     for name, result in runs.items():
         assert result.status == "ok", name
         assert result.run.model == "micro"
         verified = result.protected.verification
-        if result.run.defense in ("aiao", "aiao_busy", "sleepermark", "backdoor"):
+        if result.run.defense in ("aiao", "aiao_busy", "sleepermark", "backdoor", "stable_signature"):
             attacked = [a.model.verification for a in result.attacks.values()]
             assert verified.trials > 0 and all(v is not None and v.trials == verified.trials for v in attacked), name
         else:  # freezing and no defense: judged by quality after the attack
             fids = [q.fid for a in result.attacks.values() for q in a.model.quality.values()]
             assert fids and all(f > 0 for f in fids), name
+
+
+def test_stable_signature_lives_in_the_decoder(diagonal):
+    """Detected, the base not; a UNet fine-tune leaves it (the decoder is not trained); the base's VAE put
+    back removes it and gives the base's own verification (the denoiser was never changed)."""
+    _, runs = diagonal
+    for name in ("stable_signature-full", "stable_signature-vae_swap"):
+        result = runs[name]
+        assert result.protected.verification.detected and not result.base.verification.detected, name
+        assert result.protect["extractor"]["marked_bit_accuracy"] > 0.8
+    (tuned,) = runs["stable_signature-full"].attacks.values()
+    assert tuned.model.verification.detected and tuned.cost["trainable_params"] > 0
+    (swapped,) = runs["stable_signature-vae_swap"].attacks.values()
+    base = runs["stable_signature-vae_swap"].base.verification
+    assert not swapped.model.verification.detected
+    assert (swapped.model.verification.successes, swapped.model.verification.mean_score) == (
+        base.successes, base.mean_score)  # fmt: skip
 
 
 def test_latent_runs_encode_and_decode_through_the_vae(diagonal):

@@ -3,6 +3,7 @@
 from tests.helpers.models import micro_source, model_source, params_equal, write_tiny_sd_folder
 from tests.helpers.runs import (
     REPO,
+    STABLE_SIGNATURE,
     assert_secrets_only_in_owner_only_keys,
     cli,
     compose,
@@ -16,6 +17,7 @@ from tests.helpers.runs import (
 __all__ = [
     "assert_secrets_only_in_owner_only_keys",
     "REPO",
+    "STABLE_SIGNATURE",
     "cli",
     "compose",
     "make_ctx",

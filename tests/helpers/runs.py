@@ -23,6 +23,13 @@ from adaptguard.reporting.results import RunResult
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Stable Signature with a 16-bit message at settings that detect it on micro and micro_dit
+# (docs/defenses/stable_signature.md): the diagonals' settings
+STABLE_SIGNATURE = ["defense=stable_signature", "defense.extractor.bits=16", "defense.extractor.steps=200",
+                    "defense.steps=150", "defense.batch_size=8", "defense.num_samples=16", "defense.null_messages=15",
+                    "defense.fpr=1e-2", "defense.model_fpr=1e-2", "defense.sample_steps=10", "defense.key_seed=3"]  # fmt: skip
+
+
 def make_micro_data() -> ShapesDataModule:
     return ShapesDataModule(
         resolution=16,

@@ -21,6 +21,46 @@ def instantiate(node: Any, **kwargs: Any) -> Any:
     return hydra_instantiate(node, _convert_="all", **kwargs)
 
 
+def defense_config(name: str, key: str) -> DictConfig:
+    """``conf/defense/<name>.yaml`` with its ``defaults`` (other defense configs it extends) merged under it."""
+    from omegaconf import OmegaConf
+
+    from adaptguard.cli.config import config_dir
+
+    folder = config_dir() / "defense"
+    path = folder / f"{name}.yaml"
+    if not isinstance(name, str) or not path.is_file():
+        options = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+        raise ConfigError(f"{key}: {name!r} is not a defense config; one of: {options}")
+    node = OmegaConf.load(path)
+    bases = [d for d in node.pop("defaults", []) if d != "_self_"]
+    return OmegaConf.merge(*[defense_config(b, key) for b in bases], node) if bases else node
+
+
+def defense_node(node: DictConfig) -> Any:
+    """``defense=stack``: each member named by its config (``sleepermark``) or ``{defense: <name>, <key>: value}``,
+    replaced by that config, so Hydra instantiates the members with the stack."""
+    from omegaconf import OmegaConf
+
+    if "members" not in node or not str(node.get("_target_", "")).endswith(".StackDefense"):
+        return node
+    members = []
+    for i, member in enumerate(node.members):
+        key = f"defense.members[{i}]"
+        if isinstance(member, str):
+            members.append(defense_config(member, key))
+        elif OmegaConf.is_dict(member) and "defense" in member:
+            overrides = {k: v for k, v in member.items() if k != "defense"}
+            members.append(OmegaConf.merge(defense_config(member.defense, f"{key}.defense"), overrides))
+        elif OmegaConf.is_dict(member) and "_target_" in member:
+            members.append(member)
+        else:
+            raise ConfigError(f"{key}: name a defense config (sleepermark) or give {{defense: <name>, <key>: value}}")
+    resolved = OmegaConf.to_container(node, resolve=True)
+    resolved["members"] = [OmegaConf.to_container(m, resolve=True) for m in members]
+    return OmegaConf.create(resolved)
+
+
 def make_logger(cfg: DictConfig) -> Any:
     if not cfg.get("logger") or "_target_" not in cfg.logger:
         return None
@@ -88,7 +128,7 @@ def build_experiment(cfg: DictConfig) -> Experiment:
     return Experiment(
         model=instantiate(cfg.model),
         data=instantiate(cfg.dataset),
-        defense=instantiate(cfg.defense),
+        defense=instantiate(defense_node(cfg.defense)),
         attack=instantiate(cfg.attack),
         eval=instantiate(cfg.eval),
     )
@@ -98,4 +138,6 @@ def build_protection(cfg: DictConfig) -> Experiment:
     """What ``protect`` needs: model, data and defense. A preset's attack and evaluation settings
     (``attack.*``, ``eval.*``) are for ``run``; ``protect`` neither builds nor checks them, so any
     ``experiment=<preset>`` protects the preset's model with its defense."""
-    return Experiment(model=instantiate(cfg.model), data=instantiate(cfg.dataset), defense=instantiate(cfg.defense))
+    return Experiment(
+        model=instantiate(cfg.model), data=instantiate(cfg.dataset), defense=instantiate(defense_node(cfg.defense))
+    )

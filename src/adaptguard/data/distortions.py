@@ -244,47 +244,42 @@ IMAGE_TRANSFORMS: dict[str, type[ImageTransform]] = {
 ImageTransformSpec = str | Mapping[str, Any] | ImageTransform
 
 
-def _lookup(name: Any) -> type[ImageTransform]:
+def _lookup(name: Any, key: str = "eval.image_attacks") -> type[ImageTransform]:
     if not isinstance(name, str) or name not in IMAGE_TRANSFORMS:
-        raise ConfigError(
-            f"eval.image_attacks: {name!r} is unknown; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}"
-        )
+        raise ConfigError(f"{key}: {name!r} is unknown; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}")
     return IMAGE_TRANSFORMS[name]
 
 
-def make_image_transform(spec: ImageTransformSpec) -> ImageTransform:
-    """Build a transform from a config entry: ``"jpeg"``, ``{"name": "jpeg", "quality": 30}`` or an instance."""
+def make_image_transform(spec: ImageTransformSpec, key: str = "eval.image_attacks") -> ImageTransform:
+    """Build a transform from a config entry: ``"jpeg"``, ``{"name": "jpeg", "quality": 30}`` or an instance;
+    ``key``: the config key errors name."""
     if isinstance(spec, ImageTransform):
         return spec
     if isinstance(spec, str):
-        return _lookup(spec)()
+        return _lookup(spec, key)()
     if isinstance(spec, Mapping):
         settings = dict(spec)
         if "name" not in settings:
-            raise ConfigError(
-                f"eval.image_attacks: {settings!r} has no 'name'; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}"
-            )
-        cls = _lookup(settings.pop("name"))
+            raise ConfigError(f"{key}: {settings!r} has no 'name'; valid names: {', '.join(sorted(IMAGE_TRANSFORMS))}")
+        cls = _lookup(settings.pop("name"), key)
         valid = [f.name for f in fields(cls)]
         unknown = sorted(str(k) for k in settings if k not in valid)
         if unknown:
-            raise ConfigError(
-                f"eval.image_attacks.{cls.name}.{unknown[0]}: unknown key; valid keys: {', '.join(valid)}"
-            )
+            raise ConfigError(f"{key}.{cls.name}.{unknown[0]}: unknown key; valid keys: {', '.join(valid)}")
         return cls(**settings)
-    raise ConfigError(
-        f"eval.image_attacks: an entry must be a name or a mapping with 'name', got {type(spec).__name__}"
-    )
+    raise ConfigError(f"{key}: an entry must be a name or a mapping with 'name', got {type(spec).__name__}")
 
 
-def make_image_transforms(specs: ImageTransformSpec | Iterable[ImageTransformSpec]) -> list[ImageTransform]:
+def make_image_transforms(
+    specs: ImageTransformSpec | Iterable[ImageTransformSpec], key: str = "eval.image_attacks"
+) -> list[ImageTransform]:
     """Build every configured transform; two entries with the same label would overwrite each other's results."""
     if isinstance(specs, (str, Mapping, ImageTransform)):
         specs = [specs]
-    transforms = [make_image_transform(spec) for spec in specs]
+    transforms = [make_image_transform(spec, key) for spec in specs]
     seen: set[str] = set()
     for transform in transforms:
         if transform.label in seen:
-            raise ConfigError(f"eval.image_attacks: {transform.label!r} is listed twice (same name and settings)")
+            raise ConfigError(f"{key}: {transform.label!r} is listed twice (same name and settings)")
         seen.add(transform.label)
     return transforms

@@ -8,6 +8,7 @@ from adaptguard.defenses.freezing import FreezeMask, FreezingDefense
 from adaptguard.defenses.none import NoDefense
 from adaptguard.defenses.random_freeze import RandomFreezeDefense
 from adaptguard.defenses.sleepermark import SleeperMarkDefense, SleeperMarkKey
+from adaptguard.defenses.stable_signature import StableSignatureDefense, StableSignatureKey
 
 __all__ = [
     "AIAODefense",
@@ -23,4 +24,6 @@ __all__ = [
     "RandomFreezeDefense",
     "SleeperMarkDefense",
     "SleeperMarkKey",
+    "StableSignatureDefense",
+    "StableSignatureKey",
 ]

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 
-from adaptguard.core.config import Validated, secret_fields
+from adaptguard.core.config import Validated, secret_fields, setting
 from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.context import RunContext
 from adaptguard.core.keys import Protected, SecretKey
@@ -19,6 +21,7 @@ from adaptguard.core.redact import redact
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.data.distortions import ImageTransform
+from adaptguard.metrics.stats import binomial_threshold
 from adaptguard.metrics.stats import decision_rule as stats_decision_rule
 from adaptguard.models.bundle import DiffusionModel
 
@@ -77,6 +80,11 @@ class Defense(Validated, ABC):
     def summary(self, protected: Protected) -> dict[str, Any]:
         """Headline facts about the protection for tables and sweeps (non-secret), e.g. the freeze ratio."""
         return {}
+
+    def key_drawn_from_seed(self) -> bool:
+        """True when a secret ``*_seed`` setting is unset, so the key is drawn from the run's seed (or, for an
+        owner's ``protect``, fresh): such a protection must never be served to the other kind from the cache."""
+        return any(getattr(self, n) is None for n in secret_fields(type(self)) if n.endswith("_seed"))
 
     def describe(self) -> dict[str, Any]:
         """The config that determines the protected model (used in cache keys; holds secrets)."""
@@ -147,6 +155,40 @@ class OutputWatermark(Defense):
             distorted = {name: transform(batch, generator=g) for name, batch in images.items()}
             attacked[transform.label] = self.verify_images(distorted, key, model)
         return self.verify_images(images, key, model), attacked
+
+
+@dataclass
+class MessageWatermark(OutputWatermark):
+    """A secret k-bit message read from generated images (SleeperMark, Stable Signature): the verification
+    settings they share, the per-image threshold and the message draw. Subclasses define ``bits``."""
+
+    fpr: float = setting(
+        1e-6, gt=0, lt=1, doc="per-image false-positive rate -> the matching-bits threshold (48 bits: >= 41)"
+    )
+    model_fpr: float = setting(
+        1e-3, gt=0, lt=1, doc="model-level false-positive rate of the detected / not-detected decision"
+    )
+    null_messages: int = setting(
+        63, ge=1, doc="random messages every image is also scored against (the null for TPR @ FPR)"
+    )
+    sample_steps: int | None = setting(None, ge=1, doc="sampler steps for verification images (null: the model's)")
+    guidance_scale: float | None = setting(
+        None, ge=0, doc="classifier-free guidance for verification images (null: the model's)"
+    )
+
+    @property
+    def bits(self) -> int:
+        raise NotImplementedError
+
+    def detection_threshold(self) -> int:
+        """Matching bits an image needs: the binomial tail under H0 is <= fpr."""
+        return binomial_threshold(self.bits, self.fpr)
+
+    def make_message(self, seed: int | None = None) -> torch.Tensor:
+        """``bits`` random bits from ``seed`` (else the ``key_seed`` setting; else fresh secret randomness)."""
+        seed = seed if seed is not None else getattr(self, "key_seed", None)
+        rng = np.random.default_rng(seed if seed is not None else secrets.randbits(128))
+        return torch.from_numpy(rng.integers(0, 2, size=self.bits).astype(np.uint8))
 
 
 def trigger_rows(batch: int, paired: bool) -> tuple[bool, int]:

@@ -129,7 +129,9 @@ class CodecConfig(Validated):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        make_image_transforms(self.distortions)  # fail on bad names now, not after pretraining
+        make_image_transforms(
+            self.distortions, "defense.codec.distortions"
+        )  # fail on bad names now, not after pretraining
 
 
 @dataclass
@@ -216,7 +218,7 @@ class CodecModule(L.LightningModule):
         self.decoder = MessageDecoder(cfg.bits, shape, cfg.decoder_width, cfg.decoder_hidden)
         self.bundle = [model]  # a list: not a submodule, so its weights stay out of the optimizer and checkpoints
         self.perceptual_name, self.perceptual = perceptual
-        self.distortions: list[ImageTransform] = make_image_transforms(cfg.distortions)
+        self.distortions: list[ImageTransform] = make_image_transforms(cfg.distortions, "defense.codec.distortions")
         self.generator = torch.Generator().manual_seed(seed + 17)
 
     def _distort(self, images: torch.Tensor) -> torch.Tensor:

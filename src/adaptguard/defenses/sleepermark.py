@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 
 from adaptguard.core.config import from_mapping, setting
@@ -27,9 +25,9 @@ from adaptguard.core.errors import ConfigError
 from adaptguard.core.keys import Protected, SecretKey
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import OutputWatermark, trigger_rows
+from adaptguard.defenses.base import MessageWatermark, trigger_rows
 from adaptguard.defenses.message_codec import Codec, CodecConfig, train_codec
-from adaptguard.metrics.stats import binomial_threshold, bit_match_verification, clopper_pearson, random_key_matches
+from adaptguard.metrics.stats import bit_match_verification, clopper_pearson, random_key_matches
 from adaptguard.models import objective
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import OptimConfig, TrainSettings, finetune
@@ -84,7 +82,7 @@ def trainable_pattern(choice: str, denoiser: torch.nn.Module) -> str:
 
 
 @dataclass
-class SleeperMarkDefense(OutputWatermark):
+class SleeperMarkDefense(MessageWatermark):
     codec: CodecConfig | dict[str, Any] = setting(
         default_factory=CodecConfig, doc="stage 1: the message encoder / decoder, cached and message-independent"
     )
@@ -138,19 +136,6 @@ class SleeperMarkDefense(OutputWatermark):
     # verification (black-box)
     num_samples: int = setting(64, ge=1, doc="verification prompts: the trigger + this many captions")
     prompt_split: str = setting("eval", doc="the split whose captions the trigger is prepended to")
-    fpr: float = setting(
-        1e-6, gt=0, lt=1, doc="per-image false-positive rate -> the matching-bits threshold (48 bits: >= 41)"
-    )
-    model_fpr: float = setting(
-        1e-3, gt=0, lt=1, doc="model-level false-positive rate of the detected / not-detected decision"
-    )
-    null_messages: int = setting(
-        63, ge=1, doc="random messages every image is also scored against (the null for TPR @ FPR)"
-    )
-    sample_steps: int | None = setting(None, ge=1, doc="sampler steps for verification images (null: the model's)")
-    guidance_scale: float | None = setting(
-        None, ge=0, doc="classifier-free guidance for verification images (null: the model's)"
-    )
 
     name: str = setting("sleepermark", doc="label in results and logs")
     key_type: ClassVar[type[SecretKey]] = SleeperMarkKey
@@ -164,15 +149,6 @@ class SleeperMarkDefense(OutputWatermark):
     @property
     def bits(self) -> int:
         return self.codec.bits
-
-    def detection_threshold(self) -> int:
-        """Matching bits an image needs: the binomial tail under H0 is <= fpr."""
-        return binomial_threshold(self.bits, self.fpr)
-
-    def make_message(self, seed: int | None = None) -> torch.Tensor:
-        seed = seed if seed is not None else self.key_seed
-        rng = np.random.default_rng(seed if seed is not None else secrets.randbits(128))
-        return torch.from_numpy(rng.integers(0, 2, size=self.bits).astype(np.uint8))
 
     def random_key(self, like: SecretKey, seed: int) -> SleeperMarkKey:
         """Another owner's message with this trigger, prompts and codec (the message is what the key keeps secret

@@ -21,7 +21,6 @@ from adaptguard.attacks.base import Attack
 from adaptguard.core import ranks
 from adaptguard.core.artifacts import RESUME_DIR, spec_hash
 from adaptguard.core.code_version import code_fingerprint, provenance
-from adaptguard.core.config import secret_fields
 from adaptguard.core.context import RunContext
 from adaptguard.core.domains import EvalDomain
 from adaptguard.core.errors import ConfigError
@@ -106,8 +105,7 @@ def protect_spec(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     """What determines the protected model: base model, defense, owner data, seed."""
     spec = {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(),
             "seed": ctx.seed, "code": code_fingerprint(exp.defense, exp.data)}  # fmt: skip
-    seeds = [n for n in secret_fields(type(exp.defense)) if n.endswith("_seed")]
-    fresh = ctx.fresh_keys and any(getattr(exp.defense, n) is None for n in seeds)  # not drawn from `seed`
+    fresh = ctx.fresh_keys and exp.defense.key_drawn_from_seed()  # not drawn from `seed`
     return {**spec, "keys": "fresh"} if fresh else spec  # an owner's fresh key is never a run's seed-drawn one
 
 
