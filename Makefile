@@ -18,7 +18,7 @@ PYTEST := $(BIN)/python -m pytest -n auto --maxprocesses 4 --dist loadfile --no-
 
 .PHONY: install run test test-fast bench gpu-check results lint format docs pretrain clean constraints check-floors
 
-PAGES := compare_watermarks compare_freezing compare_freezing_none forgetting_curves aiao_ablation
+PAGES := compare_watermarks compare_freezing compare_freezing_none compare_freezing_imma forgetting_curves aiao_ablation
 
 # $(call venv_with_torch,<venv>): a venv holding the pinned torch (the CPU build where TORCH_INDEX says so)
 define venv_with_torch
@@ -63,7 +63,7 @@ gpu-check: install  ## the SD code paths at SD 1.5's and SD3-medium's size on a 
 	$(BIN)/python -m benchmarks.gpu_check --profile --out bench/gpu_check.json
 	$(BIN)/python -m benchmarks.gpu_check --model sd3 --out bench/gpu_check_sd3.json
 
-results: install  ## docs/results.md: the five page sweeps (hours on 2 CPU cores; a rerun resumes), then the report; a failed sweep: the others still run, no report, exit 1
+results: install  ## docs/results.md: the six page sweeps (hours on 2 CPU cores; a rerun resumes), then the report; a failed sweep: the others still run, no report, exit 1
 	failed=""; for p in $(PAGES); do $(BIN)/python -m experiments.run -m experiment=page/$$p || failed="$$failed $$p"; done; \
 	if [ -n "$$failed" ]; then echo "make results: sweeps with failed jobs:$$failed (docs/results.md left as it was; rerun to resume)" >&2; exit 1; fi; \
 	$(BIN)/python -m experiments.report $(addprefix multirun/page/,$(PAGES)) --out docs/results \

@@ -234,6 +234,10 @@ def test_page_presets_share_what_their_comparisons_need(tmp_path):
         assert {k: v for k, v in masked.items() if k != "defense"} == {
             k: v for k, v in reference.items() if k != "defense"
         }
+    immunized = _job(["experiment=page/compare_freezing_imma", "attack=full"], tmp_path)
+    masked = _job(["experiment=page/compare_freezing", "defense=freezeasguard", "attack=full"], tmp_path)
+    assert {k: v for k, v in masked.items() if k != "defense"} == {k: v for k, v in immunized.items() if k != "defense"}
+    assert immunized["defense"]["name"] == "imma" and immunized["defense"]["steps"] == 300
     for defense in ("backdoor", "aiao", "aiao_busy", "sleepermark"):
         curves = _job(["experiment=page/forgetting_curves", f"defense={defense}"], tmp_path)
         table = _job(["experiment=page/compare_watermarks", f"defense={defense}"], tmp_path)

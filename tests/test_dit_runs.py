@@ -42,6 +42,10 @@ DIT_SLEEPERMARK = ["defense=sleepermark", "defense.codec.bits=16", "defense.code
 DIT_BACKDOOR = ["defense=backdoor", "defense.steps=200", "defense.batch_size=16", "defense.lr=1e-3",
                 "defense.trigger_fraction=0.6", "defense.num_samples=16", "defense.null_keys=15", "defense.fpr=1e-2",
                 "defense.sample_steps=10", "defense.key_seed=3"]  # fmt: skip
+# AquaLoRA with SleeperMark's codec settings (the same cached codec) and its verification settings
+DIT_AQUALORA = ["defense=aqualora", *[a for a in DIT_SLEEPERMARK if a.startswith(("defense.codec.", "defense.sample",
+                "defense.num_samples", "defense.null", "defense.fpr", "defense.model_fpr", "defense.key_seed"))],
+                "defense.steps=200", "defense.batch_size=16"]  # fmt: skip
 SHORT = ["attack.steps=3", "attack.batch_size=4"]
 DIT_DIAGONAL = {
     "aiao-lora": [*DIT_AIAO, "attack=lora", *SHORT, "attack.save=adapter"],
@@ -54,9 +58,10 @@ DIT_DIAGONAL = {
     "backdoor-merge": [*DIT_BACKDOOR, "attack=merge", *SHORT],  # the protection above, cached
     "sleepermark-vae_swap": [*DIT_SLEEPERMARK, "attack=vae_swap", *SHORT],
     "stable_signature-lora": [*STABLE_SIGNATURE, "attack=lora", *SHORT],
+    "aqualora-full": [*DIT_AQUALORA, "attack=full", *SHORT],  # SleeperMark's codec above, from the cache
 }  # fmt: skip
 WATERMARKS = ("aiao-lora", "aiao-full", "backdoor-dreambooth", "backdoor-merge", "sleepermark-vae_swap",
-              "stable_signature-lora")  # fmt: skip
+              "stable_signature-lora", "aqualora-full")  # fmt: skip
 
 
 @dataclass
@@ -93,7 +98,7 @@ def dit_owner(tmp_path_factory):
 def test_every_defense_and_attack_runs_on_micro_dit_and_every_watermark_is_detected(dit_owner):
     runs = dit_owner.runs
     assert {r.run.defense for r in runs.values()} == {"aiao", "sleepermark", "backdoor", "freezeasguard",
-                                                     "random_freeze", "none", "stable_signature"}  # fmt: skip
+                                                     "random_freeze", "none", "stable_signature", "aqualora"}  # fmt: skip
     assert {r.run.attack for r in runs.values()} | {"external"} == {"lora", "full", "dreambooth", "prune", "quantize",
                                                                    "weight_noise", "merge", "vae_swap", "external"}  # fmt: skip
     for name, result in runs.items():

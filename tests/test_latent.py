@@ -46,6 +46,15 @@ DIAGONAL = {
     # one decoder watermark: a UNet fine-tune, then the base's VAE put back
     "stable_signature-full": [*STABLE_SIGNATURE, "attack=full", *TRAIN],
     "stable_signature-vae_swap": [*STABLE_SIGNATURE, "attack=vae_swap", "attack.vae=base"],
+    # AquaLoRA on SleeperMark's codec above (cached); detected on micro_dit (tests/test_dit_runs.py)
+    "aqualora-dreambooth": ["defense=aqualora", "attack=dreambooth", *WATERMARK, "defense.codec.steps=20",
+                            "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
+                            "defense.null_messages=7", *TRAIN, "attack.num_class_images=2"],
+    "imma-lora": ["experiment=freeze", "defense=imma", "defense.steps=5", "defense.batch_size=4", "attack=lora",
+                  *TRAIN],
+    # two defenses stacked: the backdoor above, then a random mask the LoRA must honour
+    "stack-lora": ["defense=stack", "defense.members=[{defense:backdoor,steps:8,batch_size:4,num_samples:4,"
+                   "null_keys:7},random_freeze]", "attack=lora", *TRAIN],
 }  # fmt: skip
 
 
@@ -62,14 +71,23 @@ def diagonal(tmp_path_factory):
 def test_every_defense_and_attack_runs_on_the_latent_model(diagonal):
     _, runs = diagonal
     assert {r.run.defense for r in runs.values()} >= {"aiao", "sleepermark", "backdoor", "freezeasguard",
-                                                     "random_freeze", "none", "stable_signature"}  # fmt: skip
+                                                     "random_freeze", "none", "stable_signature", "stack",
+                                                     "aqualora", "imma"}  # fmt: skip
     assert {r.run.attack for r in runs.values()} >= {"lora", "full", "dreambooth", "quantize", "prune",
                                                     "weight_noise", "none", "merge", "vae_swap"}  # fmt: skip
     for name, result in runs.items():
         assert result.status == "ok", name
         assert result.run.model == "micro"
         verified = result.protected.verification
-        if result.run.defense in ("aiao", "aiao_busy", "sleepermark", "backdoor", "stable_signature"):
+        if result.run.defense in (
+            "aiao",
+            "aiao_busy",
+            "sleepermark",
+            "backdoor",
+            "stable_signature",
+            "stack",
+            "aqualora",
+        ):
             attacked = [a.model.verification for a in result.attacks.values()]
             assert verified.trials > 0 and all(v is not None and v.trials == verified.trials for v in attacked), name
         else:  # freezing and no defense: judged by quality after the attack
@@ -92,6 +110,17 @@ def test_stable_signature_lives_in_the_decoder(diagonal):
     assert not swapped.model.verification.detected
     assert (swapped.model.verification.successes, swapped.model.verification.mean_score) == (
         base.successes, base.mean_score)  # fmt: skip
+
+
+def test_a_stack_verifies_its_watermark_member_and_the_attack_honours_its_mask(diagonal):
+    _, runs = diagonal
+    stacked = runs["stack-lora"]
+    (attack,) = stacked.attacks.values()
+    for verified in (stacked.protected.verification, attack.model.verification):
+        assert set(verified.figures) >= {"backdoor.rate", "backdoor.detected", "backdoor.p_value"}
+        assert verified.rate == verified.figures["backdoor.rate"]  # one watermark member: its numbers
+    assert 0 < stacked.summary["frozen_tensors_ratio"] < 1  # random_freeze's mask
+    assert attack.cost["frozen_params"] > 0
 
 
 def test_latent_runs_encode_and_decode_through_the_vae(diagonal):

@@ -21,7 +21,7 @@ from adaptguard.core.redact import redact
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.data.distortions import ImageTransform
-from adaptguard.metrics.stats import binomial_threshold
+from adaptguard.metrics.stats import binomial_threshold, bit_match_verification, random_key_matches
 from adaptguard.metrics.stats import decision_rule as stats_decision_rule
 from adaptguard.models.bundle import DiffusionModel
 
@@ -85,6 +85,10 @@ class Defense(Validated, ABC):
         """True when a secret ``*_seed`` setting is unset, so the key is drawn from the run's seed (or, for an
         owner's ``protect``, fresh): such a protection must never be served to the other kind from the cache."""
         return any(getattr(self, n) is None for n in secret_fields(type(self)) if n.endswith("_seed"))
+
+    def code_parts(self) -> tuple[Any, ...]:
+        """The objects whose modules' source decides what ``protect`` builds (cache keys' code fingerprint)."""
+        return (self,)
 
     def describe(self) -> dict[str, Any]:
         """The config that determines the protected model (used in cache keys; holds secrets)."""
@@ -162,6 +166,12 @@ class MessageWatermark(OutputWatermark):
     """A secret k-bit message read from generated images (SleeperMark, Stable Signature): the verification
     settings they share, the per-image threshold and the message draw. Subclasses define ``bits``."""
 
+    key_seed: int | None = setting(
+        None,
+        secret=True,
+        doc="null: drawn from `seed`, so a command gives the same message on any cache (`adaptguard protect`: a "
+        "fresh secret one); an int fixes it",
+    )
     fpr: float = setting(
         1e-6, gt=0, lt=1, doc="per-image false-positive rate -> the matching-bits threshold (48 bits: >= 41)"
     )
@@ -184,9 +194,21 @@ class MessageWatermark(OutputWatermark):
         """Matching bits an image needs: the binomial tail under H0 is <= fpr."""
         return binomial_threshold(self.bits, self.fpr)
 
+    def sample(self, model: DiffusionModel, prompts: list[str], ctx: RunContext, offset: int) -> torch.Tensor:
+        """Verification images of ``prompts`` with this watermark's sampler settings (seeded by ``offset``)."""
+        return model.sample(prompts, steps=self.sample_steps, guidance_scale=self.guidance_scale,
+                            generator=ctx.generator(offset), progress=ctx.progress)  # fmt: skip
+
+    def decide(self, bits: torch.Tensor, message: torch.Tensor, null_seed: int, **extra: Any) -> Verification:
+        """Bits read from the images against the key's message (and ``null_messages`` random ones): the
+        per-image threshold and the model-level decision (``extra``: figures / details for the report)."""
+        null = random_key_matches(bits, self.null_messages, seed=null_seed)
+        return bit_match_verification(bits, message.to(torch.uint8), self.fpr, self.model_fpr,
+                                      null_matches=null.tolist(), **extra)  # fmt: skip
+
     def make_message(self, seed: int | None = None) -> torch.Tensor:
         """``bits`` random bits from ``seed`` (else the ``key_seed`` setting; else fresh secret randomness)."""
-        seed = seed if seed is not None else getattr(self, "key_seed", None)
+        seed = seed if seed is not None else self.key_seed
         rng = np.random.default_rng(seed if seed is not None else secrets.randbits(128))
         return torch.from_numpy(rng.integers(0, 2, size=self.bits).astype(np.uint8))
 

@@ -166,6 +166,14 @@ class Codec:
         return torch.cat(out)
 
 
+def codec_report(codec: Codec, delta: torch.Tensor) -> dict[str, Any]:
+    """What a protection records about its stage 1 and the residual it embeds (non-secret)."""
+    return {
+        "codec": {k: v for k, v in codec.info.items() if k != "config"},
+        "delta_rms": float(delta.pow(2).mean().sqrt()),
+    }
+
+
 def latent_space_id(model: DiffusionModel) -> dict[str, Any]:
     """What the codec depends on in the model: the latent shape and, for latent models, the VAE."""
     ident: dict[str, Any] = {

@@ -26,8 +26,8 @@ from adaptguard.core.keys import Protected, SecretKey
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import MessageWatermark, trigger_rows
-from adaptguard.defenses.message_codec import Codec, CodecConfig, train_codec
-from adaptguard.metrics.stats import bit_match_verification, clopper_pearson, random_key_matches
+from adaptguard.defenses.message_codec import Codec, CodecConfig, codec_report, train_codec
+from adaptguard.metrics.stats import clopper_pearson
 from adaptguard.models import objective
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import OptimConfig, TrainSettings, finetune
@@ -92,12 +92,6 @@ class SleeperMarkDefense(MessageWatermark):
         nonempty=True,
         secret=True,
         doc="prepended to any prompt; the default is the paper's, public: set your own",
-    )
-    key_seed: int | None = setting(
-        None,
-        secret=True,
-        doc="null: drawn from `seed`, so a command gives the same message on any cache (`adaptguard protect`: a "
-        "fresh secret one); an int fixes it",
     )
     # stage 2: L = w1 |e - e_wm|^2 + w2 |e - e_tr|^2 + |e(c) - e_n|^2, targets from the frozen original
     steps: int = setting(400, ge=1, doc="stage-2 optimizer steps (reference: 20k)")
@@ -186,15 +180,8 @@ class SleeperMarkDefense(MessageWatermark):
             self.steps, optim, max_grad_norm=self.max_grad_norm, log_prefix="protect", lr_key="defense.lr"
         )
         tuned = finetune(model, loader, settings, ctx, objective=objective, trainable=self.trainable_parameters)
-        info = {
-            "codec": {k: v for k, v in codec.info.items() if k != "config"},
-            "steps": self.steps,
-            "eta": eta,
-            "final_losses": tuned.losses,
-            "trainable_params": tuned.cost["trainable_params"],
-            "delta_rms": float(delta.pow(2).mean().sqrt()),
-            "detection_threshold": self.detection_threshold(),
-        }
+        info = {**codec_report(codec, delta), "steps": self.steps, "eta": eta, "final_losses": tuned.losses,
+                "trainable_params": tuned.cost["trainable_params"], "detection_threshold": self.detection_threshold()}  # fmt: skip
         return Protected(tuned.model, key, info)
 
     # ------------------------------------------------------------------ verify
@@ -203,10 +190,9 @@ class SleeperMarkDefense(MessageWatermark):
     ) -> dict[str, torch.Tensor]:
         """The same prompts and starting noise with and without the trigger."""
         assert isinstance(key, SleeperMarkKey)
-        kw = {"steps": self.sample_steps, "guidance_scale": self.guidance_scale, "progress": ctx.progress}
         return {
-            "triggered": model.sample([key.trigger + p for p in key.prompts], generator=ctx.generator(11), **kw),
-            "untriggered": model.sample(list(key.prompts), generator=ctx.generator(11), **kw),
+            "triggered": self.sample(model, [key.trigger + p for p in key.prompts], ctx, offset=11),
+            "untriggered": self.sample(model, list(key.prompts), ctx, offset=11),
         }
 
     def verify_images(
@@ -216,7 +202,6 @@ class SleeperMarkDefense(MessageWatermark):
         codec = Codec.from_state(key.codec)
         message = key.message.to(torch.uint8)
         bits = codec.read_bits(model, images["triggered"])
-        null = random_key_matches(bits, self.null_messages, seed=4242)
         figures: dict[str, float] = {}
         details: dict[str, Any] = {}
         if "untriggered" in images:
@@ -226,7 +211,7 @@ class SleeperMarkDefense(MessageWatermark):
                 untriggered_bit_accuracy=float(plain.float().mean() / self.bits), untriggered_rate=hits / len(plain)
             )
             details["untriggered_ci"] = list(clopper_pearson(hits, len(plain)))
-        return bit_match_verification(bits, message, self.fpr, self.model_fpr, None, null.tolist(), figures, details)
+        return self.decide(bits, message, 4242, figures=figures, details=details)
 
 
 class TriggerDistillation:

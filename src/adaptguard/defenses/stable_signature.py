@@ -28,7 +28,6 @@ from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.defenses.base import MessageWatermark
 from adaptguard.defenses.hidden_extractor import Extractor, ExtractorConfig, HiddenDecoder, train_extractor
 from adaptguard.defenses.message_codec import perceptual_loss
-from adaptguard.metrics.stats import bit_match_verification, random_key_matches
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import final_terms, fit
 
@@ -97,12 +96,6 @@ def decoder_psnr(original: DiffusionModel, marked: DiffusionModel, images: torch
 class StableSignatureDefense(MessageWatermark):
     extractor: ExtractorConfig | dict[str, Any] = setting(
         default_factory=ExtractorConfig, doc="stage 1: the HiDDeN extractor, cached and message-independent"
-    )
-    key_seed: int | None = setting(
-        None,
-        secret=True,
-        doc="null: drawn from `seed`, so a command gives the same message on any cache (`adaptguard protect`: a "
-        "fresh secret one); an int fixes it",
     )
     # stage 2: the decoder fine-tune
     steps: int = setting(600, ge=1, doc="stage-2 optimizer steps (reference: 100 at batch 4 on 256-px images)")
@@ -188,14 +181,12 @@ class StableSignatureDefense(MessageWatermark):
         self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext
     ) -> dict[str, torch.Tensor]:
         assert isinstance(key, StableSignatureKey)
-        kw = {"steps": self.sample_steps, "guidance_scale": self.guidance_scale, "progress": ctx.progress}
-        return {"generated": model.sample(list(key.prompts), generator=ctx.generator(13), **kw)}
+        return {"generated": self.sample(model, list(key.prompts), ctx, offset=13)}
 
     def verify_images(
         self, images: dict[str, torch.Tensor], key: SecretKey | None, model: DiffusionModel
     ) -> Verification:
         assert isinstance(key, StableSignatureKey)
-        bits = Extractor.from_state(key.extractor).decoder.read_bits(images["generated"])
-        null = random_key_matches(bits, self.null_messages, seed=4243)
-        return bit_match_verification(bits, key.message.to(torch.uint8), self.fpr, self.model_fpr,
-                                      null_matches=null.tolist())  # fmt: skip
+        return self.decide(
+            Extractor.from_state(key.extractor).decoder.read_bits(images["generated"]), key.message, 4243
+        )

@@ -85,6 +85,9 @@ class StackDefense(Defense):
     def watermarks(self) -> list[tuple[int, Defense]]:
         return [(i, m) for i, m in enumerate(self.member_list) if m.verification != "none"]
 
+    def code_parts(self) -> tuple[Any, ...]:
+        return (self, *self.member_list)  # members are imported by name: their modules are not in the stack's
+
     def key_drawn_from_seed(self) -> bool:
         return any(m.key_drawn_from_seed() for m in self.member_list)
 

@@ -70,13 +70,15 @@ def add_lora(
     settings: LoraSettings,
     constraint: FineTuneConstraint | None,
     text_encoder: bool = False,
+    key: str = "attack",
 ) -> dict[str, Any]:
-    """Freeze the bundle and add trainable adapters; returns adapter counts for the cost report."""
+    """Freeze the bundle and add trainable adapters; returns adapter counts for the cost report. ``key``:
+    the config section errors name (``attack``, or ``defense`` for a watermark LoRA)."""
     model.requires_grad_(False)
     matched, skipped = _targets(model.unet, "unet", settings.target_modules, constraint)
     if not matched:
         raise ConfigError(
-            f"attack.target_modules: {settings.target_modules} matched no trainable UNet module"
+            f"{key}.target_modules: {settings.target_modules} matched no trainable UNet module"
             + (f" ({len(skipped)} matched but are frozen by the defense)" if skipped else "")
         )
     model.unet.add_adapter(settings.config(matched))

@@ -124,7 +124,7 @@ class Evaluator:
 
             return write
 
-        code = (self.defense, SharedEvaluations)  # the defense verifies; shared_evals stores it
+        code = (*self.defense.code_parts(), SharedEvaluations)  # the defense verifies; shared_evals stores it
         out: dict[str | None, Verification | None] = {}
         images = transforms if self.defense.verification == "images" else []  # weights: no images to attack
         entries = [(None, label, spec)] + [

@@ -104,7 +104,7 @@ def check_at_steps(attack: Attack, at_steps: list[int]) -> None:
 def protect_spec(exp: Experiment, ctx: RunContext) -> dict[str, Any]:
     """What determines the protected model: base model, defense, owner data, seed."""
     spec = {"base": exp.model.describe(), "defense": exp.defense.describe(), "data": exp.data.describe(),
-            "seed": ctx.seed, "code": code_fingerprint(exp.defense, exp.data)}  # fmt: skip
+            "seed": ctx.seed, "code": code_fingerprint(*exp.defense.code_parts(), exp.data)}  # fmt: skip
     fresh = ctx.fresh_keys and exp.defense.key_drawn_from_seed()  # not drawn from `seed`
     return {**spec, "keys": "fresh"} if fresh else spec  # an owner's fresh key is never a run's seed-drawn one
 
@@ -228,6 +228,6 @@ def build_result(
         stages=ev.tracker.to_dict(),
         files=ev.files,
         cached=ev.shared.hits,
-        provenance=provenance(exp.defense, exp.attack, exp.data, exp.model, Evaluator),
+        provenance=provenance(*exp.defense.code_parts(), exp.attack, exp.data, exp.model, Evaluator),
         report={"defense": ReportSettings.of(exp.defense), "attack": ReportSettings.of(exp.attack)},
     )
