@@ -134,7 +134,7 @@ def test_comparison_presets_sweep_their_axes_with_three_seeds():
         assert sorted(set(seeds)) == ["seed=0", "seed=1", "seed=2"], preset
     defenses = {o for job in _sweep_jobs("compare_watermarks") for o in job if o.startswith(("defense=", "attack="))}
     assert defenses == {"defense=backdoor", "defense=aiao", "defense=aiao_busy", "defense=sleepermark",
-                        "defense=stable_signature", "attack=full", "attack=lora", "attack=dreambooth", "attack=prune", "attack=quantize"}  # fmt: skip
+                        "defense=stable_signature", "defense=aqualora", "attack=full", "attack=lora", "attack=dreambooth", "attack=prune", "attack=quantize"}  # fmt: skip
     axes = {o for job in _sweep_jobs("compare_backbones") for o in job}
     assert axes == {"model=tiny", "model=tiny_dit", "defense=backdoor", "defense=aiao", "defense=sleepermark",
                     "attack=full", "attack=lora", "seed=0", "seed=1", "seed=2"}  # fmt: skip
@@ -142,11 +142,11 @@ def test_comparison_presets_sweep_their_axes_with_three_seeds():
 
 def test_the_adaptation_comparison_sweeps_merges_by_alpha_and_vae_swaps_on_the_pages_protections(tmp_path):
     merges = {o for job in _sweep_jobs("compare_adaptations") for o in job}
-    assert merges == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "defense=stable_signature",
+    assert merges == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "defense=stable_signature", "defense=aqualora",
                       "attack=merge", "attack.alpha=0.25",
                       "attack.alpha=0.5", "attack.alpha=0.75", "seed=0", "seed=1", "seed=2"}  # fmt: skip
     swaps = {o for job in _sweep_jobs("compare_adaptations_vae_swap") for o in job}
-    assert swaps == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "defense=stable_signature",
+    assert swaps == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "defense=stable_signature", "defense=aqualora",
                      "attack=vae_swap", "seed=0", "seed=1",
                      "seed=2"}  # fmt: skip
     for preset, attack in (("compare_adaptations", "merge"), ("compare_adaptations_vae_swap", "vae_swap")):

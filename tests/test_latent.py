@@ -14,7 +14,16 @@ from adaptguard.analysis.blocks import unet_blocks
 from adaptguard.core.context import RunContext
 from adaptguard.defenses.aiao import AIAODefense, _EmbeddingObjective
 from adaptguard.sources import PretrainedSource
-from tests.helpers import STABLE_SIGNATURE, model_source, run_config, write_tiny_sd_folder
+from tests.helpers import (
+    STABLE_SIGNATURE,
+    STACK,
+    cli,
+    model_source,
+    run_config,
+    same_numbers,
+    verify_json,
+    write_tiny_sd_folder,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +61,8 @@ DIAGONAL = {
                             "defense.null_messages=7", *TRAIN, "attack.num_class_images=2"],
     "imma-lora": ["experiment=freeze", "defense=imma", "defense.steps=5", "defense.batch_size=4", "attack=lora",
                   *TRAIN],
-    # two defenses stacked: the backdoor above, then a random mask the LoRA must honour
-    "stack-lora": ["defense=stack", "defense.members=[{defense:backdoor,steps:8,batch_size:4,num_samples:4,"
-                   "null_keys:7},random_freeze]", "attack=lora", *TRAIN],
+    # two defenses stacked: the Stable Signature above (its extractor cached), then a random mask the LoRA honours
+    "stack-lora": [*STACK, "attack=lora", *TRAIN],
 }  # fmt: skip
 
 
@@ -116,11 +124,39 @@ def test_a_stack_verifies_its_watermark_member_and_the_attack_honours_its_mask(d
     _, runs = diagonal
     stacked = runs["stack-lora"]
     (attack,) = stacked.attacks.values()
+    assert stacked.protected.verification.detected and not stacked.base.verification.detected
     for verified in (stacked.protected.verification, attack.model.verification):
-        assert set(verified.figures) >= {"backdoor.rate", "backdoor.detected", "backdoor.p_value"}
-        assert verified.rate == verified.figures["backdoor.rate"]  # one watermark member: its numbers
+        assert set(verified.figures) >= {
+            "stable_signature.rate",
+            "stable_signature.detected",
+            "stable_signature.p_value",
+        }
+        assert verified.rate == verified.figures["stable_signature.rate"]  # one watermark member: its numbers
     assert 0 < stacked.summary["frozen_tensors_ratio"] < 1  # random_freeze's mask
     assert attack.cost["frozen_params"] > 0
+    assert stacked.protect["order"] == ["stable_signature", "random_freeze"]
+
+
+def test_the_owner_protects_with_the_stack_and_verify_detects_it(diagonal, monkeypatch):
+    """``protect`` with the run's stack (every seed fixed: served from the diagonal's cache), then ``verify``
+    with the stacked key file: the verdict and every member's figures as the protection measured them."""
+    tmp, runs = diagonal
+    monkeypatch.setenv("ADAPTGUARD_CACHE", str(tmp / "cache"))
+    result = cli(
+        ["protect", "model=micro", "model.sampler.steps=3", *STACK, "progress=false", f"out={tmp / 'release'}"]
+    )
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp / "release" / "protect.json").read_text())
+    assert report["protected"]["detected"]
+    assert report["protected"]["rate"] == runs["stack-lora"].protected.verification.rate  # the run's protection
+    assert not report["base"]["detected"] and 0 < report["summary"]["frozen_tensors_ratio"] < 1
+    members = report["config"]["members"]  # in the user's order, secrets redacted
+    assert [m["name"] for m in members] == ["stable_signature", "random_freeze"]
+    assert members[0]["key_seed"] == "<redacted>" and members[1]["mask_seed"] == "<redacted>"
+    assert (tmp / "release" / "owner.key").stat().st_mode & 0o077 == 0
+    verdict = verify_json(f"key={tmp / 'release' / 'owner.key'}", f"suspect={tmp / 'release' / 'model'}")
+    assert verdict["detected"] and verdict["identical_to_protected"]
+    same_numbers(verdict, report["protected"])
 
 
 def test_latent_runs_encode_and_decode_through_the_vae(diagonal):

@@ -26,6 +26,7 @@ SHORT = [  # per_option: each preset's own entry for its defense merges with the
     f"++per_option.defense.aiao_busy={AIAO}",
     "++per_option.defense.backdoor={steps: 2, batch_size: 2, lr: 1e-3, trigger_fraction: 0.5, num_samples: 2}",
     "++per_option.defense.freezeasguard={user_steps: 2, user_batch_size: 2, steps: 2, batch_size: 2}",
+    "++per_option.defense.imma={steps: 2, batch_size: 2}",
 ]
 MICRO = ["model=micro", "model.sampler.steps=2", "trainer=cpu", "progress=false", *SHORT]
 
@@ -48,7 +49,9 @@ def test_protect_takes_every_experiment_preset(preset, cache, tmp_path):
     report = protect(cfg, tmp_path / "out")
     assert report["defense"] == cfg.defense.name and report["model"] == "micro"
     assert report["config"]["steps"] == 2  # the per-option entry applied over the preset's own
-    assert (tmp_path / "out" / "owner.key").is_file() and (tmp_path / "out" / "model").is_dir()
+    assert (tmp_path / "out" / "model").is_dir()
+    keyless = cfg.defense.name == "imma"  # immunized weights: the published model is all there is
+    assert (tmp_path / "out" / "owner.key").is_file() != keyless and ("key_file" in report) != keyless
     if report["protected"] is None:  # freezing defenses: a mask, nothing to verify
         assert "nothing to verify" in report["decision"]["rule"]
 

@@ -1,6 +1,6 @@
 """Stacked defenses (defense=stack): members protect in order, the key holds every member's key, every
-watermark member is verified. End to end on micro: a decoder watermark and a freezing mask through the
-owner's protect and verify; the parts that need no model run below it."""
+watermark member is verified. End to end on micro (a decoder watermark and a random mask: a run, then the
+owner's protect and verify) in tests/test_latent.py; the parts that need no model run here."""
 
 import json
 import re
@@ -13,44 +13,7 @@ from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.verification import Verification
 from adaptguard.defenses.freezing import FreezeMask
 from adaptguard.defenses.stack import StackDefense, StackKey, combine
-from tests.helpers import STABLE_SIGNATURE, cli, compose, same_numbers
-from tests.helpers import verify_json as verify
-
-# the diagonal's Stable Signature settings and a 3-step FreezeAsGuard, as one stack member list
-EXTRACTOR = ",".join(a.split("=", 1)[0].removeprefix("defense.extractor.") + ":" + a.split("=", 1)[1]
-                     for a in STABLE_SIGNATURE if a.startswith("defense.extractor."))  # fmt: skip
-STAGE_2 = ",".join(a.removeprefix("defense.").replace("=", ":") for a in STABLE_SIGNATURE[1:]
-                   if not a.startswith("defense.extractor."))  # fmt: skip
-MEMBERS = (f"defense.members=[{{defense:stable_signature,extractor:{{{EXTRACTOR}}},{STAGE_2}}},"
-           "{defense:freezeasguard,steps:3,batch_size:4,user_steps:2,user_batch_size:4}]")  # fmt: skip
-STACK = ["model=micro", "experiment=freeze", "defense=stack", MEMBERS, "model.sampler.steps=3", "progress=false"]
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("stack")
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("ADAPTGUARD_CACHE", str(tmp / "cache"))
-        result = cli(["protect", *STACK, f"out={tmp / 'release'}"])
-        assert result.code == 0, result.stderr
-        yield tmp / "release"
-
-
-@pytest.mark.slow
-def test_the_owner_protects_with_a_stack_and_verify_detects_it(release):
-    report = json.loads((release / "protect.json").read_text())
-    protected, base = report["protected"], report["base"]
-    assert protected["detected"] and not base["detected"]
-    figures = protected["figures"]  # every watermark member's own numbers
-    assert figures["stable_signature.detected"] == 1.0 and figures["stable_signature.rate"] == protected["rate"]
-    assert 0 < report["summary"]["frozen_tensors_ratio"] < 1  # the freezing member's mask
-    members = report["config"]["members"]  # in the user's order, secrets redacted
-    assert [m["name"] for m in members] == ["stable_signature", "freezeasguard"]
-    assert members[0]["key_seed"] == "<redacted>" and members[0]["extractor"]["bits"] == 16
-    assert (release / "owner.key").stat().st_mode & 0o077 == 0
-    verdict = verify(f"key={release / 'owner.key'}", f"suspect={release / 'model'}")
-    assert verdict["detected"] and verdict["identical_to_protected"]
-    same_numbers(verdict, protected)
+from tests.helpers import compose
 
 
 def test_members_are_named_by_config_and_keep_their_overrides(tmp_path):

@@ -4,6 +4,7 @@ from tests.helpers.models import micro_source, model_source, params_equal, write
 from tests.helpers.runs import (
     REPO,
     STABLE_SIGNATURE,
+    STACK,
     assert_secrets_only_in_owner_only_keys,
     cli,
     compose,
@@ -18,6 +19,7 @@ __all__ = [
     "assert_secrets_only_in_owner_only_keys",
     "REPO",
     "STABLE_SIGNATURE",
+    "STACK",
     "cli",
     "compose",
     "make_ctx",

@@ -28,6 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 STABLE_SIGNATURE = ["defense=stable_signature", "defense.extractor.bits=16", "defense.extractor.steps=200",
                     "defense.steps=150", "defense.batch_size=8", "defense.num_samples=16", "defense.null_messages=15",
                     "defense.fpr=1e-2", "defense.model_fpr=1e-2", "defense.sample_steps=10", "defense.key_seed=3"]  # fmt: skip
+# those settings as the first member of a stack with a random mask, every seed fixed: the owner's protect of this
+# stack is served the run's cached protection
+STACK = ["defense=stack", "defense.members=[{defense:stable_signature,extractor:{bits:16,steps:200},steps:150,batch_size:8,"
+         "num_samples:16,null_messages:15,fpr:1e-2,model_fpr:1e-2,sample_steps:10,key_seed:3},"
+         "{defense:random_freeze,mask_seed:5}]"]  # fmt: skip
 
 
 def make_micro_data() -> ShapesDataModule:

@@ -41,7 +41,7 @@ def summary(report: dict[str, Any]) -> str:
     lines = [f"protected with {report['defense']} ({report['wall_s']:.0f} s)",
              f"  model (publish this): {report['model_dir']}"
              + (f" (one file: {report['single_file']})" if report.get("single_file") else ""),
-             f"  key (keep private, mode 0600): {report['key_file']}"]  # fmt: skip
+             f"  key (keep private, mode 0600): {report.get('key_file') or 'none (this defense keeps no secret)'}"]  # fmt: skip
     for name in ("protected", "base"):
         v = report.get(name)
         if v:

@@ -163,7 +163,7 @@ class OutputWatermark(Defense):
 
 @dataclass
 class MessageWatermark(OutputWatermark):
-    """A secret k-bit message read from generated images (SleeperMark, Stable Signature): the verification
+    """A secret k-bit message read from generated images (SleeperMark, AquaLoRA, Stable Signature): the verification
     settings they share, the per-image threshold and the message draw. Subclasses define ``bits``."""
 
     key_seed: int | None = setting(

@@ -66,11 +66,14 @@ def protect_to(
         files["single_file"] = str(save_single_file(protected.model, out / SINGLE_FILE))
     verified = exp.defense.verify(protected.model, protected.key, ctx)
     never = exp.defense.verify(base, protected.key, ctx) if verified is not None else None
-    key = owner_key(exp.defense, protected, verified, (out / MODEL_DIR).resolve(), ctx.seed)
-    key.save(out / KEY_FILE)
+    if protected.key is not None:
+        key = owner_key(exp.defense, protected, verified, (out / MODEL_DIR).resolve(), ctx.seed)
+        key.save(out / KEY_FILE)
+        files["key_file"] = str(out / KEY_FILE)
+    decision = decision_rule(exp.defense, verified)  # immunized weights (IMMA): the model is all there is
     report = {
         "defense": exp.defense.name, "model": exp.model.name, "seed": ctx.seed, "config": exp.defense.public_config(),
-        **files, "key_file": str(out / KEY_FILE), "protected_sha256": key.protected_sha256, "decision": key.decision,
+        **files, "protected_sha256": weights_sha256(protected.model.unet), "decision": decision,
         "protected": verified.summary() if verified else None, "base": never.summary() if never else None,
         "summary": exp.defense.summary(protected), "wall_s": round(time.perf_counter() - start, 2),
     }  # fmt: skip
@@ -80,7 +83,7 @@ def protect_to(
 
 def check_protect(exp: Experiment, out: Path) -> None:
     """Config and data errors before the (long) protection."""
-    if exp.defense.key_type is None:
+    if exp.defense.key_type is None and not exp.defense.modifies_weights:
         raise ConfigError(f"defense: defense={exp.defense.name} has no key to protect with; pick a protection, "
                           "e.g. defense=backdoor, aiao, sleepermark or freezeasguard")  # fmt: skip
     if (out / KEY_FILE).exists():
@@ -114,7 +117,8 @@ def owner_key(
 def decision_rule(defense: Defense, verified: Verification | None) -> dict[str, Any]:
     """The threshold a verdict uses and how it was calibrated (non-secret; stored in the key and the report)."""
     if verified is None:
-        return {"verification": "none", "rule": f"defense={defense.name} constrains fine-tuning; nothing to verify"}
+        what = "constrains fine-tuning" if defense.key_type is not None else "changes the weights and keeps no key"
+        return {"verification": "none", "rule": f"defense={defense.name} {what}; nothing to verify"}
     return {"verification": defense.verification, **defense.decision_rule(verified)}
 
 
