@@ -155,6 +155,17 @@ def test_the_adaptation_comparison_sweeps_merges_by_alpha_and_vae_swaps_on_the_p
         assert job["defense"] == page["defense"] and job["attack"]["name"] == attack  # the page's protections
 
 
+def test_the_adaptive_comparison_targets_the_pages_protections(tmp_path):
+    axes = {o for job in _sweep_jobs("compare_adaptive") for o in job}
+    assert axes == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "defense=aqualora", "attack=targeted",
+                    "seed=0", "seed=1", "seed=2"}  # fmt: skip
+    for defense in ("aiao", "sleepermark"):
+        job = _job(["experiment=compare_adaptive", f"defense={defense}"], tmp_path)
+        page = _job(["experiment=page/compare_watermarks", f"defense={defense}"], tmp_path)
+        assert job["defense"] == page["defense"]  # the page's cached protections
+        assert (job["attack"]["name"], job["attack"]["method"], job["attack"]["steps"]) == ("targeted", defense, 100)
+
+
 def test_the_backbone_comparison_runs_the_watermark_pages_jobs_on_both_models(tmp_path):
     """Its UNet jobs are page/compare_watermarks' (the same config: the same cached protections); its
     transformer jobs differ from them in the model alone."""

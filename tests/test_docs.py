@@ -15,8 +15,10 @@ from adaptguard.attacks import (
     ExternalModel,
     FullFineTune,
     Int8Quantize,
+    LeakedTrigger,
     LoraFineTune,
     MagnitudePrune,
+    TargetedFineTune,
     VaeSwap,
     WeightMerge,
     WeightNoise,
@@ -36,11 +38,16 @@ from adaptguard.data import (
 from adaptguard.data.distortions import IMAGE_TRANSFORMS
 from adaptguard.defenses import (
     AIAODefense,
+    AquaLoRADefense,
     BackdoorDefense,
     FreezeAsGuardDefense,
+    IMMADefense,
     RandomFreezeDefense,
     SleeperMarkDefense,
+    StableSignatureDefense,
+    StackDefense,
 )
+from adaptguard.defenses.hidden_extractor import ExtractorConfig
 from adaptguard.defenses.message_codec import CodecConfig
 from adaptguard.metrics.quality import QualityEvaluator
 from adaptguard.models.bundle import SamplerConfig
@@ -57,6 +64,10 @@ PAGES = {
     "docs/defenses/aiao.md": [(AIAODefense, "defense")],
     "docs/defenses/sleepermark.md": [(SleeperMarkDefense, "defense"), (CodecConfig, "defense.codec")],
     "docs/defenses/freezeasguard.md": [(FreezeAsGuardDefense, "defense"), (RandomFreezeDefense, "defense")],
+    "docs/defenses/stable_signature.md": [(StableSignatureDefense, "defense"), (ExtractorConfig, "defense.extractor")],
+    "docs/defenses/aqualora.md": [(AquaLoRADefense, "defense")],
+    "docs/defenses/imma.md": [(IMMADefense, "defense")],
+    "docs/defenses/stack.md": [(StackDefense, "defense")],
     "docs/attacks.md": [
         (c, "attack")
         for c in (
@@ -69,6 +80,8 @@ PAGES = {
             ExternalModel,
             WeightMerge,
             VaeSwap,
+            TargetedFineTune,
+            LeakedTrigger,
         )
     ]
     + [(c, f"eval.image_attacks.{c.name}") for c in IMAGE_TRANSFORMS.values()],  # fmt: skip

@@ -59,6 +59,14 @@ DIAGONAL = {
     "aqualora-dreambooth": ["defense=aqualora", "attack=dreambooth", *WATERMARK, "defense.codec.steps=20",
                             "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
                             "defense.null_messages=7", *TRAIN, "attack.num_class_images=2"],
+    # adaptive: fine-tune where the method's mark lives (the protections above, cached)
+    "aiao-targeted": ["defense=aiao", "attack=targeted", *WATERMARK, "defense.probe_steps=3", "defense.num_subpaths=8",
+                      "model.gradient_checkpointing=true", *TRAIN, "attack.probe_steps=2"],
+    "sleepermark-targeted": ["defense=sleepermark", "attack=targeted", *WATERMARK, "defense.codec.steps=20",
+                             "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
+                             "defense.null_messages=7", *TRAIN],
+    "backdoor-leaked_trigger": ["defense=backdoor", "attack=leaked_trigger", *WATERMARK, "defense.num_samples=4",
+                                "defense.null_keys=7", *TRAIN],
     "imma-lora": ["experiment=freeze", "defense=imma", "defense.steps=5", "defense.batch_size=4", "attack=lora",
                   *TRAIN],
     # two defenses stacked: the Stable Signature above (its extractor cached), then a random mask the LoRA honours
@@ -82,7 +90,8 @@ def test_every_defense_and_attack_runs_on_the_latent_model(diagonal):
                                                      "random_freeze", "none", "stable_signature", "stack",
                                                      "aqualora", "imma"}  # fmt: skip
     assert {r.run.attack for r in runs.values()} >= {"lora", "full", "dreambooth", "quantize", "prune",
-                                                    "weight_noise", "none", "merge", "vae_swap"}  # fmt: skip
+                                                    "weight_noise", "none", "merge", "vae_swap", "targeted",
+                                                    "leaked_trigger"}  # fmt: skip
     for name, result in runs.items():
         assert result.status == "ok", name
         assert result.run.model == "micro"
@@ -135,6 +144,16 @@ def test_a_stack_verifies_its_watermark_member_and_the_attack_honours_its_mask(d
     assert 0 < stacked.summary["frozen_tensors_ratio"] < 1  # random_freeze's mask
     assert attack.cost["frozen_params"] > 0
     assert stacked.protect["order"] == ["stable_signature", "random_freeze"]
+
+
+def test_targeted_attacks_locate_the_mark_as_the_method_says(diagonal):
+    _, runs = diagonal
+    (aiao,) = runs["aiao-targeted"].attacks.values()
+    assert aiao.cost["method"] == "aiao" and aiao.cost["located_by"] == "analysis"  # the attacker's own probe
+    assert 0 < aiao.cost["lazy_blocks"] < aiao.cost["blocks"]
+    (sleeper,) = runs["sleepermark-targeted"].attacks.values()
+    assert sleeper.cost["method"] == "sleepermark" and sleeper.cost["located_by"] == "public"
+    assert sleeper.cost["targeted_tensors"] > 0 and 0 < sleeper.cost["trainable_params"] < sleeper.cost["total_params"]
 
 
 def test_the_owner_protects_with_the_stack_and_verify_detects_it(diagonal, monkeypatch):

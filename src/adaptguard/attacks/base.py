@@ -23,6 +23,9 @@ class Attack(Validated, ABC):
     config_key: ClassVar[str] = "attack"
     name: str = "attack"
     adapts: ClassVar[bool] = True  # False: the control (the model is used as published)
+    # True: the experiment stages a leak and hands this attack the owner's key (RunContext.leaked_key); every
+    # other attack never sees it
+    reads_leaked_key: ClassVar[bool] = False
     # the option keys a results page's settings row shows (recorded in results.json's ``report``)
     report_options: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr")
 

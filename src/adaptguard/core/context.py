@@ -42,6 +42,8 @@ class RunContext:
     # the experiment's never-protected base model (a DiffusionModel), for attacks that start from it as model-hub
     # users do (merges with an independent fine-tune, VAE swaps back to the original); None outside experiments
     base_model: Any = None
+    # the owner's key, handed only to attacks that model a leak (``Attack.reads_leaked_key``); None otherwise
+    leaked_key: Any = None
 
     def key_seed(self, configured: int | None) -> int:
         """The seed a defense draws its key from: ``configured`` if set; else derived from the run seed, so

@@ -19,6 +19,7 @@ import lightning as L
 import torch
 from diffusers.optimization import get_scheduler
 
+from adaptguard.analysis.locations import cross_attention_pattern
 from adaptguard.core.config import setting
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
@@ -28,13 +29,6 @@ from adaptguard.defenses.base import Defense
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.models.lora import LoraSettings, add_lora
 from adaptguard.training import final_terms, fit
-
-# the weights the outer step moves: the reference's cross-attention ("xatten") projections; a diffusion
-# transformer has no cross-attention, so there every joint block's attention (both streams)
-UNET_CROSS_ATTENTION = r"\.attn2\.(to_q|to_k|to_v|to_out\.0)\."
-DIT_ATTENTION = (
-    r"^transformer_blocks\.\d+\.attn\.(to_q|to_k|to_v|to_out\.0|add_q_proj|add_k_proj|add_v_proj|to_add_out)\."
-)
 
 
 class ImmunizationModule(L.LightningModule):
@@ -101,7 +95,8 @@ class IMMADefense(Defense):
     def protect(self, model: DiffusionModel, data: CaptionedImageDataModule, ctx: RunContext) -> Protected:
         self.check_data(data)
         immunized = model.clone()
-        pattern = re.compile(DIT_ATTENTION if hasattr(immunized.unet, "transformer_blocks") else UNET_CROSS_ATTENTION)
+        # the reference's cross-attention ("xatten") projections; a transformer's joint attention
+        pattern = re.compile(cross_attention_pattern(immunized.unet))
         names = [n for n, _ in immunized.unet.named_parameters() if pattern.search(n)]
         if not names:
             raise ConfigError(f"defense=imma: no attention weights to immunize in {type(immunized.unet).__name__}")

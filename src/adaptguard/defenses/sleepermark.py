@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from adaptguard.analysis.locations import sleepermark_pattern
 from adaptguard.core.config import from_mapping, setting
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
@@ -33,14 +34,6 @@ from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import OptimConfig, TrainSettings, finetune
 
 log = logging.getLogger(__name__)
-
-# Which UNet weights stage 2 trains. Norms stay frozen in every choice but "unet".
-TRAINABLE = {
-    "up_attention": r"^up_blocks\.\d+\.attentions\.(?!.*norm)",  # the reference: attn / proj / ff of up-blocks
-    "up_blocks": r"^up_blocks\.(?!.*norm)",
-    "decoder": r"^(up_blocks\.|conv_out\.)(?!.*norm)",  # up-blocks and the output conv
-    "unet": r"",
-}
 
 
 @dataclass(repr=False)
@@ -60,25 +53,6 @@ def time_weights(t: torch.Tensor, eta: float, tau: float, beta: float) -> tuple[
 def watermark_target(teacher_out: torch.Tensor, delta: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
     """The teacher's triggered output, shifted so its one-step x0 estimate gains ``delta`` (gain: objective.x0_gain)."""
     return teacher_out - gain.float().view(-1, *[1] * (teacher_out.ndim - 1)) * delta
-
-
-def trainable_pattern(choice: str, denoiser: torch.nn.Module) -> str:
-    """The regex over the denoiser's parameter names that ``trainable`` selects.
-
-    On a diffusion transformer the "up" path is the second half of the joint blocks (docs/defenses/
-    sleepermark.md): its attention and feed-forward weights for up_attention, everything in those blocks
-    for up_blocks, plus the output projection for decoder; norms (the AdaLN modulation too) stay frozen.
-    """
-    blocks = getattr(denoiser, "transformer_blocks", None)
-    if blocks is None or choice == "unet":
-        return TRAINABLE[choice]
-    second = "|".join(str(i) for i in range(len(blocks) // 2, len(blocks)))
-    half = rf"^transformer_blocks\.({second})\."
-    return {
-        "up_attention": half + r"(attn|ff|ff_context)\.(?!.*norm)",
-        "up_blocks": half + r"(?!.*norm)",
-        "decoder": rf"({half}(?!.*norm)|^proj_out\.)",
-    }[choice]
 
 
 @dataclass
@@ -155,7 +129,7 @@ class SleeperMarkDefense(MessageWatermark):
         return (key.trigger, tuple(key.prompts))
 
     def trainable_parameters(self, model: DiffusionModel) -> list[torch.nn.Parameter]:
-        pattern = re.compile(trainable_pattern(self.trainable, model.unet))
+        pattern = re.compile(sleepermark_pattern(self.trainable, model.unet))
         params = [p for n, p in model.unet.named_parameters() if pattern.search(n)]
         if not params:
             raise ConfigError(f"defense.trainable={self.trainable}: selects no denoiser weights in this model")

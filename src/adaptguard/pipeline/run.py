@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,8 @@ def _run_stages(exp: Experiment, ctx: RunContext, out: Path, tracker: CostTracke
     protected_report = ev.evaluate("protected", protected.model, domains, quality=reuse)
     protected_report.paired = ev.paired(base_report, protected_report)
     attack_ctx = ctx.with_base(base)  # merges and VAE swaps start from the never-protected base, as users do
+    if exp.attack.reads_leaked_key:  # a staged leak (attack=leaked_trigger): the only attack that sees the key
+        attack_ctx = replace(attack_ctx, leaked_key=protected.key)
     attacks = {p.name: run_attack(exp, p, protected, protected_report, ev, attack_ctx) for p in plans}
     result = build_result(exp, ctx, protected, base_report, protected_report, attacks, notes, ev)
     if ranks.is_main():  # under DDP every rank runs the pipeline; one writes
