@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.reporting.results import RunResult
-from tests.helpers import STABLE_SIGNATURE, cli, model_source, run_config, same_numbers
+from tests.helpers import cli, model_source, run_config, same_numbers
 from tests.helpers import verify_json as verify
 
 pytestmark = pytest.mark.slow
@@ -42,10 +42,13 @@ DIT_SLEEPERMARK = ["defense=sleepermark", "defense.codec.bits=16", "defense.code
 DIT_BACKDOOR = ["defense=backdoor", "defense.steps=200", "defense.batch_size=16", "defense.lr=1e-3",
                 "defense.trigger_fraction=0.6", "defense.num_samples=16", "defense.null_keys=15", "defense.fpr=1e-2",
                 "defense.sample_steps=10", "defense.key_seed=3"]  # fmt: skip
-# AquaLoRA with SleeperMark's codec settings (the same cached codec) and its verification settings
-DIT_AQUALORA = ["defense=aqualora", *[a for a in DIT_SLEEPERMARK if a.startswith(("defense.codec.", "defense.sample",
-                "defense.num_samples", "defense.null", "defense.fpr", "defense.model_fpr", "defense.key_seed"))],
-                "defense.steps=200", "defense.batch_size=16"]  # fmt: skip
+# AquaLoRA (first: the run's seed, so SleeperMark's codec below serves it from the cache) and Stable Signature (the
+# micro diagonal's settings), stacked
+DIT_STACK = ("defense.members=[{defense:aqualora,codec:{bits:16,encoder_hidden:256,residual:full,steps:300,batch_size:8,"
+             "perceptual:none,image_weight:1.0},steps:200,batch_size:16,num_samples:16,null_messages:15,fpr:1e-2,"
+             "model_fpr:1e-2,sample_steps:10,key_seed:3},{defense:stable_signature,extractor:{bits:16,steps:200,"
+             "batch_size:16},steps:150,batch_size:8,num_samples:16,null_messages:15,fpr:1e-2,model_fpr:1e-2,"
+             "sample_steps:10,key_seed:3}]")  # fmt: skip
 SHORT = ["attack.steps=3", "attack.batch_size=4"]
 DIT_DIAGONAL = {
     "aiao-lora": [*DIT_AIAO, "attack=lora", *SHORT, "attack.save=adapter"],
@@ -57,11 +60,10 @@ DIT_DIAGONAL = {
     "none-weight_noise": ["defense=none", "attack=weight_noise"],
     "backdoor-merge": [*DIT_BACKDOOR, "attack=merge", *SHORT],  # the protection above, cached
     "sleepermark-vae_swap": [*DIT_SLEEPERMARK, "attack=vae_swap", *SHORT],
-    "stable_signature-lora": [*STABLE_SIGNATURE, "attack=lora", *SHORT],
-    "aqualora-full": [*DIT_AQUALORA, "attack=full", *SHORT],  # SleeperMark's codec above, from the cache
+    # the newer watermarks as one stack (SleeperMark's codec above, from the cache): both verified, then pruned
+    "stack-prune": ["defense=stack", DIT_STACK, "attack=prune"],
 }  # fmt: skip
-WATERMARKS = ("aiao-lora", "aiao-full", "backdoor-dreambooth", "backdoor-merge", "sleepermark-vae_swap",
-              "stable_signature-lora", "aqualora-full")  # fmt: skip
+WATERMARKS = ("aiao-lora", "aiao-full", "backdoor-dreambooth", "backdoor-merge", "sleepermark-vae_swap", "stack-prune")
 
 
 @dataclass
@@ -98,7 +100,7 @@ def dit_owner(tmp_path_factory):
 def test_every_defense_and_attack_runs_on_micro_dit_and_every_watermark_is_detected(dit_owner):
     runs = dit_owner.runs
     assert {r.run.defense for r in runs.values()} == {"aiao", "sleepermark", "backdoor", "freezeasguard",
-                                                     "random_freeze", "none", "stable_signature", "aqualora"}  # fmt: skip
+                                                     "random_freeze", "none", "stack"}  # fmt: skip
     assert {r.run.attack for r in runs.values()} | {"external"} == {"lora", "full", "dreambooth", "prune", "quantize",
                                                                    "weight_noise", "merge", "vae_swap", "external"}  # fmt: skip
     for name, result in runs.items():
@@ -112,6 +114,12 @@ def test_every_defense_and_attack_runs_on_micro_dit_and_every_watermark_is_detec
         assert result.protected.verification.detected and not result.base.verification.detected, name
         (after,) = (a.model.verification for a in result.attacks.values())
         assert after.trials == result.protected.verification.trials == result.base.verification.trials, name
+    stacked, base = runs["stack-prune"].protected.verification, runs["stack-prune"].base.verification
+    assert base.figures["aqualora.detected"] == base.figures["stable_signature.detected"] == 0
+    # order matters (docs/defenses/stack.md): Stable Signature's decoder, trained after AquaLoRA, no longer draws
+    # the latent residual AquaLoRA's codec reads back through the VAE; alone, these AquaLoRA settings are detected
+    assert stacked.figures["stable_signature.detected"] == 1 and stacked.figures["aqualora.detected"] == 0
+    assert stacked.figures["aqualora.bit_accuracy"] < 0.75
     for name in ("freezeasguard-quantize", "random_freeze-prune"):  # masks over the transformer's tensors
         assert 0 < runs[name].summary["frozen_tensors_ratio"] < 1, name
     (lora,) = runs["aiao-lora"].attacks.values()  # its SD3 LoRA file: loaded by diffusers alone, below

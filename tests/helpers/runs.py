@@ -26,11 +26,12 @@ REPO = Path(__file__).resolve().parents[2]
 # Stable Signature with a 16-bit message at settings that detect it on micro and micro_dit
 # (docs/defenses/stable_signature.md): the diagonals' settings
 STABLE_SIGNATURE = ["defense=stable_signature", "defense.extractor.bits=16", "defense.extractor.steps=200",
+                    "defense.extractor.batch_size=16",
                     "defense.steps=150", "defense.batch_size=8", "defense.num_samples=16", "defense.null_messages=15",
                     "defense.fpr=1e-2", "defense.model_fpr=1e-2", "defense.sample_steps=10", "defense.key_seed=3"]  # fmt: skip
 # those settings as the first member of a stack with a random mask, every seed fixed: the owner's protect of this
 # stack is served the run's cached protection
-STACK = ["defense=stack", "defense.members=[{defense:stable_signature,extractor:{bits:16,steps:200},steps:150,batch_size:8,"
+STACK = ["defense=stack", "defense.members=[{defense:stable_signature,extractor:{bits:16,steps:200,batch_size:16},steps:150,batch_size:8,"
          "num_samples:16,null_messages:15,fpr:1e-2,model_fpr:1e-2,sample_steps:10,key_seed:3},"
          "{defense:random_freeze,mask_seed:5}]"]  # fmt: skip
 
