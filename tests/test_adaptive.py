@@ -70,7 +70,7 @@ def test_a_leaked_trigger_is_trained_away_while_plain_prompts_keep_their_output(
     tuned = LeakedTrigger(trigger=trigger, steps=30, batch_size=8).run(model, DATA, None, ctx)
     torch.manual_seed(0)
     end = TriggerErasure(model.unet, trigger, 1.0, 0.0, seed=0)(tuned, batch)
-    assert start["keep"] == 0 and end["erase"] < 0.5 * start["erase"]
+    assert start["keep"] < 1e-9 and end["erase"] < 0.5 * start["erase"]  # keep: 0 up to float rounding
     assert end["keep"] < 0.5 * start["erase"]
 
 
