@@ -11,7 +11,6 @@ the constraint trains already. docs/attacks.md#adaptive-attacks.
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -32,8 +31,6 @@ from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import OptimConfig, TrainSettings, finetune
-
-log = logging.getLogger(__name__)
 
 # how the attacker locates each method's mark: "public" (the paper says where) or "analysis" (its own probe)
 SOURCES = {"aiao": "analysis", "aiao_busy": "analysis", "sleepermark": "public", "backdoor": "public",
