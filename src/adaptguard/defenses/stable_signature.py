@@ -49,7 +49,7 @@ class DecoderWatermarkModule(L.LightningModule):
         self.vae = vae
         self.original = [copy.deepcopy(vae).requires_grad_(False).eval()]  # a list: not trained, not saved
         self.extractor = [extractor.requires_grad_(False).eval()]
-        self.register_buffer("message", message.float()[None])
+        self.register_buffer("message", message.float()[None], persistent=False)  # a secret: never in a checkpoint
         self.cfg = defense
         self.perceptual_name, self.perceptual = perceptual
 
