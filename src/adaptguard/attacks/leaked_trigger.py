@@ -24,6 +24,7 @@ from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
 from adaptguard.models import objective
 from adaptguard.models.bundle import DiffusionModel
+from adaptguard.training import drop_captions
 
 
 class TriggerErasure:
@@ -40,8 +41,7 @@ class TriggerErasure:
     def __call__(self, model: DiffusionModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         sched = model.noise_scheduler
         z = model.batch_latents(batch)
-        empty = torch.rand(len(batch["caption"]), generator=self.generator) < self.empty_prompt_p
-        plain = ["" if e else c for e, c in zip(empty.tolist(), batch["caption"], strict=True)]  # "" + trigger: alone
+        plain = drop_captions(list(batch["caption"]), self.empty_prompt_p, self.generator)  # "" + trigger: alone
         t = objective.sample_timesteps(sched, len(z), z.device)
         noisy = objective.add_noise(sched, z, torch.randn_like(z), t)
         plain_emb = model.encode_prompts(plain)

@@ -26,7 +26,7 @@ from adaptguard.defenses.message_codec import Codec, CodecConfig, codec_report, 
 from adaptguard.models import objective
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.models.lora import LoraSettings, add_lora, merge_lora
-from adaptguard.training import OptimConfig, TrainSettings, finetune
+from adaptguard.training import OptimConfig, TrainSettings, drop_captions, finetune
 
 
 @dataclass(repr=False)
@@ -50,8 +50,7 @@ class PriorPreserving:
     def __call__(self, model: DiffusionModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         sched = model.noise_scheduler
         z = model.batch_latents(batch)
-        empty = torch.rand(len(batch["caption"]), generator=self.generator) < self.empty_prompt_p
-        prompts = ["" if e else p for e, p in zip(empty.tolist(), batch["caption"], strict=True)]
+        prompts = drop_captions(list(batch["caption"]), self.empty_prompt_p, self.generator)
         emb = model.encode_prompts(prompts)
         t = objective.sample_timesteps(sched, len(z), z.device)
         noise = torch.randn_like(z)

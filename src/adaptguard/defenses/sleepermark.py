@@ -31,7 +31,7 @@ from adaptguard.defenses.message_codec import Codec, CodecConfig, codec_report, 
 from adaptguard.metrics.stats import clopper_pearson
 from adaptguard.models import objective
 from adaptguard.models.bundle import DiffusionModel
-from adaptguard.training import OptimConfig, TrainSettings, finetune
+from adaptguard.training import OptimConfig, TrainSettings, drop_captions, finetune
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +234,7 @@ class TriggerDistillation:
     def __call__(self, model: DiffusionModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = batch["image"].to(model.device)
         prompts = list(batch["caption"])
-        empty = torch.rand(len(prompts), generator=self.generator) < self.empty_prompt_p
-        plain_prompts = ["" if e else p for e, p in zip(empty.tolist(), prompts, strict=True)]
+        plain_prompts = drop_captions(prompts, self.empty_prompt_p, self.generator)
         sched = model.noise_scheduler
         latents = model.encode_images(images)
         positions = self.timesteps(latents.shape[0], sched).to(latents.device)  # w1 / w2 are over positions

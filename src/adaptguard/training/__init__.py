@@ -2,9 +2,10 @@
 
 from adaptguard.training.finetune import Finetuned, TrainSettings, finetune
 from adaptguard.training.loop import StepTimer, final_terms, fit, parameter_counts
-from adaptguard.training.module import DenoisingModule, Objective, OptimConfig
+from adaptguard.training.module import DenoisingModule, Objective, OptimConfig, drop_captions
 
 __all__ = [
+    "drop_captions",
     "DenoisingModule",
     "Finetuned",
     "Objective",

@@ -20,6 +20,14 @@ from diffusers.optimization import get_scheduler
 from adaptguard.core.errors import ConfigError
 from adaptguard.models.bundle import DiffusionModel
 
+
+def drop_captions(captions: list[str], p: float, generator: torch.Generator) -> list[str]:
+    """Each caption replaced by "" with probability ``p`` (classifier-free guidance's unconditional branch);
+    one draw per caption from ``generator``."""
+    empty = torch.rand(len(captions), generator=generator) < p
+    return ["" if e else c for e, c in zip(empty.tolist(), captions, strict=True)]
+
+
 Objective = Callable[[DiffusionModel, Mapping[str, Any]], "torch.Tensor | dict[str, torch.Tensor]"]
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
