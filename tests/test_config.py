@@ -158,7 +158,7 @@ def test_the_adaptation_comparison_sweeps_merges_by_alpha_and_vae_swaps_on_the_p
 def test_the_adaptive_comparison_targets_the_pages_protections(tmp_path):
     axes = {o for job in _sweep_jobs("compare_adaptive") for o in job}
     assert axes == {"defense=backdoor", "defense=aiao", "defense=sleepermark", "defense=aqualora", "attack=targeted",
-                    "seed=0", "seed=1", "seed=2"}  # fmt: skip
+                    "attack=distill", "seed=0", "seed=1", "seed=2"}  # fmt: skip
     for defense in ("aiao", "sleepermark"):
         job = _job(["experiment=compare_adaptive", f"defense={defense}"], tmp_path)
         page = _job(["experiment=page/compare_watermarks", f"defense={defense}"], tmp_path)

@@ -11,6 +11,7 @@ import pytest
 
 from adaptguard.attacks import (
     Attack,
+    Distill,
     DreamBooth,
     ExternalModel,
     FullFineTune,
@@ -82,6 +83,7 @@ PAGES = {
             VaeSwap,
             TargetedFineTune,
             LeakedTrigger,
+            Distill,
         )
     ]
     + [(c, f"eval.image_attacks.{c.name}") for c in IMAGE_TRANSFORMS.values()],  # fmt: skip

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.distortions import (
     IMAGE_TRANSFORMS,
@@ -15,13 +16,23 @@ from adaptguard.data.distortions import (
     GaussianNoise,
     ImageTransform,
     Jpeg,
+    Reencode,
     Resize,
     Sharpness,
     make_image_transform,
     make_image_transforms,
 )
+from adaptguard.data.shapes import ShapesDataModule
+from tests.helpers import model_source
 
 SIZE = 32
+# the one transform with a required setting: another autoencoder (the latent micro base's, shipped)
+MICRO_VAE = str(ArtifactCache().shipped("base", model_source("micro").describe()) / "model")
+
+
+def _build(name: str) -> ImageTransform:
+    """Each transform at its defaults (reencode through the micro base's VAE)."""
+    return make_image_transform({"name": name, "vae": MICRO_VAE} if name == "reencode" else name)
 
 
 def _random(n: int = 2, seed: int = 0) -> torch.Tensor:
@@ -56,7 +67,7 @@ def _gen(seed: int = 0) -> torch.Generator:
 @pytest.mark.parametrize("name", sorted(IMAGE_TRANSFORMS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_shape_range_and_dtype_are_preserved(name, dtype):
-    transform = make_image_transform(name)
+    transform = _build(name)
     images = _random(3).to(dtype)
     images[0, :, :4, :4] = 1.0  # saturated corners: out-of-range results would show here
     images[1, :, :4, :4] = -1.0
@@ -69,7 +80,7 @@ def test_shape_range_and_dtype_are_preserved(name, dtype):
 
 @pytest.mark.parametrize("name", sorted(IMAGE_TRANSFORMS))
 def test_seeded_generator_reproduces_output(name):
-    transform = make_image_transform(name)
+    transform = _build(name)
     images = _random()
     assert torch.equal(transform(images, _gen(7)), transform(images, _gen(7)))
 
@@ -78,7 +89,7 @@ def test_gradients_flow_through_every_transform():
     """Needed to reuse the transforms as a distortion layer while training a watermark decoder."""
     for name in IMAGE_TRANSFORMS:
         images = (_smooth() * 0.5).requires_grad_()
-        make_image_transform(name)(images, _gen()).sum().backward()
+        _build(name)(images, _gen()).sum().backward()
         assert images.grad is not None and images.grad.abs().sum() > 0, name
 
 
@@ -170,7 +181,7 @@ def test_make_by_name_dict_and_instance():
     color = make_image_transform({"name": "color", "brightness": [0.5, 1.5]})  # YAML gives lists
     assert color.brightness == (0.5, 1.5) and color.contrast == (0.8, 1.2)
     for name, cls in IMAGE_TRANSFORMS.items():
-        assert isinstance(make_image_transform(name), cls) and cls.name == name
+        assert isinstance(_build(name), cls) and cls.name == name
         assert issubclass(cls, ImageTransform)
 
 
@@ -207,6 +218,8 @@ def test_defaults_follow_sleepermark_evaluation():
         ({"name": "color", "contrast": [1.2, 0.8]}, ["color", "contrast"]),
         ({"name": "color", "saturation": 0.5}, ["color", "saturation", "expected a list"]),
         ({"name": "sharpness", "factor": -1}, ["sharpness", "factor"]),
+        ({"name": "reencode"}, ["eval.image_attacks.reencode.vae: required", "AutoencoderKL"]),
+        ({"name": "reencode", "vae": "/no/such/vae"}, ["eval.image_attacks.reencode.vae: /no/such/vae is not an"]),
         (42, ["name", "mapping"]),
     ],
 )
@@ -223,7 +236,9 @@ def test_labels_show_only_non_default_settings():
     assert GaussianBlur(sigma=4).label == "blur"  # 4 and 4.0 are the same setting
     assert GaussianBlur(kernel_size=5, sigma=2).label == "blur(kernel_size=5, sigma=2.0)"
     assert make_image_transform({"name": "color", "brightness": [0.5, 1.5]}).label == "color(brightness=(0.5, 1.5))"
-    assert {make_image_transform(name).label for name in IMAGE_TRANSFORMS} == set(IMAGE_TRANSFORMS)
+    assert {make_image_transform(name).label for name in IMAGE_TRANSFORMS if name != "reencode"} == set(
+        IMAGE_TRANSFORMS
+    ) - {"reencode"}
 
 
 def test_make_image_transforms_builds_list_and_rejects_duplicate_labels():
@@ -254,5 +269,19 @@ def test_sharpness_matches_torchvision(factor):
 def test_half_precision_inputs_keep_their_dtype(dtype):
     images = _random().to(dtype)
     for name in IMAGE_TRANSFORMS:
-        out = make_image_transform(name)(images, _gen())
+        out = _build(name)(images, _gen())
         assert out.dtype == dtype and out.shape == images.shape, name
+
+
+def test_reencoding_keeps_what_the_autoencoder_can_draw_and_loses_the_rest():
+    """The micro base's VAE redraws the shapes it was trained on closely and a pixel checkerboard not at all;
+    sampling the latent instead of taking its mode changes the result, seeded."""
+    shapes = ShapesDataModule(resolution=SIZE, splits={"x": {"offset": 0, "size": 4}}).dataset("x")
+    images = torch.stack([shapes[i]["image"] for i in range(4)])
+    reencode = Reencode(vae=MICRO_VAE)
+    assert (reencode(images) - images).pow(2).mean() < 0.2 * (images - images.mean()).pow(2).mean()
+    checker = _checkerboard()
+    assert _high_freq_energy(reencode(checker)) < 0.1 * _high_freq_energy(checker)
+    sampled = Reencode(vae=MICRO_VAE, sample=True)
+    assert torch.equal(reencode(images), reencode(images))
+    assert not torch.equal(sampled(images, _gen(1)), reencode(images))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from adaptguard.analysis.blocks import unet_blocks
+from adaptguard.core.artifacts import ArtifactCache
 from adaptguard.core.context import RunContext
 from adaptguard.defenses.aiao import AIAODefense, _EmbeddingObjective
 from adaptguard.sources import PretrainedSource
@@ -31,6 +32,7 @@ pytestmark = pytest.mark.slow
 FAST = ["model=micro", "logger=none", "model.sampler.steps=3", "eval.fid.num_samples=8",
         "eval.fid.kid_subset_size=4", "eval.fid.kid_subsets=2", "eval.grid_samples=4", "eval.quality_of_base=false"]  # fmt: skip
 WATERMARK = ["defense.steps=8", "defense.batch_size=4"]
+MICRO_BASE = ArtifactCache().shipped("base", model_source("micro").describe()) / "model"  # another autoencoder
 TRAIN = ["attack.steps=3", "attack.batch_size=4"]
 DIAGONAL = {
     "aiao-lora": ["defense=aiao", "attack=lora", *WATERMARK, "defense.probe_steps=3",
@@ -54,8 +56,9 @@ DIAGONAL = {
                              "defense.null_messages=7", *TRAIN],
     # one decoder watermark: a UNet fine-tune, then the base's VAE put back
     "stable_signature-full": [*STABLE_SIGNATURE, "attack=full", *TRAIN],
-    "stable_signature-vae_swap": [*STABLE_SIGNATURE, "attack=vae_swap", "attack.vae=base"],
-    # AquaLoRA on SleeperMark's codec above (cached); detected on micro_dit (tests/test_dit_runs.py)
+    "stable_signature-vae_swap": [*STABLE_SIGNATURE, "attack=vae_swap", "attack.vae=base",
+                                  f"eval.image_attacks=[{{name: reencode, vae: {MICRO_BASE}}}]"],
+    # AquaLoRA on SleeperMark's codec above (cached); on micro_dit it runs in a stack (tests/test_dit_runs.py)
     "aqualora-dreambooth": ["defense=aqualora", "attack=dreambooth", *WATERMARK, "defense.codec.steps=20",
                             "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
                             "defense.null_messages=7", *TRAIN, "attack.num_class_images=2"],
@@ -65,6 +68,9 @@ DIAGONAL = {
     "sleepermark-targeted": ["defense=sleepermark", "attack=targeted", *WATERMARK, "defense.codec.steps=20",
                              "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
                              "defense.null_messages=7", *TRAIN],
+    "sleepermark-distill": ["defense=sleepermark", "attack=distill", *WATERMARK, "defense.codec.steps=20",
+                            "defense.codec.batch_size=8", "defense.codec.bits=16", "defense.num_samples=4",
+                            "defense.null_messages=7", *TRAIN, "attack.num_images=8"],
     "backdoor-leaked_trigger": ["defense=backdoor", "attack=leaked_trigger", *WATERMARK, "defense.num_samples=4",
                                 "defense.null_keys=7", *TRAIN],
     "imma-lora": ["experiment=freeze", "defense=imma", "defense.steps=5", "defense.batch_size=4", "attack=lora",
@@ -91,7 +97,7 @@ def test_every_defense_and_attack_runs_on_the_latent_model(diagonal):
                                                      "aqualora", "imma"}  # fmt: skip
     assert {r.run.attack for r in runs.values()} >= {"lora", "full", "dreambooth", "quantize", "prune",
                                                     "weight_noise", "none", "merge", "vae_swap", "targeted",
-                                                    "leaked_trigger"}  # fmt: skip
+                                                    "leaked_trigger", "distill"}  # fmt: skip
     for name, result in runs.items():
         assert result.status == "ok", name
         assert result.run.model == "micro"
@@ -114,7 +120,8 @@ def test_every_defense_and_attack_runs_on_the_latent_model(diagonal):
 
 def test_stable_signature_lives_in_the_decoder(diagonal):
     """Detected, the base not; a UNet fine-tune leaves it (the decoder is not trained); the base's VAE put
-    back removes it and gives the base's own verification (the denoiser was never changed)."""
+    back removes it and gives the base's own verification (the denoiser was never changed); re-encoding its
+    images through the base's autoencoder is verified beside it."""
     _, runs = diagonal
     for name in ("stable_signature-full", "stable_signature-vae_swap"):
         result = runs[name]
@@ -127,6 +134,10 @@ def test_stable_signature_lives_in_the_decoder(diagonal):
     assert not swapped.model.verification.detected
     assert (swapped.model.verification.successes, swapped.model.verification.mean_score) == (
         base.successes, base.mean_score)  # fmt: skip
+    # the protected model's images re-encoded through the base's autoencoder: verified on the same images
+    (label,) = runs["stable_signature-vae_swap"].protected.image_attacks
+    reencoded = runs["stable_signature-vae_swap"].protected.image_attacks[label]
+    assert label.startswith("reencode(vae=") and reencoded.trials == base.trials
 
 
 def test_a_stack_verifies_its_watermark_member_and_the_attack_honours_its_mask(diagonal):
@@ -146,7 +157,7 @@ def test_a_stack_verifies_its_watermark_member_and_the_attack_honours_its_mask(d
     assert stacked.protect["order"] == ["stable_signature", "random_freeze"]
 
 
-def test_targeted_attacks_locate_the_mark_as_the_method_says(diagonal):
+def test_adaptive_attacks_locate_the_mark_or_learn_from_the_outputs(diagonal):
     _, runs = diagonal
     (aiao,) = runs["aiao-targeted"].attacks.values()
     assert aiao.cost["method"] == "aiao" and aiao.cost["located_by"] == "analysis"  # the attacker's own probe
@@ -154,6 +165,9 @@ def test_targeted_attacks_locate_the_mark_as_the_method_says(diagonal):
     (sleeper,) = runs["sleepermark-targeted"].attacks.values()
     assert sleeper.cost["method"] == "sleepermark" and sleeper.cost["located_by"] == "public"
     assert sleeper.cost["targeted_tensors"] > 0 and 0 < sleeper.cost["trainable_params"] < sleeper.cost["total_params"]
+    (distill,) = runs["sleepermark-distill"].attacks.values()  # a student from the base, on the model's images
+    assert distill.cost["student"] == "base" and distill.cost["teacher_images"] == 8
+    assert distill.model.verification.trials == runs["sleepermark-distill"].protected.verification.trials
 
 
 def test_the_owner_protects_with_the_stack_and_verify_detects_it(diagonal, monkeypatch):
@@ -250,7 +264,6 @@ def test_diffusers_opens_every_folder_the_framework_writes(diagonal):
     model (attack.save=merged) and a LoRA adapter (attack.save=adapter) all generate with diffusers alone."""
     tmp, runs = diagonal
     base = model_source("micro").describe()
-    from adaptguard.core.artifacts import ArtifactCache
 
     shipped = ArtifactCache(tmp / "cache").shipped("base", base)
     assert shipped is not None, "the latent micro model's weights should ship with the package"

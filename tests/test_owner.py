@@ -182,13 +182,13 @@ def test_a_lora_file_saved_by_diffusers_is_verified_on_its_base(owner):
 def test_never_watermarked_models_are_not_detected_and_calibrate_measures_the_fpr(owner):
     """models=auto: calibrate makes the never-watermarked models itself (the base, its full fine-tune, an
     independently initialised base with a short pretraining of its own), then scores the owner's key and
-    20 random keys on each."""
+    8 random keys on each."""
     out = owner.tmp / "calibration.json"
     with pytest.MonkeyPatch.context() as m:
         m.setenv("ADAPTGUARD_CACHE", str(owner.tmp / "cache"))
         result = cli(["calibrate", f"key={owner.key}", "models=auto", "model=micro", "attacks=[full]",
                       "overrides=[attack.steps=5,attack.batch_size=8]", "independent_pretrain=[steps=15,vae_steps=15]",
-                      "null_keys=20", f"out={out}"])  # fmt: skip
+                      "null_keys=8", f"out={out}"])  # fmt: skip
     assert result.code == 0, result.stderr
     report = json.loads(out.read_text())
     assert [v["suspect"] for v in report["verdicts"]] == ["base", "base+full", "independent"]
@@ -198,13 +198,32 @@ def test_never_watermarked_models_are_not_detected_and_calibrate_measures_the_fp
     assert all(not v["detected"] for v in report["verdicts"])
     assert "0/3 false positives" in result.stdout
     null = report["null_keys"]
-    assert null["decisions"] == 60 and [m["decisions"] for m in null["models"]] == [20, 20, 20]
-    assert null["false_positives"] <= 1 and null["fpr_ci"][1] < 0.1 and null["target"] == 1e-3
-    assert len(set(null["models"][0]["bit_accuracies"])) > 1  # 20 different keys, not one key 20 times
-    assert "random keys (20 per model)" in result.stdout
+    assert null["decisions"] == 24 and [m["decisions"] for m in null["models"]] == [8, 8, 8]
+    assert null["false_positives"] <= 1 and null["fpr_ci"][1] < 0.25 and null["target"] == 1e-3
+    assert len(set(null["models"][0]["bit_accuracies"])) > 1  # 8 different keys, not one key 8 times
+    assert "random keys (8 per model)" in result.stdout
     cache = owner.tmp / "cache"
     assert len(list(cache.glob("never_watermarked/*/model/unet"))) == 1  # the fine-tune is cached like any model
     assert len(list(cache.glob("base/*/model/unet"))) >= 1  # the independent base too
+
+
+def test_forge_reports_the_forged_claim_beside_random_keys(owner):
+    """The forger majority-votes the target grid from 32 images of its own of the never-watermarked base; the
+    claim is judged on the verifier's draws, beside 6 random keys (docs/owner.md: on micro the base resists, a
+    fine-tuned base does not)."""
+    out = owner.tmp / "forge.json"
+    base = ArtifactCache().shipped("base", model_source("micro").describe()) / "model"
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("ADAPTGUARD_CACHE", str(owner.tmp / "cache"))
+        result = cli(["forge", f"key={owner.key}", f"models=[{base}]", "budget=32", "null_keys=6", f"out={out}"])
+    assert result.code == 0, result.stderr
+    report = json.loads(out.read_text())
+    (forged,) = report["forged"]
+    assert report["defense"] == "backdoor" and report["models"] == 1 and forged["budget"] == {"images": 32}
+    assert forged["search"].startswith("majority vote per bit") and forged["statistic"] == "matching bits of 16"
+    assert report["false_claims"] == int(forged["detected"]) and report["target_fpr"] == 1e-3
+    assert report["random_keys"]["decisions"] == 6 and len(report["random_keys"]["models"][0]["bit_accuracies"]) == 6
+    assert f"false claims: {report['false_claims']}/1" in result.stdout and "random keys: " in result.stdout
 
 
 def test_bad_input_is_one_line_with_exit_status_2(owner, monkeypatch):
@@ -258,6 +277,11 @@ def test_every_watermark_defense_verifies_from_its_key_file(tmp_path, monkeypatc
     assert ("; paired:" in verdict["rule"]) == bool(paired)  # a verdict states the rule it applied
     assert decision["test"] == f"{paired}key randomization" and decision["model_fpr"] == 1e-3  # each one's own rule
     assert decision["random_keys"] == report["protected"]["details"]["random_keys"] == 10_000
+    forged = cli(["forge", key, f"models=[{base}]", "budget=8", "null_keys=4", "--json"])
+    assert forged.code == 0, forged.stderr
+    claim = json.loads(forged.stdout)
+    spent = {"aiao": {"keys_tried": 8}, "sleepermark": {"images": 8}}[defense]  # seed-only key vs free message bits
+    assert claim["forged"][0]["budget"] == spent and claim["random_keys"]["decisions"] == 4
 
 
 def test_attack_external_names_its_missing_path_before_any_work(tmp_path):

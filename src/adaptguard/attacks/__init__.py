@@ -2,6 +2,7 @@
 attacks aimed at the defense)."""
 
 from adaptguard.attacks.base import Attack
+from adaptguard.attacks.distill import Distill
 from adaptguard.attacks.dreambooth import DreamBooth
 from adaptguard.attacks.external import ExternalModel
 from adaptguard.attacks.finetune import FineTuning, FullFineTune, LoraFineTune
@@ -14,6 +15,7 @@ from adaptguard.attacks.vae_swap import VaeSwap
 
 __all__ = [
     "Attack",
+    "Distill",
     "DreamBooth",
     "ExternalModel",
     "FineTuning",

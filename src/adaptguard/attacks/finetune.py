@@ -146,11 +146,15 @@ class FineTuning(Attack):
             prepare=lambda m: self.prepare(m, constraint),
         )  # fmt: skip
         self._cost = {**tuned.cost, "precision": settings.precision or "trainer config"}
-        if self.save:
-            path = Path(ctx.out_dir) / "attacked_model" / self.output_name
-            self._cost["saved_to"] = str(self.save_model(tuned.model, path) if ranks.is_main() else path)
+        self.save_attacked(tuned.model, ctx)
         self.finish(tuned.model)
         return tuned.model
+
+    def save_attacked(self, model: DiffusionModel, ctx: RunContext) -> None:
+        """``attack.save``: write the attacked model (on the main rank) and record where."""
+        if self.save:
+            path = Path(ctx.out_dir) / "attacked_model" / self.output_name
+            self._cost["saved_to"] = str(self.save_model(model, path) if ranks.is_main() else path)
 
     def save_model(self, model: DiffusionModel, path: Path) -> Path:
         self.snapshot(model).save(path)

@@ -66,6 +66,13 @@ def auto_models(opts: dict[str, Any], seed: int) -> list[NullModel]:
                              pretrain)  # fmt: skip
 
 
+def null_models(opts: dict[str, Any], ctx: Any) -> tuple[list[Suspect], list[NullModel]]:
+    """The never-watermarked models of ``models=[...]``: folders / checkpoints to open, and those ``auto`` makes."""
+    listed = [p for p in opts["models"] if p != AUTO]
+    suspects = [Suspect(p, base=opts.get("base"), key=f"models[{i}]") for i, p in enumerate(listed)]
+    return suspects, (auto_models(opts, ctx.seed) if AUTO in opts["models"] else [])
+
+
 def run_calibration(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     opts = parse_options(argv, OPTIONS, ["--json"], usage=__doc__ or "")
     if not opts.get("key") or not opts.get("models"):
@@ -74,10 +81,8 @@ def run_calibration(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if (n := opts.get("null_keys")) is not None and n < 0:
         raise ConfigError(f"null_keys: must be >= 0, got {n}")
     key = OwnerKey.load(opts["key"])
-    listed = [p for p in opts["models"] if p != AUTO]
-    suspects = [Suspect(p, base=opts.get("base"), key=f"models[{i}]") for i, p in enumerate(listed)]
     ctx = key_context(key, opts)
-    made = auto_models(opts, ctx.seed) if AUTO in opts["models"] else []
+    suspects, made = null_models(opts, ctx)
     report = calibrate(key, suspects, ctx, null_keys=opts.get("null_keys") or 0, models=made)
     if out := opts.get("out"):
         Path(out).expanduser().write_text(json.dumps(report, indent=2))

@@ -12,6 +12,7 @@ COMMANDS = {
     "protect": ("adaptguard.cli.protect", "protect a model: <out>/model/ to publish, <out>/owner.key to keep"),
     "verify": ("adaptguard.cli.verify", "does a suspect checkpoint carry my watermark? (key=... suspect=...)"),
     "calibrate": ("adaptguard.cli.calibrate", "a key's false-positive rate on never-watermarked models"),
+    "forge": ("adaptguard.cli.forge", "can a key be forged for a model that never carried the watermark?"),
     "report": ("adaptguard.cli.report", "sweep tables; --out: the results page, seeds averaged"),
     "layers": ("adaptguard.cli.layers", "which UNet blocks fine-tuning moves (busy / lazy)"),
     "pretrain": ("adaptguard.cli.pretrain", "remake the shipped base weights and feature extractors"),

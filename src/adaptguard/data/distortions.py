@@ -14,10 +14,12 @@ resize x0.5, sharpness 10, colour jitter factors in [0.8, 1.2]. The crop (keep 0
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -36,6 +38,7 @@ __all__ = [
     "GaussianNoise",
     "ImageTransform",
     "Jpeg",
+    "Reencode",
     "Resize",
     "Sharpness",
     "make_image_transform",
@@ -237,8 +240,62 @@ def _adjust_sharpness(unit: torch.Tensor, factor: float) -> torch.Tensor:
     return out
 
 
+@dataclass(frozen=True)
+class Reencode(ImageTransform):
+    """Through another autoencoder and back (a regeneration attack): what the decoder of a watermarking VAE or the
+    latent a denoiser marked leaves in the pixels must survive a VAE that never saw the watermark."""
+
+    name: ClassVar[str] = "reencode"
+    vae: str | None = setting(
+        None,
+        doc="an AutoencoderKL folder (Stable Diffusion's `vae/`, a pipeline folder with one, or a base model "
+        "adaptguard wrote); required",
+    )
+    sample: bool = setting(False, doc="draw the latent from the encoder's distribution (else its mode)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.vae:
+            raise ConfigError(f"{self.key('vae')}: required; an AutoencoderKL folder, e.g. a Stable Diffusion "
+                              "checkpoint's vae/ or a base model folder adaptguard wrote")  # fmt: skip
+        _autoencoder(self.vae, self.key("vae"))  # a missing or unreadable folder fails before any work
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        _check_images(images)
+        vae = _autoencoder(self.vae, self.key("vae")).to(images.device)
+        factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if images.shape[-1] % factor or images.shape[-2] % factor:
+            raise ConfigError(f"{self.key('vae')}: its encoder downsamples by {factor}; the images are "
+                              f"{tuple(images.shape[-2:])}")  # fmt: skip
+        dist = vae.encode(images.to(vae.dtype)).latent_dist
+        if self.sample:
+            noise = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype).to(images.device)
+            latents = dist.mean + dist.std * noise
+        else:
+            latents = dist.mode()
+        return vae.decode(latents).sample.clamp(-1, 1).to(images.dtype)
+
+
+@functools.lru_cache(maxsize=4)
+def _autoencoder(path: str, key: str) -> Any:
+    from diffusers import AutoencoderKL  # only this transform needs diffusers
+
+    folder = Path(path).expanduser()
+    folder = folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{key}: {folder} is not an AutoencoderKL folder (no config.json); give a vae/ folder or "
+                          "a pipeline folder that has one")  # fmt: skip
+    try:
+        vae = AutoencoderKL.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"{key}: {folder} is not an AutoencoderKL folder ({str(err).splitlines()[0][:160]})"
+        ) from None
+    return vae.requires_grad_(False).eval()
+
+
 IMAGE_TRANSFORMS: dict[str, type[ImageTransform]] = {
-    cls.name: cls for cls in (Jpeg, GaussianBlur, GaussianNoise, Resize, Crop, ColorJitter, Sharpness)
+    cls.name: cls for cls in (Jpeg, GaussianBlur, GaussianNoise, Resize, Crop, ColorJitter, Sharpness, Reencode)
 }
 
 ImageTransformSpec = str | Mapping[str, Any] | ImageTransform

@@ -164,12 +164,26 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
 # (world, filter) -> (the matching items found so far, the next item to look at); one process's splits,
 # sweep jobs and evaluations filter the same stream again and again
 _SCANS: dict[tuple[Any, ...], tuple[list[int], int]] = {}
+# world -> item -> its attributes: every run of a process builds its splits' datasets again (read-only dicts)
+_ATTRIBUTES: dict[tuple[Any, ...], dict[int, dict[str, Any]]] = {}
+
+
+def _world_key(world: ShapesWorld) -> tuple[Any, ...]:
+    return (world.seed, *map(tuple, (world.kinds, world.colours, world.backgrounds, world.sizes, world.positions)))
+
+
+def item_attributes(world: ShapesWorld, indices: list[int]) -> list[dict[str, Any]]:
+    """``world.attributes`` of each index, drawn once per process."""
+    known = _ATTRIBUTES.setdefault(_world_key(world), {})
+    for i in indices:
+        if i not in known:
+            known[i] = world.attributes(i)
+    return [known[i] for i in indices]
 
 
 def matching_items(world: ShapesWorld, spec: SplitSpec, want: int) -> list[int]:
     """The first ``want`` items of ``world``'s stream that ``spec.where`` keeps (fewer: the scan's limit)."""
-    key = (world.seed, *map(tuple, (world.kinds, world.colours, world.backgrounds, world.sizes, world.positions)),
-           tuple(sorted((k, tuple(v)) for k, v in spec.where.items())))  # fmt: skip
+    key = (*_world_key(world), tuple(sorted((k, tuple(v)) for k, v in spec.where.items())))
     found, index = _SCANS.get(key, ([], 0))
     while len(found) < want and index < MAX_SCAN:
         if spec.matches(world.attributes(index)):
@@ -185,7 +199,7 @@ class ShapesDataset(Dataset):
         self.indices = indices
         self.resolution = resolution
         self.domain_attribute = domain_attribute
-        self._attrs = [world.attributes(i) for i in indices]
+        self._attrs = item_attributes(world, indices)
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -144,4 +144,8 @@ class AquaLoRADefense(MessageWatermark):
         self, images: dict[str, torch.Tensor], key: SecretKey | None, model: DiffusionModel
     ) -> Verification:
         assert isinstance(key, AquaLoRAKey)
-        return self.decide(Codec.from_state(key.codec).read_bits(model, images["generated"]), key.message, 4244)
+        return self.decide(self.read_bits(images, key, model), key.message, 4244)
+
+    def read_bits(self, images: dict[str, torch.Tensor], key: SecretKey, model: DiffusionModel) -> torch.Tensor:
+        assert isinstance(key, AquaLoRAKey)
+        return Codec.from_state(key.codec).read_bits(model, images["generated"])

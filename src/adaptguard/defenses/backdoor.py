@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,7 +25,7 @@ from adaptguard.core.context import RunContext
 from adaptguard.core.keys import Protected, SecretKey
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule, train_loader
-from adaptguard.defenses.base import OutputWatermark
+from adaptguard.defenses.base import BitKeyWatermark
 from adaptguard.metrics.stats import bit_match_verification, random_key_matches
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import OptimConfig, TrainSettings, finetune
@@ -71,7 +71,7 @@ class _TriggerMix(Dataset):
 
 
 @dataclass
-class BackdoorDefense(OutputWatermark):
+class BackdoorDefense(BitKeyWatermark):
     # embedding
     steps: int = setting(600, ge=1, doc="embedding fine-tune: optimizer steps (the whole UNet trains)")
     batch_size: int = setting(32, ge=1, doc="embedding batch")
@@ -149,10 +149,16 @@ class BackdoorDefense(OutputWatermark):
         )
         return {"triggered": images}
 
+    def read_bits(self, images: dict[str, torch.Tensor], key: SecretKey, model: DiffusionModel) -> torch.Tensor:
+        return read_bits(images["triggered"], self.grid)
+
+    def with_bits(self, key: SecretKey, bits: torch.Tensor) -> SecretKey:
+        return replace(key, bits=bits)  # type: ignore[type-var]
+
     def verify_images(
         self, images: dict[str, torch.Tensor], key: SecretKey | None, model: DiffusionModel
     ) -> Verification:
         assert isinstance(key, BackdoorKey)
-        bits = read_bits(images["triggered"], self.grid)
+        bits = self.read_bits(images, key, model)
         null = random_key_matches(bits, self.null_keys, seed=12345)
         return bit_match_verification(bits, key.bits, self.fpr, self.model_fpr, null_matches=null.tolist())

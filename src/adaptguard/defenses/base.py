@@ -6,12 +6,13 @@ import json
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from adaptguard.core.config import Validated, secret_fields, setting
 from adaptguard.core.constraint import FineTuneConstraint
@@ -24,6 +25,24 @@ from adaptguard.data.distortions import ImageTransform
 from adaptguard.metrics.stats import binomial_threshold, bit_match_verification, random_key_matches
 from adaptguard.metrics.stats import decision_rule as stats_decision_rule
 from adaptguard.models.bundle import DiffusionModel
+
+
+@dataclass
+class Forgery:
+    """A key forged against a model that never carried the watermark, and what the search cost."""
+
+    key: SecretKey  # secret: never logged; ``adaptguard forge`` verifies it and reports the verdict only
+    method: str  # how it was found
+    budget: dict[str, int] = field(default_factory=dict)  # keys tried / images generated
+
+
+def forger_seed(ctx: RunContext, i: int) -> int:
+    """The forger's i-th draw: a key seed no owner's run or random key uses (those derive from other offsets)."""
+    return (ctx.seed * 1_000_003 + 0xF0F0F0 + i) % 2**62
+
+
+def keys_bar(keys: Sequence[SecretKey], ctx: RunContext) -> Sequence[SecretKey]:
+    return tqdm(keys, desc="keys", disable=not ctx.progress or len(keys) < 2, leave=False)
 
 
 class Defense(Validated, ABC):
@@ -66,6 +85,20 @@ class Defense(Validated, ABC):
         secret parts from ``seed``. Verified against never-watermarked models, it measures the false-positive
         rate of the decision (``adaptguard calibrate null_keys=...``). Watermark defenses implement it."""
         raise NotImplementedError(f"defense {self.name} draws no random keys (it has nothing to verify)")
+
+    def verify_many(self, model: DiffusionModel, keys: Sequence[SecretKey], ctx: RunContext) -> list[Verification]:
+        """``verify`` for each key (output watermarks sample once per sampling identity)."""
+        return [self.verify(model, key, ctx) for key in keys_bar(keys, ctx)]  # type: ignore[misc]
+
+    def forge_key(self, model: DiffusionModel, like: SecretKey, ctx: RunContext, budget: int) -> Forgery:
+        """A key that makes ``model`` (which never carried this watermark) look watermarked, searched on the
+        forger's own draws (``ctx``: the forger's seed, never the verifier's). The forger keeps ``like``'s public
+        parts, as :meth:`random_key` does, and chooses the secret ones; here by random search: the best of
+        ``budget`` random keys (smallest p-value, then highest mean score). Keys with free bits optimise them."""
+        keys = [self.random_key(like, forger_seed(ctx, i)) for i in range(budget)]
+        scored = zip(self.verify_many(model, keys, ctx), keys, strict=True)
+        best = min(scored, key=lambda vk: (vk[0].p_value, -float(np.mean(vk[0].scores or [0.0]))))
+        return Forgery(best[1], "random search: the best key on the forger's own draws", {"keys_tried": budget})
 
     def decision_rule(self, verified: Verification) -> dict[str, Any]:
         """How this defense's verification becomes DETECTED, without secrets: what the owner's key file and
@@ -148,6 +181,19 @@ class OutputWatermark(Defense):
     def verify(self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext) -> Verification:
         return self.verify_images(self.verification_images(model, key, ctx), key, model)
 
+    def verify_many(self, model: DiffusionModel, keys: Sequence[SecretKey], ctx: RunContext) -> list[Verification]:
+        images: dict[Any, dict[str, torch.Tensor]] = {}
+        out = []
+        for key in keys_bar(keys, ctx):
+            ident = self.sampling_identity(key)
+            if ident is None:
+                out.append(self.verify(model, key, ctx))
+                continue
+            if ident not in images:
+                images[ident] = self.verification_images(model, key, ctx)
+            out.append(self.verify_images(images[ident], key, model))
+        return out
+
     def verify_with(
         self, model: DiffusionModel, key: SecretKey | None, ctx: RunContext, transforms: Sequence[ImageTransform]
     ) -> tuple[Verification | None, dict[str, Verification]]:
@@ -161,8 +207,34 @@ class OutputWatermark(Defense):
         return self.verify_images(images, key, model), attacked
 
 
+class BitKeyWatermark(OutputWatermark):
+    """An output watermark whose key holds free bits that images are matched against (a message, a target grid).
+    A forger then needs no search over keys: the bits it reads from the model's own images, majority-voted per
+    position, are the key that matches them best (the match count is a sum over bits)."""
+
+    @abstractmethod
+    def read_bits(self, images: dict[str, torch.Tensor], key: SecretKey, model: DiffusionModel) -> torch.Tensor:
+        """(images, bits) uint8: what verification matches against the key's bits."""
+
+    @abstractmethod
+    def with_bits(self, key: SecretKey, bits: torch.Tensor) -> SecretKey:
+        """``key`` with its free bits replaced."""
+
+    def forge_key(self, model: DiffusionModel, like: SecretKey, ctx: RunContext, budget: int) -> Forgery:
+        """``budget`` images of the forger's own (the verification prompts, its own noise), bits majority-voted."""
+        key = self.random_key(like, forger_seed(ctx, 0))
+        reads = []
+        while sum(len(r) for r in reads) < budget:
+            draw = replace(ctx, seed=forger_seed(ctx, len(reads) + 1))
+            reads.append(self.read_bits(self.verification_images(model, key, draw), key, model))
+        bits = torch.cat(reads)[:budget].float()
+        majority = (bits.mean(0) >= 0.5).to(torch.uint8)
+        return Forgery(self.with_bits(key, majority), "majority vote per bit on the forger's own images",
+                       {"images": len(bits)})  # fmt: skip
+
+
 @dataclass
-class MessageWatermark(OutputWatermark):
+class MessageWatermark(BitKeyWatermark):
     """A secret k-bit message read from generated images (SleeperMark, AquaLoRA, Stable Signature): the verification
     settings they share, the per-image threshold and the message draw. Subclasses define ``bits``."""
 
@@ -205,6 +277,9 @@ class MessageWatermark(OutputWatermark):
         null = random_key_matches(bits, self.null_messages, seed=null_seed)
         return bit_match_verification(bits, message.to(torch.uint8), self.fpr, self.model_fpr,
                                       null_matches=null.tolist(), **extra)  # fmt: skip
+
+    def with_bits(self, key: SecretKey, bits: torch.Tensor) -> SecretKey:
+        return replace(key, message=bits)  # type: ignore[type-var]
 
     def make_message(self, seed: int | None = None) -> torch.Tensor:
         """``bits`` random bits from ``seed`` (else the ``key_seed`` setting; else fresh secret randomness)."""

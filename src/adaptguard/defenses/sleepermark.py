@@ -169,13 +169,17 @@ class SleeperMarkDefense(MessageWatermark):
             "untriggered": self.sample(model, list(key.prompts), ctx, offset=11),
         }
 
+    def read_bits(self, images: dict[str, torch.Tensor], key: SecretKey, model: DiffusionModel) -> torch.Tensor:
+        assert isinstance(key, SleeperMarkKey)
+        return Codec.from_state(key.codec).read_bits(model, images["triggered"])
+
     def verify_images(
         self, images: dict[str, torch.Tensor], key: SecretKey | None, model: DiffusionModel
     ) -> Verification:
         assert isinstance(key, SleeperMarkKey)
         codec = Codec.from_state(key.codec)
         message = key.message.to(torch.uint8)
-        bits = codec.read_bits(model, images["triggered"])
+        bits = self.read_bits(images, key, model)
         figures: dict[str, float] = {}
         details: dict[str, Any] = {}
         if "untriggered" in images:

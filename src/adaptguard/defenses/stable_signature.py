@@ -187,6 +187,8 @@ class StableSignatureDefense(MessageWatermark):
         self, images: dict[str, torch.Tensor], key: SecretKey | None, model: DiffusionModel
     ) -> Verification:
         assert isinstance(key, StableSignatureKey)
-        return self.decide(
-            Extractor.from_state(key.extractor).decoder.read_bits(images["generated"]), key.message, 4243
-        )
+        return self.decide(self.read_bits(images, key, model), key.message, 4243)
+
+    def read_bits(self, images: dict[str, torch.Tensor], key: SecretKey, model: DiffusionModel) -> torch.Tensor:
+        assert isinstance(key, StableSignatureKey)
+        return Extractor.from_state(key.extractor).decoder.read_bits(images["generated"])

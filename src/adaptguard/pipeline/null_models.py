@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from adaptguard.attacks.base import Attack
 from adaptguard.core.artifacts import RESUME_DIR
@@ -26,7 +25,7 @@ from adaptguard.core.context import RunContext
 from adaptguard.core.keys import SecretKey
 from adaptguard.core.verification import Verification
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.defenses.base import Defense, OutputWatermark
+from adaptguard.defenses.base import Defense
 from adaptguard.metrics.stats import clopper_pearson
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.sources import ModelSource
@@ -86,16 +85,7 @@ def null_verifications(
 ) -> list[Verification]:
     """``n_keys`` random keys verified on ``model``; output watermarks sample once per sampling identity."""
     keys = [defense.random_key(like, null_key_seed(ctx, i)) for i in range(n_keys)]
-    images: dict[Any, dict] = {}
-    out = []
-    for key in tqdm(keys, desc="random keys", disable=not ctx.progress, leave=False):
-        if isinstance(defense, OutputWatermark) and (ident := defense.sampling_identity(key)) is not None:
-            if ident not in images:
-                images[ident] = defense.verification_images(model, key, ctx)
-            out.append(defense.verify_images(images[ident], key, model))
-        else:
-            out.append(defense.verify(model, key, ctx))
-    return out
+    return defense.verify_many(model, keys, ctx)
 
 
 def false_positives(verifications: Sequence[Verification], model_fpr: float | None) -> dict[str, Any]:
