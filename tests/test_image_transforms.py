@@ -283,5 +283,7 @@ def test_reencoding_keeps_what_the_autoencoder_can_draw_and_loses_the_rest():
     checker = _checkerboard()
     assert _high_freq_energy(reencode(checker)) < 0.1 * _high_freq_energy(checker)
     sampled = Reencode(vae=MICRO_VAE, sample=True)
+    short = ":".join(MICRO_VAE.split("/")[-2:])  # base-<hash>:model: a results key, not the whole path
+    assert (reencode.label, sampled.label) == (f"reencode(vae={short})", f"reencode(vae={short}, sample)")
     assert torch.equal(reencode(images), reencode(images))
     assert not torch.equal(sampled(images, _gen(1)), reencode(images))

@@ -260,6 +260,13 @@ class Reencode(ImageTransform):
                               "checkpoint's vae/ or a base model folder adaptguard wrote")  # fmt: skip
         _autoencoder(self.vae, self.key("vae"))  # a missing or unreadable folder fails before any work
 
+    @property
+    def label(self) -> str:
+        """The folder by its last two path parts, without a slash (a results key and wandb name, not a path):
+        ``reencode(vae=sd15:vae)``."""
+        short = ":".join(Path(self.vae or "").expanduser().parts[-2:])
+        return f"reencode(vae={short}{', sample' if self.sample else ''})"
+
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         _check_images(images)
         vae = _autoencoder(self.vae, self.key("vae")).to(images.device)
