@@ -22,7 +22,6 @@ from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
-from adaptguard.models import objective
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training import drop_captions
 
@@ -39,19 +38,14 @@ class TriggerErasure:
         self.generator = torch.Generator().manual_seed(seed + 37)
 
     def __call__(self, model: DiffusionModel, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        sched = model.noise_scheduler
-        z = model.batch_latents(batch)
         plain = drop_captions(list(batch["caption"]), self.empty_prompt_p, self.generator)  # "" + trigger: alone
-        t = objective.sample_timesteps(sched, len(z), z.device)
-        noisy = objective.add_noise(sched, z, torch.randn_like(z), t)
-        plain_emb = model.encode_prompts(plain)
+        noisy, t, plain_emb, _ = model.noisy_latents(model.batch_latents(batch), plain)
         with torch.no_grad():
             self.teacher.to(model.device)
             target = model.predict_with(self.teacher, noisy, t, plain_emb).float()
         emb = torch.cat([model.encode_prompts([self.trigger + p for p in plain]), plain_emb])
         student = model.predict(torch.cat([noisy, noisy]), torch.cat([t, t]), emb).float()
-        erase = F.mse_loss(student[: len(z)], target)
-        keep = F.mse_loss(student[len(z) :], target)
+        erase, keep = (F.mse_loss(half, target) for half in student.chunk(2))
         return {"loss": erase + self.keep_weight * keep, "erase": erase.detach(), "keep": keep.detach()}
 
 

@@ -22,6 +22,7 @@ from adaptguard.core.constraint import FineTuneConstraint
 from adaptguard.core.context import RunContext
 from adaptguard.core.errors import ConfigError
 from adaptguard.data.base import CaptionedImageDataModule
+from adaptguard.data.distortions import read_autoencoder
 from adaptguard.models.bundle import DiffusionModel
 from adaptguard.training.autoencoder import AutoencoderModule
 from adaptguard.training.loop import fit
@@ -76,13 +77,8 @@ class VaeSwap(SourcedAttack):
         return swapped
 
     def _load(self, path: Path, model: DiffusionModel) -> AutoencoderKL:
-        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
-        try:
-            vae = AutoencoderKL.from_pretrained(folder)
-        except (OSError, ValueError) as err:
-            raise ConfigError(f"attack.vae: {folder} is not an AutoencoderKL folder ({str(err).splitlines()[0][:160]})"
-                              ) from None  # fmt: skip
+        vae = read_autoencoder(path, "attack.vae")
         if vae.config.latent_channels != model.vae.config.latent_channels:
-            raise ConfigError(f"attack.vae: {folder} has {vae.config.latent_channels} latent channels, the model "
+            raise ConfigError(f"attack.vae: {path} has {vae.config.latent_channels} latent channels, the model "
                               f"{model.vae.config.latent_channels}: its latent space is not this model's")  # fmt: skip
         return vae

@@ -27,8 +27,7 @@ from adaptguard.cli.options import key_context, parse_options
 from adaptguard.core.errors import ConfigError
 from adaptguard.core.owner_key import OwnerKey
 from adaptguard.pipeline.forgery import forge
-from adaptguard.pipeline.null_models import NullModel
-from adaptguard.pipeline.owner import open_suspect
+from adaptguard.pipeline.owner import opened
 
 FORGE_OPTIONS = {**OPTIONS, "budget": int}
 DEFAULT_BUDGET = 64
@@ -45,7 +44,7 @@ def run_forge(argv: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     key = OwnerKey.load(opts["key"])
     ctx = key_context(key, opts)
     suspects, made = null_models(opts, ctx)
-    models = [NullModel(s.describe(), "given", open_suspect(key, s, ctx)) for s in suspects] + made
+    models = opened(key, suspects, ctx) + made
     report = forge(key, models, ctx, budget, null_keys=opts.get("null_keys") or 0)
     if out := opts.get("out"):
         Path(out).expanduser().write_text(json.dumps(report, indent=2))

@@ -285,7 +285,13 @@ class Reencode(ImageTransform):
 
 @functools.lru_cache(maxsize=4)
 def _autoencoder(path: str, key: str) -> Any:
-    from diffusers import AutoencoderKL  # only this transform needs diffusers
+    """One loaded copy per folder for every transform that re-encodes through it (read-only: eval, no grad)."""
+    return read_autoencoder(path, key).requires_grad_(False).eval()
+
+
+def read_autoencoder(path: str | Path, key: str) -> Any:
+    """An ``AutoencoderKL`` from a ``vae/`` folder or a pipeline folder holding one; errors name ``key``."""
+    from diffusers import AutoencoderKL  # only the autoencoder's users need diffusers
 
     folder = Path(path).expanduser()
     folder = folder / "vae" if (folder / "vae" / "config.json").is_file() else folder
@@ -293,12 +299,11 @@ def _autoencoder(path: str, key: str) -> Any:
         raise ConfigError(f"{key}: {folder} is not an AutoencoderKL folder (no config.json); give a vae/ folder or "
                           "a pipeline folder that has one")  # fmt: skip
     try:
-        vae = AutoencoderKL.from_pretrained(folder)
+        return AutoencoderKL.from_pretrained(folder)
     except (OSError, ValueError) as err:
         raise ConfigError(
             f"{key}: {folder} is not an AutoencoderKL folder ({str(err).splitlines()[0][:160]})"
         ) from None
-    return vae.requires_grad_(False).eval()
 
 
 IMAGE_TRANSFORMS: dict[str, type[ImageTransform]] = {

@@ -179,7 +179,7 @@ class SleeperMarkDefense(MessageWatermark):
         assert isinstance(key, SleeperMarkKey)
         codec = Codec.from_state(key.codec)
         message = key.message.to(torch.uint8)
-        bits = self.read_bits(images, key, model)
+        bits = codec.read_bits(model, images["triggered"])  # read_bits's reading, with the codec built once
         figures: dict[str, float] = {}
         details: dict[str, Any] = {}
         if "untriggered" in images:

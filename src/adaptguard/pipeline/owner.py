@@ -200,6 +200,11 @@ def open_suspect(key: OwnerKey, suspect: Suspect, ctx: RunContext, base_model: D
     return model
 
 
+def opened(key: OwnerKey, suspects: Sequence[Suspect], ctx: RunContext) -> list[NullModel]:
+    """Never-watermarked models given as folders or checkpoints, opened against the key's architecture."""
+    return [NullModel(s.describe(), "given", open_suspect(key, s, ctx)) for s in suspects]
+
+
 def verify_suspect(key: OwnerKey, suspect: Suspect, ctx: RunContext) -> Verdict:
     """Does ``suspect`` carry the watermark of ``key``? Sampling is seeded by ``ctx.seed``."""
     start = time.perf_counter()
@@ -235,7 +240,7 @@ def calibrate(
     the report): the decision's false-positive rate over keys, with enough decisions to bound it.
     """
     defense = defense_from_key(key)
-    named = [NullModel(s.describe(), "given", open_suspect(key, s, ctx)) for s in suspects] + list(models)
+    named = opened(key, suspects, ctx) + list(models)
     verdicts = [judge(key, defense, m.model, m.name, ctx) for m in named]
     false = sum(v.detected for v in verdicts)
     trial_false, trials = sum(v.successes for v in verdicts), sum(v.trials for v in verdicts)
